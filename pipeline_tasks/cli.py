@@ -1,0 +1,193 @@
+"""`python -m pipeline_tasks <step> …`: every step runnable without a scheduler.
+
+Each subcommand prints its result as JSON on stdout (for `inspect`: one JSON object per record),
+logs progress on stderr, and exits 1 with a one-line error naming the file/line/field on bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+log = logging.getLogger("pipeline_tasks")
+
+
+def _print_json(obj: object) -> None:
+    json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def cmd_download(a: argparse.Namespace) -> None:
+    from pipeline_tasks.download import CATALOG, DownloadConfig, RetryPolicy, download
+
+    if a.list:
+        _print_json({name: e.description for name, e in CATALOG.items()})
+        return
+    if not a.source or not a.output:
+        raise ValueError("download needs SOURCE and --output (or --list)")
+    sha = {}
+    for item in a.sha256 or []:
+        url, sep, digest = item.rpartition("=")
+        if not sep:
+            url, digest = a.source, item
+        sha[url] = digest
+    cfg = DownloadConfig(cache_dir=a.cache_dir, sha256=sha, extract=not a.no_extract,
+                         retry=RetryPolicy(attempts=a.retries + 1, timeout_s=a.timeout))
+    _print_json(download(a.source, a.output, cfg))
+
+
+def cmd_subset(a: argparse.Namespace) -> None:
+    from pipeline_tasks.subset import SubsetConfig, subset
+
+    cfg = SubsetConfig(size=a.size, mode=a.mode, seed=a.seed, max_len=a.max_len, max_ratio=a.max_ratio)
+    _print_json(subset(a.source, a.target, a.output_source, a.output_target, cfg))
+
+
+def cmd_tokenize(a: argparse.Namespace) -> None:
+    from pipeline_tasks.tokenization import TokenizerConfig, tokenize_corpus
+
+    splits = {"train": (a.train_source, a.train_target)}
+    if a.val_source or a.val_target:
+        splits["val"] = (a.val_source, a.val_target)
+    if a.test_source or a.test_target:
+        splits["test"] = (a.test_source, a.test_target)
+    for name, (s, t) in splits.items():
+        if not s or not t:
+            raise ValueError(f"--{name}-source and --{name}-target go together")
+    cfg = TokenizerConfig(mode=a.mode, source_lang=a.source_lang, target_lang=a.target_lang,
+                          moses_escape=a.moses_escape, detokenizer=a.detokenizer,
+                          bpe_vocab_size=a.bpe_vocab_size, bpe_joint=a.joint_bpe)
+    _print_json(tokenize_corpus(splits, a.output, cfg, workers=a.workers))
+
+
+def cmd_detokenize(a: argparse.Namespace) -> None:
+    from pipeline_tasks.textio import iter_lines
+    from pipeline_tasks.tokenization import Tokenizer
+
+    tok = Tokenizer.load(a.tokenizer)
+    for line in iter_lines(a.input):
+        sys.stdout.write(tok.decode(line, a.side) + "\n")
+
+
+def cmd_recordio(a: argparse.Namespace) -> None:
+    from pipeline_tasks.channels import VocabConfig, make_channels
+
+    cfg = VocabConfig(num_words_source=a.num_words_source, num_words_target=a.num_words_target,
+                      min_count_source=a.min_count_source, min_count_target=a.min_count_target,
+                      joint=a.joint_vocab, source_json=a.vocab_source_json, target_json=a.vocab_target_json)
+    _print_json(make_channels(a.train_source, a.train_target, a.val_source, a.val_target, a.output, cfg,
+                              workers=a.workers))
+
+
+def cmd_inspect(a: argparse.Namespace) -> None:
+    from model.recordio import read_pairs
+
+    out = sys.stdout
+    for n, (src, trg) in enumerate(read_pairs(a.file)):
+        if a.limit is not None and n >= a.limit:
+            break
+        out.write(json.dumps({"source": src, "target": trg}) + "\n")
+
+
+def cmd_upload(a: argparse.Namespace) -> None:
+    from pipeline_tasks.upload import upload_channels
+
+    _print_json(upload_channels(a.channels, a.destination, delete_extra=a.delete_extra))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m pipeline_tasks", description=__doc__.split("\n")[0])
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    sub = p.add_subparsers(dest="step", required=True, metavar="STEP")
+
+    d = sub.add_parser("download", help="fetch a corpus (catalog name, URL or path), verified and cached")
+    d.add_argument("source", nargs="?", help="catalog name (see --list), http(s) URL, file:// URL or path")
+    d.add_argument("--output", help="folder for the fetched (and extracted) files")
+    d.add_argument("--cache-dir", default=".cache/downloads", help="download cache (default: %(default)s)")
+    d.add_argument("--sha256", action="append", metavar="[URL=]DIGEST", help="expected sha256 (repeatable)")
+    d.add_argument("--no-extract", action="store_true", help="keep .gz/.tgz files as they are")
+    d.add_argument("--retries", type=int, default=5, help="retries after a failed attempt (default: %(default)s)")
+    d.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds (default: %(default)s)")
+    d.add_argument("--list", action="store_true", help="list the catalog and exit")
+    d.set_defaults(fn=cmd_download)
+
+    s = sub.add_parser("subset", help="first N or a seeded random N pairs, with length filters")
+    s.add_argument("--source", required=True)
+    s.add_argument("--target", required=True)
+    s.add_argument("--output-source", required=True)
+    s.add_argument("--output-target", required=True)
+    s.add_argument("-n", "--size", type=int, help="pairs to keep (default: all that pass the filters)")
+    s.add_argument("--mode", choices=("head", "random"), default="head")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--max-len", type=int, help="drop pairs with a side longer than this many tokens")
+    s.add_argument("--max-ratio", type=float, help="drop pairs whose token-length ratio exceeds this")
+    s.set_defaults(fn=cmd_subset)
+
+    t = sub.add_parser("tokenize", help="whitespace or Moses tokenization, optional SentencePiece BPE")
+    for split in ("train", "val", "test"):
+        t.add_argument(f"--{split}-source", required=split == "train")
+        t.add_argument(f"--{split}-target", required=split == "train")
+    t.add_argument("--output", required=True, help="folder for {split}.{lang} files and tokenizer.json")
+    t.add_argument("--mode", choices=("whitespace", "moses"), default="whitespace")
+    t.add_argument("--source-lang", default="en")
+    t.add_argument("--target-lang", default="de")
+    t.add_argument("--moses-escape", action="store_true", help="escape special characters as Moses does")
+    t.add_argument("--detokenizer", choices=("moses", "none"), default="moses")
+    t.add_argument("--bpe-vocab-size", type=int, help="learn a SentencePiece BPE model of this size")
+    t.add_argument("--joint-bpe", action="store_true", help="one subword model for both languages")
+    t.add_argument("--workers", type=int, help="processes (default: all cores)")
+    t.set_defaults(fn=cmd_tokenize)
+
+    dt = sub.add_parser("detokenize", help="turn tokenized text back into plain text")
+    dt.add_argument("--tokenizer", required=True, help="folder with tokenizer.json (the tokenize output)")
+    dt.add_argument("--input", required=True)
+    dt.add_argument("--side", choices=("source", "target"), default="target")
+    dt.set_defaults(fn=cmd_detokenize)
+
+    r = sub.add_parser("recordio", help="vocabularies + RecordIO-protobuf train/validation channels")
+    r.add_argument("--train-source", required=True)
+    r.add_argument("--train-target", required=True)
+    r.add_argument("--val-source", required=True)
+    r.add_argument("--val-target", required=True)
+    r.add_argument("--output", required=True, help="writes train/, validation/, vocab/ under it")
+    r.add_argument("--num-words-source", type=int, default=50000)
+    r.add_argument("--num-words-target", type=int, default=50000)
+    r.add_argument("--min-count-source", type=int, default=1)
+    r.add_argument("--min-count-target", type=int, default=1)
+    r.add_argument("--joint-vocab", action="store_true", help="one vocabulary for both sides")
+    r.add_argument("--vocab-source-json", help="reuse this source vocabulary")
+    r.add_argument("--vocab-target-json", help="reuse this target vocabulary")
+    r.add_argument("--workers", type=int, help="processes (default: all cores)")
+    r.set_defaults(fn=cmd_recordio)
+
+    i = sub.add_parser("inspect", help="print a .rec file's records as JSON lines")
+    i.add_argument("file")
+    i.add_argument("--limit", type=int, help="stop after this many records")
+    i.set_defaults(fn=cmd_inspect)
+
+    u = sub.add_parser("upload", help="upload the channels to s3://bucket/prefix/ or a local root")
+    u.add_argument("--channels", required=True, help="the recordio step's output folder")
+    u.add_argument("--destination", required=True, help="s3://bucket/prefix or a path")
+    u.add_argument("--delete-extra", action="store_true", help="delete objects under the channel prefixes "
+                   "that this upload does not have")
+    u.set_defaults(fn=cmd_upload)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.fn(args)
+    except BrokenPipeError:  # `inspect … | head`
+        sys.stderr.close()
+        return 0
+    except (ValueError, OSError, RuntimeError) as e:
+        log.debug("failed", exc_info=True)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

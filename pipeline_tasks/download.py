@@ -1,0 +1,298 @@
+"""The `download` step: fetch corpora over HTTP(S) (or from a path), verified, cached, extracted.
+
+- a catalog of known corpora (WMT17 de-en preprocessed, as the AWS example uses; the bundled sample);
+- retries with exponential backoff on connection errors, timeouts, 429 and 5xx;
+- resume of a partial file with an HTTP Range request after a dropped connection;
+- optional sha256 check (a mismatch deletes the file: a corrupt download is never cached);
+- a cache keyed by URL, so a re-run downloads nothing;
+- gunzip / untar into the output folder, refusing archive members that would land outside it
+  (absolute paths, `..`, links, devices);
+- everything streams: no file is read into memory whole.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tarfile
+import time
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import requests
+
+from pipeline_tasks.atomic import staged_dir, staged_file
+from pipeline_tasks.progress import Progress
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+SAMPLE_DIR = Path(__file__).parent / "sample_data" / "wmt-toy-ende"
+WMT17_DEEN = "http://data.statmt.org/wmt17/translation-task/preprocessed/de-en/"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """A named corpus: the files that make it up and what they are."""
+
+    description: str
+    urls: tuple[str, ...]
+    sha256: dict[str, str] = field(default_factory=dict)   # url -> digest, where published
+
+
+CATALOG: dict[str, CatalogEntry] = {
+    "wmt17-de-en-preprocessed": CatalogEntry(
+        "WMT17 de-en, Moses-tokenized and truecased (the AWS seq2seq example's data): "
+        "corpus.tc.{de,en}.gz (~5.9M pairs, ~560 MB gzipped) and dev.tgz (newstest2014-2016)",
+        (WMT17_DEEN + "corpus.tc.de.gz", WMT17_DEEN + "corpus.tc.en.gz", WMT17_DEEN + "dev.tgz"),
+    ),
+    "wmt-toy-ende-sample": CatalogEntry(
+        "bundled offline sample: 10k WMT training pairs, newstest2012 validation, newstest2014 test "
+        "(tokenized, en/de)",
+        tuple(str(SAMPLE_DIR / f"{split}.{lang}") for split in ("train", "val", "test") for lang in ("en", "de")),
+    ),
+}
+
+
+class DownloadError(RuntimeError):
+    """A download that failed for good (after retries, or on a client error such as 404)."""
+
+
+class HTTPClientError(DownloadError):
+    """A 4xx answer other than 429: retrying would not help."""
+
+
+class ChecksumError(DownloadError):
+    """The downloaded bytes do not have the expected sha256."""
+
+
+class UnsafeArchiveError(ValueError):
+    """An archive member would be written outside the extraction folder, or is a link/device."""
+
+
+@dataclass
+class RetryPolicy:
+    """Retries with exponential backoff; the sleep is injectable so tests do not wait."""
+
+    attempts: int = 6
+    backoff_s: float = 1.0
+    max_backoff_s: float = 60.0
+    timeout_s: float = 60.0
+    sleep: Callable[[float], None] = time.sleep
+
+    def delay(self, attempt: int) -> float:
+        return min(self.backoff_s * (2 ** attempt), self.max_backoff_s)
+
+
+@dataclass
+class DownloadConfig:
+    """Where the cache lives, what to verify and whether to extract."""
+
+    cache_dir: str
+    sha256: dict[str, str] = field(default_factory=dict)   # url -> expected digest
+    extract: bool = True
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+def resolve_source(source: str) -> list[str]:
+    """Catalog name, URL or path -> list of URLs/paths."""
+    if source in CATALOG:
+        return list(CATALOG[source].urls)
+    return [source]
+
+
+def is_url(source: str) -> bool:
+    return urllib.parse.urlsplit(source).scheme in ("http", "https")
+
+
+def _local_path(source: str) -> Path:
+    parts = urllib.parse.urlsplit(source)
+    if parts.scheme == "file":
+        return Path(urllib.parse.unquote(parts.path))
+    return Path(source)
+
+
+def cache_key(url: str) -> str:
+    """Cache file name for a URL: a hash of the whole URL (two URLs never collide) plus its basename."""
+    digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
+    name = PurePosixPath(urllib.parse.urlsplit(url).path).name or "index"
+    return f"{digest}-{name}"
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _total_from_headers(resp: requests.Response, offset: int) -> int | None:
+    if resp.status_code == 206:
+        rng = resp.headers.get("Content-Range", "")
+        if "/" in rng and not rng.endswith("/*"):
+            return int(rng.rsplit("/", 1)[1])
+    length = resp.headers.get("Content-Length")
+    if length is None:
+        return None
+    return int(length) + (offset if resp.status_code == 206 else 0)
+
+
+def fetch_url(url: str, dest: Path, retry: RetryPolicy, session: requests.Session | None = None) -> Path:
+    """Download `url` to `dest`, resuming `dest.part` across dropped connections; returns `dest`."""
+    session = session or requests.Session()
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    last_error: Exception | None = None
+    for attempt in range(retry.attempts):
+        offset = part.stat().st_size if part.exists() else 0
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        try:
+            with session.get(url, headers=headers, stream=True, timeout=retry.timeout_s) as resp:
+                if resp.status_code == 416 and offset:
+                    # Our partial file is at least as long as the resource: check against its size.
+                    total = resp.headers.get("Content-Range", "").rsplit("/", 1)[-1]
+                    if total.isdigit() and int(total) == offset:
+                        os.replace(part, dest)
+                        return dest
+                    log.warning("%s: server refused resume at byte %d; starting over", url, offset)
+                    part.unlink()
+                    continue
+                if resp.status_code in (429,) or resp.status_code >= 500:
+                    raise DownloadError(f"{url}: HTTP {resp.status_code}")
+                if resp.status_code >= 400:
+                    raise HTTPClientError(f"{url}: HTTP {resp.status_code} {resp.reason}")
+                if offset and resp.status_code == 200:
+                    log.info("%s: server ignored the Range request; downloading from the start", url)
+                    offset = 0
+                elif offset:
+                    log.info("%s: resuming at byte %d", url, offset)
+                total = _total_from_headers(resp, offset)
+                progress = Progress(log, f"download {PurePosixPath(urllib.parse.urlsplit(url).path).name}",
+                                    "bytes", total=total, scale=1 << 20, scale_unit="MiB")
+                progress.count = offset
+                with open(part, "ab" if offset else "wb") as f:
+                    for chunk in resp.iter_content(CHUNK):
+                        f.write(chunk)
+                        progress.update(len(chunk))
+                size = part.stat().st_size
+                if total is not None and size != total:
+                    raise requests.ConnectionError(f"connection closed at byte {size} of {total}")
+                progress.done()
+                os.replace(part, dest)
+                return dest
+        except HTTPClientError:
+            raise
+        except DownloadError as e:
+            last_error = e
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+            last_error = e
+        if attempt + 1 < retry.attempts:
+            delay = retry.delay(attempt)
+            log.warning("%s: attempt %d/%d failed (%s); retrying in %.1fs", url, attempt + 1, retry.attempts,
+                        last_error, delay)
+            retry.sleep(delay)
+    raise DownloadError(f"{url}: giving up after {retry.attempts} attempts: {last_error}")
+
+
+def fetch_cached(source: str, cfg: DownloadConfig, session: requests.Session | None = None) -> Path:
+    """A verified local copy of `source`: the cache entry for a URL, the file itself for a path."""
+    expected = cfg.sha256.get(source)
+    if not is_url(source):
+        path = _local_path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"source file not found: {source}")
+        if expected:
+            _verify(path, source, expected, delete=False)
+        return path
+    cache = Path(cfg.cache_dir)
+    dest = cache / cache_key(source)
+    meta_path = dest.with_name(dest.name + ".json")
+    if dest.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("url") == source and meta.get("size") == dest.stat().st_size and \
+                (not expected or meta.get("sha256") == expected):
+            log.info("%s: cached at %s (%d bytes), not downloading", source, dest, meta["size"])
+            return dest
+    fetch_url(source, dest, cfg.retry, session)
+    digest = _verify(dest, source, expected, delete=True)
+    with staged_file(meta_path, "w", encoding="utf-8") as f:
+        json.dump({"url": source, "size": dest.stat().st_size, "sha256": digest}, f)
+    return dest
+
+
+def _verify(path: Path, source: str, expected: str | None, delete: bool) -> str:
+    digest = sha256_file(path)
+    if expected and digest != expected.lower():
+        if delete:
+            path.unlink()
+        raise ChecksumError(f"{source}: sha256 mismatch: expected {expected.lower()}, got {digest}"
+                            + (" (the download was deleted)" if delete else ""))
+    return digest
+
+
+def check_member(member: tarfile.TarInfo, archive: str) -> None:
+    """Refuse any member that is not a plain file or folder strictly inside the target folder."""
+    name = member.name
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise UnsafeArchiveError(f"{archive}: member {name!r} has an absolute path")
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        raise UnsafeArchiveError(f"{archive}: member {name!r} would be written outside the target folder")
+    if member.issym() or member.islnk():
+        raise UnsafeArchiveError(f"{archive}: member {name!r} is a link (to {member.linkname!r}); links are refused")
+    if not (member.isfile() or member.isdir()):
+        raise UnsafeArchiveError(f"{archive}: member {name!r} is not a regular file or folder")
+
+
+def extract_into(path: Path, out_dir: Path, name: str) -> list[Path]:
+    """Place one fetched file in `out_dir`: untar archives, gunzip .gz, copy anything else."""
+    lower = name.lower()
+    if lower.endswith((".tgz", ".tar.gz", ".tar")):
+        with tarfile.open(path, "r:*") as tar:
+            members = tar.getmembers()
+            for m in members:
+                check_member(m, name)
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: a second line of defence
+                tar.extractall(out_dir, members=members, filter="data")
+            else:  # pragma: no cover
+                tar.extractall(out_dir, members=members)
+        return [out_dir / m.name for m in members if m.isfile()]
+    if lower.endswith(".gz"):
+        target = out_dir / name[:-3]
+        with gzip.open(path, "rb") as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK)
+        return [target]
+    target = out_dir / name
+    shutil.copyfile(path, target)
+    return [target]
+
+
+def download(source: str, output: str | os.PathLike[str], cfg: DownloadConfig,
+             session: requests.Session | None = None) -> dict:
+    """Fetch every file of `source` (catalog name, URL or path) into `output`, atomically.
+
+    Returns {"output": dir, "files": [relative paths]}.
+    """
+    out = Path(output)
+    urls = resolve_source(source)
+    if source in CATALOG:
+        cfg = DownloadConfig(cfg.cache_dir, {**CATALOG[source].sha256, **cfg.sha256}, cfg.extract, cfg.retry)
+    fetched = [(u, fetch_cached(u, cfg, session)) for u in urls]
+    files: list[str] = []
+    with staged_dir(out) as stage:
+        for url, path in fetched:
+            name = PurePosixPath(urllib.parse.urlsplit(url).path).name if is_url(url) else _local_path(url).name
+            if cfg.extract:
+                placed = extract_into(path, stage, name)
+            else:
+                placed = [stage / name]
+                shutil.copyfile(path, placed[0])
+            files += [str(p.relative_to(stage)) for p in placed]
+    log.info("download: %d file(s) in %s", len(files), out)
+    return {"output": str(out), "files": sorted(files)}

@@ -1,0 +1,216 @@
+"""The `tokenize` step and its inverse.
+
+Modes: `whitespace` (input already tokenized, e.g. WMT's corpus.tc: whitespace is only normalised)
+and `moses` (sacremoses, for raw text). Optionally a SentencePiece BPE model, trained on the
+training split only and applied to every split, splits tokens into subwords.
+
+The step writes `tokenizer.json` (plus the `.model` files) beside the tokenized text: everything
+needed to tokenize new input and to detokenize model output the same way later (evaluation,
+batch transform, serving). `Tokenizer.load(dir)` is that inverse.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+
+from pipeline_tasks.atomic import staged_dir
+from pipeline_tasks.parallel import WorkerPool, default_workers
+from pipeline_tasks.progress import Progress
+from pipeline_tasks.textio import BLOCK_LINES, TextStats, decode_lines, iter_raw_blocks, open_binary
+
+log = logging.getLogger(__name__)
+
+MODES = ("whitespace", "moses")
+DETOKENIZERS = ("moses", "none")
+CONFIG_FILE = "tokenizer.json"
+_PARALLEL_MIN_BYTES = 2 << 20
+
+
+@dataclass
+class TokenizerConfig:
+    """How text becomes tokens. Saved as tokenizer.json so the inverse uses the same settings."""
+
+    mode: str = "whitespace"
+    source_lang: str = "en"
+    target_lang: str = "de"
+    moses_escape: bool = False          # escape & < > ' " as Moses does (corpus.tc style)
+    detokenizer: str = "moses"          # how model output becomes text again (sacreBLEU wants raw text)
+    bpe_vocab_size: int | None = None   # None: no subwords
+    bpe_joint: bool = False             # one subword model for both languages
+    bpe_character_coverage: float = 1.0
+    bpe_max_sentences: int = 2_000_000  # sentences sampled for training the subword model
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"tokenizer mode must be one of {MODES}, got {self.mode!r}")
+        if self.detokenizer not in DETOKENIZERS:
+            raise ValueError(f"detokenizer must be one of {DETOKENIZERS}, got {self.detokenizer!r}")
+        if self.bpe_vocab_size is not None and self.bpe_vocab_size < 8:
+            raise ValueError(f"bpe_vocab_size must be >= 8, got {self.bpe_vocab_size}")
+        if self.source_lang == self.target_lang and not self.bpe_joint and self.bpe_vocab_size:
+            raise ValueError("source and target languages are the same: use bpe_joint")
+
+    def bpe_model_file(self, lang: str) -> str | None:
+        if not self.bpe_vocab_size:
+            return None
+        return "spm.joint.model" if self.bpe_joint else f"spm.{lang}.model"
+
+
+@lru_cache(maxsize=8)
+def _moses_tokenizer(lang: str):
+    from sacremoses import MosesTokenizer
+    return MosesTokenizer(lang=lang)
+
+
+@lru_cache(maxsize=8)
+def _moses_detokenizer(lang: str):
+    from sacremoses import MosesDetokenizer
+    return MosesDetokenizer(lang=lang)
+
+
+@lru_cache(maxsize=8)
+def _spm(path: str):
+    import sentencepiece as spm
+    return spm.SentencePieceProcessor(model_file=path)
+
+
+def pretokenize(line: str, mode: str, lang: str, escape: bool) -> str:
+    """Word-level tokenization of one line (before any subword split)."""
+    if mode == "moses":
+        return _moses_tokenizer(lang).tokenize(line, return_str=True, escape=escape)
+    return " ".join(line.split())
+
+
+def _pretokenize_block(item: tuple[int, list[bytes], str, str, str, bool]) -> tuple[list[str], TextStats]:
+    first_line, raw, path, mode, lang, escape = item
+    stats = TextStats(path)
+    lines = decode_lines(raw, first_line, stats)
+    return [pretokenize(line, mode, lang, escape) for line in lines], stats
+
+
+def _pretokenize_file(src: str, dst: Path, lang: str, cfg: TokenizerConfig, workers: int) -> TextStats:
+    stats = TextStats(src)
+    use = workers if cfg.mode == "moses" and os.path.getsize(src) >= _PARALLEL_MIN_BYTES else 1
+    progress = Progress(log, f"tokenize {Path(src).name}", "lines")
+    with open_binary(src) as f, open(dst, "w", encoding="utf-8") as out, WorkerPool(use) as pool:
+        def blocks():
+            line_no = 1
+            for block in iter_raw_blocks(f, BLOCK_LINES if use > 1 else 4096):
+                yield line_no, block, src, cfg.mode, lang, cfg.moses_escape
+                line_no += len(block)
+        for lines, block_stats in pool.map(_pretokenize_block, blocks()):
+            out.writelines(line + "\n" for line in lines)
+            stats.merge(block_stats)
+            progress.update(len(lines))
+    progress.done()
+    stats.warn_if_replaced()
+    return stats
+
+
+def _train_bpe(inputs: list[Path], model_prefix: Path, cfg: TokenizerConfig, workers: int) -> None:
+    import sentencepiece as spm
+
+    log.info("training SentencePiece BPE (vocab %d) on %s", cfg.bpe_vocab_size, ", ".join(p.name for p in inputs))
+    spm.SentencePieceTrainer.train(
+        input=[str(p) for p in inputs], model_prefix=str(model_prefix), model_type="bpe",
+        vocab_size=cfg.bpe_vocab_size, hard_vocab_limit=False,
+        character_coverage=cfg.bpe_character_coverage, input_sentence_size=cfg.bpe_max_sentences,
+        shuffle_input_sentence=True, num_threads=workers, unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1,
+        minloglevel=2)
+
+
+def _apply_bpe(src: Path, dst: Path, model: Path) -> None:
+    sp = _spm(str(model))
+    with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
+        while lines := f.readlines(1 << 22):
+            pieces = sp.encode([line.rstrip("\n") for line in lines], out_type=str)
+            out.writelines(" ".join(p) + "\n" for p in pieces)
+
+
+def tokenize_corpus(splits: dict[str, tuple[str, str]], output: str | os.PathLike[str],
+                    cfg: TokenizerConfig, workers: int | None = None) -> dict:
+    """Tokenize every split (name -> (source file, target file)) into `output`/{split}.{lang}.
+
+    The subword model is learned from the "train" split only. Returns a report; writes
+    `tokenizer.json` and the subword model(s) beside the text. All or nothing.
+    """
+    if cfg.bpe_vocab_size and "train" not in splits:
+        raise ValueError("a subword model needs a 'train' split to learn from")
+    workers = workers or default_workers()
+    for name, (s, t) in splits.items():
+        for p in (s, t):
+            if not os.path.isfile(p):
+                raise FileNotFoundError(f"{name}: input file not found: {p}")
+    report: dict = {"config": asdict(cfg), "splits": {}}
+    with staged_dir(output) as stage:
+        pre = stage / ".pretok" if cfg.bpe_vocab_size else stage
+        pre.mkdir(exist_ok=True)
+        for name, (s, t) in splits.items():
+            for path, lang in ((s, cfg.source_lang), (t, cfg.target_lang)):
+                stats = _pretokenize_file(path, pre / f"{name}.{lang}", lang, cfg, workers)
+                report["splits"].setdefault(name, {})[lang] = stats.as_dict()
+        if cfg.bpe_vocab_size:
+            langs = [cfg.source_lang, cfg.target_lang]
+            groups = {"spm.joint": langs} if cfg.bpe_joint else {f"spm.{lang}": [lang] for lang in langs}
+            for prefix, group in groups.items():
+                _train_bpe([pre / f"train.{lang}" for lang in group], stage / prefix, cfg, workers)
+            for name in splits:
+                for lang in langs:
+                    _apply_bpe(pre / f"{name}.{lang}", stage / f"{name}.{lang}", stage / cfg.bpe_model_file(lang))
+            shutil.rmtree(pre)
+        (stage / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
+    log.info("tokenize: %s written to %s", ", ".join(splits), output)
+    return report
+
+
+class Tokenizer:
+    """The tokenizer a corpus was prepared with, for new input and for turning output back into text."""
+
+    def __init__(self, cfg: TokenizerConfig, directory: str | os.PathLike[str] | None = None) -> None:
+        self.cfg = cfg
+        self.dir = Path(directory) if directory is not None else None
+        if cfg.bpe_vocab_size and self.dir is None:
+            raise ValueError("a tokenizer with a subword model needs the folder holding the model")
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> Tokenizer:
+        path = Path(directory) / CONFIG_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: tokenizer config not found") from None
+        known = {f.name for f in fields(TokenizerConfig)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{path}: unknown field(s) {', '.join(unknown)}")
+        return cls(TokenizerConfig(**data), directory)
+
+    def _lang(self, side: str) -> str:
+        if side not in ("source", "target"):
+            raise ValueError(f"side must be 'source' or 'target', got {side!r}")
+        return self.cfg.source_lang if side == "source" else self.cfg.target_lang
+
+    def encode(self, line: str, side: str = "source") -> str:
+        """Raw line -> space-separated tokens, as the training data was tokenized."""
+        lang = self._lang(side)
+        text = pretokenize(line, self.cfg.mode, lang, self.cfg.moses_escape)
+        model = self.cfg.bpe_model_file(lang)
+        if model:
+            text = " ".join(_spm(str(self.dir / model)).encode(text, out_type=str))
+        return text
+
+    def decode(self, tokens: str, side: str = "target") -> str:
+        """Space-separated tokens (model output) -> text for people and for sacreBLEU."""
+        lang = self._lang(side)
+        model = self.cfg.bpe_model_file(lang)
+        if model:
+            tokens = _spm(str(self.dir / model)).decode(tokens.split())
+        if self.cfg.detokenizer == "moses":
+            return _moses_detokenizer(lang).detokenize(tokens.split())
+        return " ".join(tokens.split())
