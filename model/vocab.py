@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from itertools import chain, islice
 
 PAD_SYMBOL = "<pad>"
@@ -28,21 +27,6 @@ Vocab = dict[str, int]
 
 class VocabError(ValueError):
     """A vocabulary file that breaks the contract; the message names the file and the field."""
-
-
-def count_tokens(lines: Iterable[str], counter: Counter[str] | None = None) -> Counter[str]:
-    """Count whitespace tokens of `lines`, leaving out tokens spelled like a special symbol."""
-    counter = Counter() if counter is None else counter
-    for line in lines:
-        counter.update(line.split())
-    return drop_special_symbols(counter)
-
-
-def drop_special_symbols(counter: Counter[str]) -> Counter[str]:
-    """Remove special-symbol spellings after counting (cheaper than filtering every token)."""
-    for symbol in SPECIAL_SYMBOLS:
-        counter.pop(symbol, None)
-    return counter
 
 
 def prune(counts: Mapping[str, int], num_words: int = DEFAULT_NUM_WORDS,

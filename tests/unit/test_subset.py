@@ -1,0 +1,99 @@
+"""subset: head and seeded random selection on real text, filters, counts, alignment errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipeline_tasks.subset import SubsetConfig, subset
+from pipeline_tasks.textio import MisalignedError
+
+
+def _lines(p):
+    return p.read_text("utf-8").splitlines()
+
+
+def test_head_is_the_first_n_pairs(sample_dir, tmp_path):
+    r = subset(str(sample_dir / "train.en"), str(sample_dir / "train.de"), tmp_path / "s.en", tmp_path / "s.de",
+               SubsetConfig(size=1000))
+    assert _lines(tmp_path / "s.en") == _lines(sample_dir / "train.en")[:1000]
+    assert _lines(tmp_path / "s.de") == _lines(sample_dir / "train.de")[:1000]
+    assert r["pairs_written"] == 1000 and r["lines_read"] == 10000   # the rest was still read (alignment)
+
+
+def test_random_is_seeded_aligned_and_in_corpus_order(sample_dir, tmp_path):
+    en, de = _lines(sample_dir / "train.en"), _lines(sample_dir / "train.de")
+    corpus = list(zip(en, de))
+    outs = []
+    for run, seed in enumerate((7, 7, 8)):
+        subset(str(sample_dir / "train.en"), str(sample_dir / "train.de"), tmp_path / f"{run}.en",
+               tmp_path / f"{run}.de", SubsetConfig(size=500, mode="random", seed=seed))
+        got_en, got_de = _lines(tmp_path / f"{run}.en"), _lines(tmp_path / f"{run}.de")
+        assert len(got_en) == len(got_de) == 500
+        it = iter(corpus)
+        assert all(pair in it for pair in zip(got_en, got_de))   # aligned pairs, a subsequence of the corpus
+        outs.append(got_en)
+    assert outs[0] == outs[1] and outs[0] != outs[2]
+
+
+def test_filters_and_counts(tmp_path):
+    (tmp_path / "a").write_text("one two\n\nw " * 1 + "\n" + " ".join(["x"] * 9) + "\nk\nshort\n", encoding="utf-8")
+    (tmp_path / "b").write_text("eins zwei\nleer\n\nneun\n" + " ".join(["y"] * 5) + "\nkurz\n", encoding="utf-8")
+    r = subset(str(tmp_path / "a"), str(tmp_path / "b"), tmp_path / "o.a", tmp_path / "o.b",
+               SubsetConfig(max_len=8, max_ratio=3))
+    # line 1 kept; 2 blank (source); 3 blank (target); 4 too long; 5 ratio 5:1; 6 kept
+    assert (r["pairs_written"], r["blank_skipped"], r["too_long_skipped"], r["ratio_skipped"]) == (2, 2, 1, 1)
+    assert r["lines_examined"] == r["candidates"] + r["blank_skipped"] + r["too_long_skipped"] + r["ratio_skipped"]
+    assert _lines(tmp_path / "o.a") == ["one two", "short"]
+
+
+def test_misaligned_fails_even_in_head_mode(sample_dir, tmp_path):
+    short = tmp_path / "short.de"
+    short.write_text("\n".join(_lines(sample_dir / "train.de")[:9999]) + "\n", encoding="utf-8")
+    with pytest.raises(MisalignedError, match=r"train.en has 10000 lines but .*short.de has 9999 lines"):
+        subset(str(sample_dir / "train.en"), str(short), tmp_path / "o.en", tmp_path / "o.de", SubsetConfig(size=10))
+    assert not (tmp_path / "o.en").exists() and not (tmp_path / "o.de").exists()
+    assert not list(tmp_path.glob(".o.*"))     # no temporary leftovers
+
+
+def test_no_pairs_left_is_an_error(tmp_path):
+    (tmp_path / "a").write_text("\n\n", encoding="utf-8")
+    (tmp_path / "b").write_text("x\ny\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no sentence pairs left"):
+        subset(str(tmp_path / "a"), str(tmp_path / "b"), tmp_path / "o.a", tmp_path / "o.b", SubsetConfig())
+    assert not (tmp_path / "o.a").exists()
+
+
+def test_crlf_stray_cr_and_invalid_utf8(tmp_path):
+    (tmp_path / "a").write_bytes(b"win\r\nstray\rcr\nbad \xff byte\n")
+    (tmp_path / "b").write_bytes(b"1\n2\n3\n")
+    r = subset(str(tmp_path / "a"), str(tmp_path / "b"), tmp_path / "o.a", tmp_path / "o.b", SubsetConfig())
+    assert (tmp_path / "o.a").read_text("utf-8") == "win\nstray cr\nbad \ufffd byte\n"
+    assert r["source_text"]["replaced_chars"] == 1 and r["source_text"]["bad_lines"] == [3]
+
+
+def test_gzip_input(sample_dir, tmp_path):
+    import gzip
+    for lang in ("en", "de"):
+        (tmp_path / f"c.{lang}.gz").write_bytes(gzip.compress((sample_dir / f"val.{lang}").read_bytes()))
+    subset(str(tmp_path / "c.en.gz"), str(tmp_path / "c.de.gz"), tmp_path / "o.en", tmp_path / "o.de",
+           SubsetConfig(size=5))
+    assert _lines(tmp_path / "o.de") == _lines(sample_dir / "val.de")[:5]
+
+
+@pytest.mark.parametrize("kw", [{"mode": "middle"}, {"size": 0}, {"max_ratio": 0.5}, {"max_len": 0}])
+def test_bad_config(kw):
+    with pytest.raises(ValueError):
+        SubsetConfig(**kw)
+
+
+def test_cli(sample_dir, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "pipeline_tasks", "subset", "--source", sample_dir / "val.en",
+                        "--target", sample_dir / "val.de", "--output-source", tmp_path / "o.en",
+                        "--output-target", tmp_path / "o.de", "-n", "20", "--mode", "random", "--seed", "3"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["pairs_written"] == 20 and len(_lines(tmp_path / "o.de")) == 20
