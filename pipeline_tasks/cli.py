@@ -186,7 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `inspect … | head`
         sys.stderr.close()
         return 0
-    except (ValueError, OSError, RuntimeError) as e:
+    except Exception as e:
+        # Bad input and failed I/O (ours, or AWS's: S3 errors come from botocore/boto3) get one line;
+        # anything else is a bug and keeps its traceback.
+        if not isinstance(e, ValueError | OSError | RuntimeError) and \
+                type(e).__module__.split(".")[0] not in ("botocore", "boto3"):
+            raise
         log.debug("failed", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 import requests
+import urllib3
 
 from pipeline_tasks.atomic import staged_dir, staged_file
 from pipeline_tasks.progress import Progress
@@ -152,7 +153,9 @@ def fetch_url(url: str, dest: Path, retry: RetryPolicy, session: requests.Sessio
     last_error: Exception | None = None
     for attempt in range(retry.attempts):
         offset = part.stat().st_size if part.exists() else 0
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        # identity: the bytes as stored on the server, never compressed on the fly (sizes and Range offsets
+        # then count the file's own bytes)
+        headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={offset}-"} if offset else {})}
         try:
             with session.get(url, headers=headers, stream=True, timeout=retry.timeout_s) as resp:
                 if resp.status_code == 416 and offset:
@@ -178,7 +181,8 @@ def fetch_url(url: str, dest: Path, retry: RetryPolicy, session: requests.Sessio
                                     "bytes", total=total, scale=1 << 20, scale_unit="MiB")
                 progress.count = offset
                 with open(part, "ab" if offset else "wb") as f:
-                    for chunk in resp.iter_content(CHUNK):
+                    # raw and undecoded: a .gz served with `Content-Encoding: gzip` is stored as the .gz it is
+                    for chunk in resp.raw.stream(CHUNK, decode_content=False):
                         f.write(chunk)
                         progress.update(len(chunk))
                 size = part.stat().st_size
@@ -191,7 +195,8 @@ def fetch_url(url: str, dest: Path, retry: RetryPolicy, session: requests.Sessio
             raise
         except DownloadError as e:
             last_error = e
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                urllib3.exceptions.HTTPError) as e:   # raw.stream raises urllib3's own errors
             last_error = e
         if attempt + 1 < retry.attempts:
             delay = retry.delay(attempt)
@@ -217,7 +222,7 @@ def fetch_cached(source: str, cfg: DownloadConfig, session: requests.Session | N
     if dest.is_file() and meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         if meta.get("url") == source and meta.get("size") == dest.stat().st_size and \
-                (not expected or meta.get("sha256") == expected):
+                (not expected or meta.get("sha256") == expected.lower()):
             log.info("%s: cached at %s (%d bytes), not downloading", source, dest, meta["size"])
             return dest
     fetch_url(source, dest, cfg.retry, session)

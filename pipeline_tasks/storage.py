@@ -43,9 +43,12 @@ def parse(uri: str | os.PathLike[str]) -> S3Location | Path:
     text = os.fspath(uri)
     parts = urllib.parse.urlsplit(text)
     if parts.scheme == "s3":
-        if not parts.netloc:
+        # The key is everything after the bucket, as is: '#' and '?' are legal in S3 keys, and
+        # urlsplit would cut them off as fragment/query (so a delete would miss the object).
+        bucket, _, key = text.split("://", 1)[1].partition("/")
+        if not bucket:
             raise ValueError(f"{text}: an S3 URI needs a bucket (s3://bucket/key)")
-        return S3Location(parts.netloc, parts.path.lstrip("/"))
+        return S3Location(bucket, key.lstrip("/"))
     if parts.scheme == "file":
         return Path(urllib.parse.unquote(parts.path))
     if parts.scheme and len(parts.scheme) > 1:

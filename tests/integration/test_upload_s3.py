@@ -484,3 +484,12 @@ def test_cli_upload_missing_channel_exits_1(channels_copy: Path, bucket: str) ->
     assert proc.returncode == 1
     assert "error:" in proc.stderr and "vocab" in proc.stderr
     assert proc.stdout == ""
+
+
+def test_cli_upload_missing_bucket_is_one_line_error(channels_dir: Path, s3) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pipeline_tasks", "upload", "--channels", str(channels_dir),
+                           "--destination", "s3://no-such-bucket-here/p"],
+                          cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert "error:" in proc.stderr and "no-such-bucket-here" in proc.stderr
