@@ -83,7 +83,7 @@ def test_reuse_existing_vocab(small_corpus, tmp_path):
 def test_vocab_without_specials_is_refused(small_corpus, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"the": 0, "a": 1}), encoding="utf-8")
-    with pytest.raises(VocabError, match="bad.json.*'<pad>' is missing"):
+    with pytest.raises(VocabError, match=r"bad\.json.*'<pad>' is missing"):
         _ours(small_corpus, tmp_path / "out", vocab_cfg=VocabConfig(source_json=str(bad)))
     assert not (tmp_path / "out").exists()
 

@@ -76,7 +76,7 @@ def test_bpe_needs_train_split(tmp_path, raw_corpus):
 
 
 def test_failure_leaves_no_output(tmp_path, raw_corpus):
-    with pytest.raises(FileNotFoundError, match="missing.de"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.de"):
         tokenize_corpus({"train": raw_corpus["train"], "test": (raw_corpus["train"][0], str(tmp_path / "missing.de"))},
                         tmp_path / "o", TokenizerConfig())
     assert not (tmp_path / "o").exists()
@@ -84,7 +84,7 @@ def test_failure_leaves_no_output(tmp_path, raw_corpus):
 
 def test_tokenizer_json_unknown_field(tmp_path):
     (tmp_path / "tokenizer.json").write_text(json.dumps({"mode": "moses", "colour": "blue"}))
-    with pytest.raises(ValueError, match="unknown field.*colour"):
+    with pytest.raises(ValueError, match=r"unknown field.*colour"):
         Tokenizer.load(tmp_path)
 
 
