@@ -119,11 +119,17 @@ def _local_path(source: str) -> Path:
     return Path(source)
 
 
+def file_name(source: str) -> str:
+    """The name a fetched file gets: the URL's or path's last segment ("index" for a URL ending in /)."""
+    if is_url(source):
+        return PurePosixPath(urllib.parse.urlsplit(source).path).name or "index"
+    return _local_path(source).name
+
+
 def cache_key(url: str) -> str:
     """Cache file name for a URL: a hash of the whole URL (two URLs never collide) plus its basename."""
     digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
-    name = PurePosixPath(urllib.parse.urlsplit(url).path).name or "index"
-    return f"{digest}-{name}"
+    return f"{digest}-{file_name(url)}"
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -177,7 +183,7 @@ def fetch_url(url: str, dest: Path, retry: RetryPolicy, session: requests.Sessio
                 elif offset:
                     log.info("%s: resuming at byte %d", url, offset)
                 total = _total_from_headers(resp, offset)
-                progress = Progress(log, f"download {PurePosixPath(urllib.parse.urlsplit(url).path).name}",
+                progress = Progress(log, f"download {file_name(url)}",
                                     "bytes", total=total, scale=1 << 20, scale_unit="MiB")
                 progress.count = offset
                 with open(part, "ab" if offset else "wb") as f:
@@ -292,7 +298,7 @@ def download(source: str, output: str | os.PathLike[str], cfg: DownloadConfig,
     files: list[str] = []
     with staged_dir(out) as stage:
         for url, path in fetched:
-            name = PurePosixPath(urllib.parse.urlsplit(url).path).name if is_url(url) else _local_path(url).name
+            name = file_name(url)
             if cfg.extract:
                 placed = extract_into(path, stage, name)
             else:
