@@ -30,6 +30,7 @@ import urllib3
 
 from pipeline_tasks.atomic import staged_dir, staged_file
 from pipeline_tasks.progress import Progress
+from pipeline_tasks.storage import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -130,14 +131,6 @@ def cache_key(url: str) -> str:
     """Cache file name for a URL: a hash of the whole URL (two URLs never collide) plus its basename."""
     digest = hashlib.sha256(url.encode("utf-8")).hexdigest()[:16]
     return f"{digest}-{file_name(url)}"
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _total_from_headers(resp: requests.Response, offset: int) -> int | None:
