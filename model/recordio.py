@@ -86,15 +86,6 @@ def frame(payload: bytes) -> bytes:
     return b"".join((FRAME_HEADERS[n], payload, PADDING[n & 3]))
 
 
-def write_records(f: BinaryIO, payloads: Iterator[bytes] | Sequence[bytes]) -> int:
-    """Frame and write payloads; returns the number written."""
-    n = 0
-    for payload in payloads:
-        f.write(frame(payload))
-        n += 1
-    return n
-
-
 def iter_frames(f: BinaryIO, path: str = "<stream>", block_size: int = 1 << 20) -> Iterator[tuple[int, bytes]]:
     """Yield (byte offset, payload) for each record, joining multi-part records as dmlc does.
 
