@@ -8,6 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "pipeline_tasks" / "sample_data" / "wmt-toy-ende"
+NEWSTEST = ROOT / "tests" / "data" / "newstest"
 
 
 @pytest.fixture(scope="session")

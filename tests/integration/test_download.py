@@ -41,11 +41,11 @@ from pipeline_tasks.download import (
     download,
     resolve_source,
 )
+from tests.conftest import NEWSTEST
+from tests.conftest import ROOT as REPO
 
-REPO = Path(__file__).resolve().parents[2]
-DATA = REPO / "tests" / "data" / "newstest"
-EN = DATA / "newstest2017.en-de.en"
-DE = DATA / "newstest2017.en-de.de"
+EN = NEWSTEST / "newstest2017.en-de.en"
+DE = NEWSTEST / "newstest2017.en-de.de"
 
 
 # ---------------------------------------------------------------------------------------------- server
@@ -359,13 +359,18 @@ def test_server_ignoring_range_still_gives_the_right_bytes(server, tmp_path, cfg
     assert second.body_bytes == len(DE.read_bytes())
 
 
+def _seed_part(cfg, url: str, data: bytes) -> None:
+    """Leave a partial download in the cache, as an interrupted earlier run would."""
+    cache = Path(cfg.cache_dir)
+    cache.mkdir()
+    (cache / (cache_key(url) + ".part")).write_bytes(data)
+
+
 def test_stale_part_file_with_garbage_is_overwritten_when_range_is_ignored(server, tmp_path, cfg):
     path = f"/files/{DE.name}"
     url = server.url(path)
     server.state.ignore_range.add(path)
-    cache = Path(cfg.cache_dir)
-    cache.mkdir()
-    (cache / (cache_key(url) + ".part")).write_bytes(b"\x00garbage" * 100)
+    _seed_part(cfg, url, b"\x00garbage" * 100)
     out = tmp_path / "out"
     download(url, out, cfg)
     assert (out / DE.name).read_bytes() == DE.read_bytes()
@@ -376,9 +381,7 @@ def test_complete_part_file_is_finished_by_a_416(server, tmp_path, cfg):
     path = f"/files/{DE.name}"
     url = server.url(path)
     body = DE.read_bytes()
-    cache = Path(cfg.cache_dir)
-    cache.mkdir()
-    (cache / (cache_key(url) + ".part")).write_bytes(body)
+    _seed_part(cfg, url, body)
     out = tmp_path / "out"
     download(url, out, cfg)
     assert (out / DE.name).read_bytes() == body
@@ -389,9 +392,7 @@ def test_part_file_longer_than_the_resource_starts_over(server, tmp_path, cfg):
     path = f"/files/{DE.name}"
     url = server.url(path)
     body = DE.read_bytes()
-    cache = Path(cfg.cache_dir)
-    cache.mkdir()
-    (cache / (cache_key(url) + ".part")).write_bytes(body + b"extra")
+    _seed_part(cfg, url, body + b"extra")
     out = tmp_path / "out"
     download(url, out, cfg)
     assert (out / DE.name).read_bytes() == body

@@ -28,9 +28,7 @@ from moto.server import ThreadedMotoServer
 from pipeline_tasks import storage
 from pipeline_tasks.channels import make_channels
 from pipeline_tasks.upload import upload_channels
-
-ROOT = Path(__file__).resolve().parents[2]
-SAMPLE = ROOT / "pipeline_tasks" / "sample_data" / "wmt-toy-ende"
+from tests.conftest import ROOT, SAMPLE, head_lines
 
 # local relative path -> channel it belongs to, as the recordio step lays them out
 LAYOUT = {
@@ -107,19 +105,11 @@ def write_ops(s3) -> Iterator[Counter]:
     s3.meta.events.unregister("before-call.s3", count)
 
 
-def _head_lines(src: Path, dst: Path, n: int) -> str:
-    with open(src, "rb") as f:
-        lines = [next(f) for _ in range(n)]
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    dst.write_bytes(b"".join(lines))
-    return str(dst)
-
-
 @pytest.fixture(scope="module")
 def channels_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Real channels from 300 training and 100 validation pairs of the bundled sample (made once)."""
     base = tmp_path_factory.mktemp("channels")
-    corpus = {f"{split}.{lang}": _head_lines(SAMPLE / f"{split}.{lang}", base / "corpus" / f"{split}.{lang}", n)
+    corpus = {f"{split}.{lang}": str(head_lines(SAMPLE / f"{split}.{lang}", base / "corpus" / f"{split}.{lang}", n))
               for split, n in (("train", 300), ("val", 100)) for lang in ("en", "de")}
     out = base / "channels"
     make_channels(corpus["train.en"], corpus["train.de"], corpus["val.en"], corpus["val.de"], out, workers=1)

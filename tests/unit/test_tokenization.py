@@ -11,9 +11,7 @@ import pytest
 import sacrebleu
 
 from pipeline_tasks.tokenization import Tokenizer, TokenizerConfig, tokenize_corpus
-from tests.conftest import ROOT, head_lines
-
-NEWSTEST = ROOT / "tests" / "data" / "newstest"
+from tests.conftest import NEWSTEST, head_lines
 
 
 @pytest.fixture
