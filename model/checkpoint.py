@@ -1,0 +1,131 @@
+"""What training leaves behind: the model directory (everything serving needs) and the resumable
+training checkpoint.
+
+``/opt/ml/model`` (SageMaker tars it into ``model.tar.gz``) holds ``params.pt`` (the best weights),
+``hyperparameters.json`` (the parsed configuration as strings), ``config.json`` (architecture and
+vocabulary sizes, format version), ``vocab.src.json``/``vocab.trg.json`` and ``metrics.json``.
+``/opt/ml/checkpoints/checkpoint.pt`` holds the full training state (weights, optimizer, schedule,
+counters, RNG) so that a stopped job — spot interruption, SIGTERM — carries on where it stopped.
+Every file is written to a temporary sibling and renamed, so a kill never leaves a torn file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model import vocab as vocab_io
+from model.hyperparameters import Hyperparameters, parse_hyperparameters, to_strings
+from model.model import Seq2Seq, build_model
+
+FORMAT_VERSION = 1
+PARAMS_FILE = "params.pt"
+CONFIG_FILE = "config.json"
+HYPERPARAMETERS_FILE = "hyperparameters.json"
+METRICS_FILE = "metrics.json"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def _atomic_write(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    def w(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, ensure_ascii=False)
+            f.write("\n")
+
+    _atomic_write(path, w)
+
+
+def torch_save(path: Path, obj: Any) -> None:
+    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def unwrap(model: torch.nn.Module) -> Seq2Seq:
+    """The plain model behind a DDP or torch.compile wrapper."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model  # type: ignore[return-value]
+
+
+def model_config(hp: Hyperparameters, source_vocab_size: int, target_vocab_size: int) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "encoder_type": hp.encoder_type,
+        "decoder_type": hp.decoder_type,
+        "source_vocab_size": source_vocab_size,
+        "target_vocab_size": target_vocab_size,
+        "max_seq_len_source": hp.max_seq_len_source,
+        "max_seq_len_target": hp.max_seq_len_target,
+    }
+
+
+def save_model_files(
+    model_dir: Path, hp: Hyperparameters, source_vocab: Mapping[str, int], target_vocab: Mapping[str, int]
+) -> None:
+    """The parts of the model directory that do not change during training."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    write_json(model_dir / HYPERPARAMETERS_FILE, to_strings(hp))
+    write_json(model_dir / CONFIG_FILE, model_config(hp, len(source_vocab), len(target_vocab)))
+    for name, v in (("vocab.src.json", source_vocab), ("vocab.trg.json", target_vocab)):
+        _atomic_write(model_dir / name, lambda tmp, v=v: vocab_io.save(v, tmp))
+
+
+def save_params(model_dir: Path, model: torch.nn.Module) -> None:
+    state = {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
+    torch_save(model_dir / PARAMS_FILE, state)
+
+
+def save_metrics(model_dir: Path, metrics: Mapping[str, Any]) -> None:
+    write_json(model_dir / METRICS_FILE, dict(metrics))
+
+
+class LoadedModel:
+    """A model directory loaded for decoding: model in eval mode plus its vocabularies."""
+
+    def __init__(self, model: Seq2Seq, hp: Hyperparameters, source_vocab: dict[str, int],
+                 target_vocab: dict[str, int], model_dir: Path) -> None:
+        self.model = model
+        self.hp = hp
+        self.source_vocab = source_vocab
+        self.target_vocab = target_vocab
+        self.target_tokens = vocab_io.reverse(target_vocab)
+        self.model_dir = model_dir
+
+
+def load_model(model_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedModel:
+    """Rebuild the trained model from a model directory; errors name the file that is wrong."""
+    root = Path(model_dir)
+    for name in (PARAMS_FILE, CONFIG_FILE, HYPERPARAMETERS_FILE, "vocab.src.json", "vocab.trg.json"):
+        if not (root / name).is_file():
+            raise FileNotFoundError(f"model directory {root} has no {name}: not a model written by our train")
+    config = json.loads((root / CONFIG_FILE).read_text(encoding="utf-8"))
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{root / CONFIG_FILE}: format_version {config.get('format_version')!r} is not "
+                         f"{FORMAT_VERSION}")
+    hp = parse_hyperparameters(json.loads((root / HYPERPARAMETERS_FILE).read_text(encoding="utf-8")))
+    source_vocab = vocab_io.load(root / "vocab.src.json")
+    target_vocab = vocab_io.load(root / "vocab.trg.json")
+    model = build_model(hp, len(source_vocab), len(target_vocab))
+    state = torch.load(root / PARAMS_FILE, map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.to(device).eval()
+    return LoadedModel(model, hp, source_vocab, target_vocab, root)

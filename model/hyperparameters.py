@@ -1,0 +1,511 @@
+"""The training configuration: every hyperparameter of the built-in SageMaker seq2seq algorithm, plus
+our documented extensions, parsed from the string → string ``hyperparameters.json`` SageMaker writes.
+
+One frozen dataclass holds them all because the training job, the checkpoints and the serving side
+must agree on one typed view; the parser is the only place strings become values.
+
+What each name allows (choices, ranges) and means lives in one table, :data:`_SPECS`; the parser,
+:func:`validate` and :func:`describe_markdown` all read it, so the README cannot drift from the checks.
+The value *types* come from the dataclass annotations, so they are not written down twice either.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+import re
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    # --- the built-in algorithm's names, defaults as in seq2seq-hyperparameters.md ---
+    batch_size: int = 64
+    beam_size: int = 5
+    bleu_sample_size: int = 0
+    bucket_width: int = 10
+    bucketing_enabled: bool = True
+    checkpoint_frequency_num_batches: int = 1000
+    checkpoint_threshold: int = 3
+    clip_gradient: float = 1.0
+    cnn_activation_type: str = "glu"
+    cnn_hidden_dropout: float = 0.0
+    cnn_kernel_width_decoder: int = 5
+    cnn_kernel_width_encoder: int = 3
+    cnn_num_hidden: int = 512
+    decoder_type: str = "rnn"
+    embed_dropout_source: float = 0.0
+    embed_dropout_target: float = 0.0
+    encoder_type: str = "rnn"
+    fixed_rate_lr_half_life: int = 10
+    learning_rate: float = 0.0003
+    loss_type: str = "cross-entropy"
+    lr_scheduler_type: str = "plateau_reduce"
+    max_num_batches: int = -1
+    max_num_epochs: int | None = None
+    max_seq_len_source: int = 100
+    max_seq_len_target: int = 100
+    min_num_epochs: int = 0
+    momentum: float | None = None
+    num_embed_source: int = 512
+    num_embed_target: int = 512
+    num_layers_decoder: int = 1
+    num_layers_encoder: int = 1
+    optimized_metric: str = "perplexity"
+    optimizer_type: str = "adam"
+    plateau_reduce_lr_factor: float = 0.5
+    plateau_reduce_lr_threshold: int = 3
+    rnn_attention_in_upper_layers: bool = True
+    rnn_attention_num_hidden: int | None = None  # None in the dataclass = "same as rnn_num_hidden"
+    rnn_attention_type: str = "mlp"
+    rnn_cell_type: str = "lstm"
+    rnn_decoder_hidden_dropout: float = 0.0
+    rnn_decoder_state_init: str = "last"
+    rnn_first_residual_layer: int = 2
+    rnn_num_hidden: int = 1024
+    rnn_residual_connections: bool = False
+    training_metric: str = "perplexity"
+    weight_decay: float = 0.0
+    weight_init_scale: float = 2.34
+    weight_init_type: str = "xavier"
+    xavier_factor_type: str = "in"
+
+    # --- extensions (not in the built-in algorithm; documented as such) ---
+    # encoder_type / decoder_type also accept "transformer".
+    transformer_model_size: int = 512
+    transformer_attention_heads: int = 8
+    transformer_feed_forward_num_hidden: int = 2048
+    transformer_dropout: float = 0.1
+    transformer_positional_embedding_type: str = "fixed"  # fixed (sinusoidal) | learned
+    weight_tying: bool = False
+    weight_tying_type: str = "trg_softmax"  # trg_softmax | src_trg | src_trg_softmax
+    label_smoothing: float = 0.0
+    learning_rate_warmup: int = 0  # batches of linear warm-up before the scheduler takes over
+    batch_type: str = "sentence"  # sentence: batch_size sentences | word: about batch_size target tokens
+    length_penalty_alpha: float = 1.0
+    length_penalty_beta: float = 0.0
+    seed: int = 13
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+
+    @property
+    def attention_num_hidden(self) -> int:
+        """The built-in default of rnn_attention_num_hidden is "whatever rnn_num_hidden is"."""
+        return self.rnn_attention_num_hidden if self.rnn_attention_num_hidden is not None else self.rnn_num_hidden
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+
+
+class HyperparameterError(ValueError):
+    """A value the training job must not start with; ``name`` and ``value`` let callers (and tests)
+    react to which one without parsing the message."""
+
+    def __init__(self, name: str, value: object, reason: str, message: str | None = None) -> None:
+        self.name = name
+        self.value = value
+        self.reason = reason
+        super().__init__(message or f"hyperparameter {name}={_quote(value)}: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep it picklable across worker processes
+        return (type(self), (self.name, self.value, self.reason))
+
+
+class UnknownHyperparameterError(HyperparameterError):
+    """Every unknown name at once, so a user fixes a misspelt hyperparameters.json in one go.
+
+    ``name`` is the comma-joined names, ``value`` maps each to its raw value, ``suggestions`` each to
+    its closest known name (or None)."""
+
+    def __init__(self, raw: Mapping[str, object]) -> None:
+        names = sorted(raw, key=str)
+        self.names = tuple(str(n) for n in names)
+        self.suggestions = {str(n): _suggest(str(n)) for n in names}
+        parts = [f"{n} (did you mean {self.suggestions[n]}?)" if self.suggestions[n] else n for n in self.names]
+        super().__init__(", ".join(self.names), dict(raw), "unknown", f"unknown hyperparameter(s): {', '.join(parts)}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.value,))
+
+
+def _quote(value: object) -> str:
+    return json.dumps(value if isinstance(value, str) else _format(value), ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------------------------------
+# The one table of what each hyperparameter allows and means
+
+
+@dataclass(frozen=True)
+class _Spec:
+    meaning: str
+    choices: tuple[str, ...] = ()  # for str fields: the allowed values
+    extension_choices: tuple[str, ...] = ()  # those of ``choices`` the built-in algorithm lacks
+    low: float | None = None  # numeric range; None = unbounded
+    high: float | None = None
+    low_open: bool = False  # True: low itself is excluded
+    high_open: bool = False
+    special: int | None = None  # one extra value outside the range (e.g. -1 = no limit)
+    accepts_none: bool = False  # "none" parses to None
+    extension: bool = False  # not a built-in name
+    default_text: str | None = None  # how describe_markdown shows a default that is not a value
+
+
+_DROPOUT = {"low": 0.0, "high": 1.0, "high_open": True}
+_POSITIVE = {"low": 1}
+
+_SPECS: dict[str, _Spec] = {
+    "batch_size": _Spec("mini-batch size (sentences, or target tokens with batch_type=word)", **_POSITIVE),
+    "beam_size": _Spec("beam for BLEU during training and for inference", **_POSITIVE),
+    "bleu_sample_size": _Spec("validation sentences scored with BLEU at checkpoints; -1 = all, 0 = none", low=-1),
+    "bucket_width": _Spec("width of the sentence-length buckets", **_POSITIVE),
+    "bucketing_enabled": _Spec("batch sentences of similar length together"),
+    "checkpoint_frequency_num_batches": _Spec("checkpoint and evaluate every N batches", **_POSITIVE),
+    "checkpoint_threshold": _Spec("stop after N checkpoints without improvement of optimized_metric", **_POSITIVE),
+    "clip_gradient": _Spec("clip absolute gradient values above it; <= 0 disables"),
+    "cnn_activation_type": _Spec(
+        "activation of the convolutional layers", ("glu", "relu", "softrelu", "sigmoid", "tanh")
+    ),
+    "cnn_hidden_dropout": _Spec("dropout between convolutional layers", **_DROPOUT),
+    "cnn_kernel_width_decoder": _Spec("kernel width of the cnn decoder", **_POSITIVE),
+    "cnn_kernel_width_encoder": _Spec("kernel width of the cnn encoder", **_POSITIVE),
+    "cnn_num_hidden": _Spec("hidden size of the cnn layers", **_POSITIVE),
+    "decoder_type": _Spec("decoder architecture", ("rnn", "cnn", "transformer"), ("transformer",)),
+    "embed_dropout_source": _Spec("dropout on the source embeddings", **_DROPOUT),
+    "embed_dropout_target": _Spec("dropout on the target embeddings", **_DROPOUT),
+    "encoder_type": _Spec(
+        "encoder architecture (rnn: Bahdanau-style attention, cnn: Gehring-style convolutional)",
+        ("rnn", "cnn", "transformer"),
+        ("transformer",),
+    ),
+    "fixed_rate_lr_half_life": _Spec("checkpoints until the fixed_rate_* schedulers halve the rate", **_POSITIVE),
+    "learning_rate": _Spec("initial learning rate", low=0.0, low_open=True),
+    "loss_type": _Spec("training loss", ("cross-entropy",)),
+    "lr_scheduler_type": _Spec(
+        "learning-rate schedule", ("plateau_reduce", "fixed_rate_inv_t", "fixed_rate_inv_sqrt_t")
+    ),
+    "max_num_batches": _Spec("stop after N batches; -1 = no limit", low=1, special=-1),
+    "max_num_epochs": _Spec("stop after N epochs; none = no limit", low=1, accepts_none=True),
+    "max_seq_len_source": _Spec("longer source sentences are truncated", **_POSITIVE),
+    "max_seq_len_target": _Spec("longer target sentences are truncated", **_POSITIVE),
+    "min_num_epochs": _Spec("do not stop early before this many epochs", low=0),
+    "momentum": _Spec(
+        "momentum of sgd (ignored by the other optimizers)", low=0.0, high=1.0, high_open=True, accepts_none=True
+    ),
+    "num_embed_source": _Spec("source embedding size", **_POSITIVE),
+    "num_embed_target": _Spec("target embedding size", **_POSITIVE),
+    "num_layers_decoder": _Spec("decoder layers", **_POSITIVE),
+    "num_layers_encoder": _Spec("encoder layers", **_POSITIVE),
+    "optimized_metric": _Spec(
+        "validation metric that picks the best checkpoint and drives early stopping", ("perplexity", "accuracy", "bleu")
+    ),
+    "optimizer_type": _Spec("optimizer", ("adam", "sgd", "rmsprop")),
+    "plateau_reduce_lr_factor": _Spec(
+        "plateau_reduce multiplies the rate by it on a plateau", low=0.0, high=1.0, low_open=True
+    ),
+    "plateau_reduce_lr_threshold": _Spec("checkpoints without improvement before plateau_reduce acts", **_POSITIVE),
+    "rnn_attention_in_upper_layers": _Spec("feed the attention context to the upper decoder layers (like GNMT)"),
+    "rnn_attention_num_hidden": _Spec("hidden size of the mlp attention", **_POSITIVE, default_text="rnn_num_hidden"),
+    "rnn_attention_type": _Spec("rnn decoder attention", ("dot", "fixed", "mlp", "bilinear")),
+    "rnn_cell_type": _Spec("recurrent cell", ("lstm", "gru")),
+    "rnn_decoder_hidden_dropout": _Spec("dropout on the decoder's hidden state with context", **_DROPOUT),
+    "rnn_decoder_state_init": _Spec("how the decoder's state starts from the encoder's", ("last", "avg", "zero")),
+    "rnn_first_residual_layer": _Spec("first rnn layer with a residual connection", **_POSITIVE),
+    "rnn_num_hidden": _Spec("rnn hidden size; even for an rnn encoder (its first layer is bidirectional)", **_POSITIVE),
+    "rnn_residual_connections": _Spec("residual connections between stacked rnn layers"),
+    "training_metric": _Spec("metric reported on the training data", ("perplexity", "accuracy")),
+    "weight_decay": _Spec("L2 weight decay", low=0.0),
+    "weight_init_scale": _Spec("xavier: the scale (> 0); uniform: values in ±scale"),
+    "weight_init_type": _Spec("weight initialisation", ("uniform", "xavier")),
+    "xavier_factor_type": _Spec("fan used by xavier", ("in", "out", "avg")),
+    # --- extensions ---
+    "transformer_model_size": _Spec("transformer model (and embedding) size", **_POSITIVE, extension=True),
+    "transformer_attention_heads": _Spec(
+        "transformer attention heads; must divide transformer_model_size", **_POSITIVE, extension=True
+    ),
+    "transformer_feed_forward_num_hidden": _Spec("transformer feed-forward hidden size", **_POSITIVE, extension=True),
+    "transformer_dropout": _Spec("transformer dropout (attention, feed-forward, residual)", **_DROPOUT, extension=True),
+    "transformer_positional_embedding_type": _Spec(
+        "fixed: sinusoidal; learned: trained position embeddings", ("fixed", "learned"), extension=True
+    ),
+    "weight_tying": _Spec("share embedding/output weights per weight_tying_type", extension=True),
+    "weight_tying_type": _Spec(
+        "which weights weight_tying shares", ("trg_softmax", "src_trg", "src_trg_softmax"), extension=True
+    ),
+    "label_smoothing": _Spec("label smoothing of the cross-entropy loss", **_DROPOUT, extension=True),
+    "learning_rate_warmup": _Spec("batches of linear learning-rate warm-up; 0 = none", low=0, extension=True),
+    "batch_type": _Spec(
+        "sentence: batch_size sentences; word: about batch_size target tokens", ("sentence", "word"), extension=True
+    ),
+    "length_penalty_alpha": _Spec("beam search length penalty exponent; 0 = no penalty", low=0.0, extension=True),
+    "length_penalty_beta": _Spec("beam search length penalty constant", low=0.0, extension=True),
+    "seed": _Spec("random seed", low=0, high=2**32 - 1, extension=True),
+    "precision": _Spec("auto: bf16 autocast on CUDA, fp32 on CPU", ("auto", "bf16", "fp32"), extension=True),
+}
+
+_IGNORED_PREFIXES = ("_tuning", "sagemaker_")
+
+
+def _kinds() -> dict[str, tuple[type, bool]]:
+    """(base type, optional) per field, from the dataclass annotations: the single source of types."""
+    out = {}
+    for name, hint in typing.get_type_hints(Hyperparameters).items():
+        optional = False
+        if isinstance(hint, types.UnionType):
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            optional = len(args) < len(typing.get_args(hint))
+            (hint,) = args
+        out[name] = (hint, optional)
+    return out
+
+
+_KINDS = _kinds()
+_DEFAULTS = {f.name: f.default for f in fields(Hyperparameters)}
+
+
+def _check_table() -> None:
+    """Fail at import, not in a training job, when the table and the dataclass disagree."""
+    if list(_SPECS) != list(_KINDS):
+        raise RuntimeError(f"hyperparameter table and dataclass differ: {set(_SPECS) ^ set(_KINDS)}")
+    for name, spec in _SPECS.items():
+        kind, optional = _KINDS[name]
+        if (kind is str) != bool(spec.choices) or (spec.accepts_none and not optional):
+            raise RuntimeError(f"hyperparameter table entry for {name} does not fit its type")
+
+
+_check_table()
+
+EXTENSIONS: tuple[str, ...] = tuple(name for name, spec in _SPECS.items() if spec.extension)
+"""The names the built-in algorithm does not have."""
+
+
+def _fmt_number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _allowed(name: str) -> str:
+    """What a value of ``name`` may be, as the noun phrase the error messages and the README use."""
+    spec = _SPECS[name]
+    kind, _ = _KINDS[name]
+    if kind is bool:
+        return "true or false"
+    if kind is str:
+        return "one of " + ", ".join(spec.choices)
+    noun = "integer" if kind is int else "float"
+    low, high = spec.low, spec.high
+    if kind is int and low == 1 and high is None:
+        text = "a positive integer"
+    elif low is not None and high is not None:
+        left, right = "(" if spec.low_open else "[", ")" if spec.high_open else "]"
+        text = f"a {noun} in {left}{_fmt_number(low)}, {_fmt_number(high)}{right}"
+    elif low is not None:
+        text = f"{'an' if kind is int else 'a'} {noun} {'>' if spec.low_open else '>='} {_fmt_number(low)}"
+    elif high is not None:
+        text = f"{'an' if kind is int else 'a'} {noun} {'<' if spec.high_open else '<='} {_fmt_number(high)}"
+    else:
+        text = f"{'an' if kind is int else 'a'} {noun}"
+    if spec.special is not None:
+        text = f"{spec.special} or {text}"
+    if spec.accepts_none:
+        text += " or none"
+    return text
+
+
+# --------------------------------------------------------------------------------------------------
+# Strings → values
+
+_INT_RE = re.compile(r"[+-]?\d+")
+_FLOAT_RE = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?")
+
+
+def _as_text(name: str, raw: object) -> str:
+    """SageMaker hands strings; a hand-written file may hold JSON numbers, booleans or null, which we
+    read exactly as their JSON spelling so that 64 and "64" (or true and "true") mean the same."""
+    if isinstance(raw, str):
+        return raw.strip()
+    if raw is None:
+        return "none"
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, int | float):
+        return str(raw)
+    raise HyperparameterError(name, raw, f"must be a string (or a JSON number/boolean); allowed: {_allowed(name)}")
+
+
+def _convert(name: str, text: str) -> object:
+    """The typed value of ``text``; only the type is checked here, ranges by :func:`_check_value`."""
+    kind, _ = _KINDS[name]
+    spec = _SPECS[name]
+    if spec.accepts_none and text.lower() == "none":
+        return None
+    if kind is bool:
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        raise HyperparameterError(name, text, "must be true or false")
+    if kind is int:
+        if _INT_RE.fullmatch(text):
+            return int(text)
+        raise HyperparameterError(name, text, _type_reason("an integer", name))
+    if kind is float:
+        if _FLOAT_RE.fullmatch(text):
+            return float(text)
+        raise HyperparameterError(name, text, _type_reason("a number", name))
+    return text
+
+
+def _type_reason(what: str, name: str) -> str:
+    if _SPECS[name].accepts_none:
+        what += " or none"
+    return f"must be {what}; allowed: {_allowed(name)}"
+
+
+def _check_value(name: str, value: object, shown: object) -> None:
+    """Raise unless ``value`` (already of the field's type) is one the table allows."""
+    spec = _SPECS[name]
+    kind, optional = _KINDS[name]
+    if value is None:
+        if optional:  # the parser yields None only for accepts_none names; in code, None means the default
+            return
+        raise HyperparameterError(name, shown, f"must be {_allowed(name)}")
+    if kind is str:
+        if value not in spec.choices:
+            raise HyperparameterError(name, shown, f"must be {_allowed(name)}")
+        return
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise HyperparameterError(name, shown, "must be true or false")
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and not isinstance(value, int)):
+        raise HyperparameterError(name, shown, _type_reason("an integer" if kind is int else "a number", name))
+    if not math.isfinite(value):
+        raise HyperparameterError(name, shown, f"must be finite; allowed: {_allowed(name)}")
+    if spec.special is not None and value == spec.special:
+        return
+    too_low = spec.low is not None and (value <= spec.low if spec.low_open else value < spec.low)
+    too_high = spec.high is not None and (value >= spec.high if spec.high_open else value > spec.high)
+    if too_low or too_high:
+        raise HyperparameterError(name, shown, f"must be {_allowed(name)}")
+
+
+def _check_cross_fields(hp: Hyperparameters) -> None:
+    """Combinations no single value reveals; they would otherwise fail deep inside model building."""
+    if hp.encoder_type == "rnn" and hp.rnn_num_hidden % 2:
+        raise HyperparameterError(
+            "rnn_num_hidden",
+            hp.rnn_num_hidden,
+            "must be even when encoder_type is rnn (the first encoder layer is bidirectional)",
+        )
+    uses_transformer = "transformer" in (hp.encoder_type, hp.decoder_type)
+    if uses_transformer and hp.transformer_model_size % hp.transformer_attention_heads:
+        raise HyperparameterError(
+            "transformer_model_size",
+            hp.transformer_model_size,
+            f"must be divisible by transformer_attention_heads ({hp.transformer_attention_heads}) "
+            "when encoder_type or decoder_type is transformer",
+        )
+    if hp.max_num_epochs is not None and hp.max_num_epochs < hp.min_num_epochs:
+        raise HyperparameterError(
+            "max_num_epochs", hp.max_num_epochs, f"must be >= min_num_epochs ({hp.min_num_epochs})"
+        )
+    if hp.weight_init_type == "xavier" and hp.weight_init_scale <= 0:
+        raise HyperparameterError(
+            "weight_init_scale", hp.weight_init_scale, "must be > 0 when weight_init_type is xavier"
+        )
+    if hp.momentum is not None and hp.optimizer_type != "sgd":
+        logger.warning(
+            "momentum=%s is ignored: optimizer_type is %s, momentum applies to sgd only",
+            _format(hp.momentum),
+            hp.optimizer_type,
+        )
+
+
+def _ignored(name: object) -> bool:
+    return isinstance(name, str) and name.startswith(_IGNORED_PREFIXES)
+
+
+def _suggest(name: str) -> str | None:
+    close = difflib.get_close_matches(name.lower(), list(_SPECS), n=1)
+    return close[0] if close else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Public API
+
+
+def parse_hyperparameters(raw: Mapping[str, str]) -> Hyperparameters:
+    """The typed, validated configuration of a SageMaker ``hyperparameters.json``.
+
+    Missing names take the built-in defaults. SageMaker's own ``sagemaker_*`` and tuning
+    (``_tuning*``) entries are ignored; any other unknown name is an error, because a misspelt
+    hyperparameter that silently keeps its default wastes a whole training job.
+    """
+    unknown = {k: v for k, v in raw.items() if k not in _SPECS and not _ignored(k)}
+    if unknown:
+        raise UnknownHyperparameterError(unknown)
+    for k in raw:
+        if _ignored(k):
+            logger.debug("ignoring SageMaker hyperparameter %s", k)
+    values: dict[str, object] = {}
+    for name in _SPECS:  # table order, so the first error reported does not depend on the file's order
+        if name in raw:
+            text = _as_text(name, raw[name])
+            value = _convert(name, text)
+            _check_value(name, value, text)
+            values[name] = value
+    hp = Hyperparameters(**values)  # type: ignore[arg-type]
+    _check_cross_fields(hp)
+    return hp
+
+
+def validate(hp: Hyperparameters) -> None:
+    """Apply the parser's checks to a dataclass built in code (e.g. with ``dataclasses.replace``)."""
+    for name in _SPECS:
+        value = getattr(hp, name)
+        _check_value(name, value, value)
+    _check_cross_fields(hp)
+
+
+def _format(value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)  # shortest string that reads back as the same float
+    return str(value)
+
+
+def to_strings(hp: Hyperparameters) -> dict[str, str]:
+    """Every hyperparameter as SageMaker passes it, so that ``parse_hyperparameters(to_strings(hp)) == hp``:
+    what a launcher sends to SageMaker and what a checkpoint records."""
+    return {
+        name: _format(getattr(hp, name))
+        for name in _SPECS
+        if not (name == "rnn_attention_num_hidden" and hp.rnn_attention_num_hidden is None)
+    }
+
+
+def describe_markdown() -> str:
+    """The README's hyperparameter table, generated from the same table the parser checks against."""
+    rows = [
+        "| name | default | allowed | built-in or extension | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, spec in _SPECS.items():
+        default = spec.default_text or _format(_DEFAULTS[name])
+        allowed = _allowed(name)
+        allowed = allowed.removeprefix("an ").removeprefix("a ")
+        origin = "extension" if spec.extension else "built-in"
+        if spec.extension_choices:
+            origin += f" ({', '.join(spec.extension_choices)}: extension)"
+        cells = [f"`{name}`", default, allowed, origin, spec.meaning]
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,142 @@
+"""``train``: the container's training entrypoint (SageMaker's contract, DESIGN §4).
+
+Reads the config files and channels under ``/opt/ml`` (or ``$SAGEMAKER_BASE_DIR``), trains, and
+leaves in the model directory everything serving needs. Any error ends with its reason in
+``output/failure`` and a non-zero exit — the message SageMaker shows as FailureReason, so it names
+the channel, file, record or hyperparameter at fault.
+
+With several GPUs (or ``SEQ2SEQ_NUM_PROCESSES`` > 1) it re-launches itself under ``torchrun``, one
+process per device, like the built-in algorithm's single-machine multi-GPU mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import traceback
+from datetime import timedelta
+
+import torch
+
+from model import checkpoint as ckpt
+from model import data_io
+from model.hyperparameters import Hyperparameters, parse_hyperparameters
+from model.model import build_model, count_parameters
+from model.optim import build_optimizer, build_schedule
+from model.sagemaker import SageMakerPaths, read_json_file, write_failure
+from model.training import DistInfo, Trainer
+from model.vocab import reverse
+
+log = logging.getLogger("model.train")
+
+NUM_PROCESSES_ENV = "SEQ2SEQ_NUM_PROCESSES"
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
+def wanted_processes(environ: dict[str, str] | os._Environ) -> int:
+    explicit = environ.get(NUM_PROCESSES_ENV)
+    if explicit:
+        return max(1, int(explicit))
+    return torch.cuda.device_count() if torch.cuda.is_available() else 1
+
+
+def relaunch_distributed(n: int) -> int:
+    """Run this entrypoint under torchrun with one process per device; returns its exit status."""
+    import subprocess
+
+    log.info("launching %d training processes with torchrun", n)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+           "-m", "model.train"]
+    return subprocess.call(cmd)
+
+
+def setup_distributed() -> tuple[DistInfo, torch.device]:
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return DistInfo(), device
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    # Rank 0 evaluates BLEU while the others wait at the next collective: allow for long evaluations.
+    torch.distributed.init_process_group(backend=backend, timeout=timedelta(hours=2))
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    return DistInfo(rank, world), device
+
+
+def run(paths: SageMakerPaths) -> int:
+    raw = read_json_file(paths.hyperparameters_file, "hyperparameters.json", required=False)
+    hp: Hyperparameters = parse_hyperparameters(raw)
+    input_config = read_json_file(paths.input_data_config_file, "inputdataconfig.json", required=False)
+    for channel in input_config:
+        if channel not in ("train", "validation", "vocab"):
+            log.warning("channel %r is not used by this algorithm (train, validation, vocab)", channel)
+
+    dist, device = setup_distributed()
+    if dist.is_main:
+        log.info("device %s, %d process(es), precision %s", device, dist.world_size, hp.precision)
+    torch.manual_seed(hp.seed)
+
+    source_vocab, target_vocab = data_io.load_vocabularies(paths.channel("vocab"))
+    load = {"source_vocab_size": len(source_vocab), "target_vocab_size": len(target_vocab),
+            "max_seq_len_source": hp.max_seq_len_source, "max_seq_len_target": hp.max_seq_len_target}
+    started = time.monotonic()
+    train_data = data_io.load_channel(paths.channel("train"), "train", **load)
+    val_data = data_io.load_channel(paths.channel("validation"), "validation", **load)
+    if dist.is_main:
+        log.info("loaded %d training and %d validation pairs in %.1fs; vocabularies %d source / %d target",
+                 len(train_data), len(val_data), time.monotonic() - started, len(source_vocab), len(target_vocab))
+
+    model = build_model(hp, len(source_vocab), len(target_vocab)).to(device)
+    if dist.is_main:
+        log.info("model %s encoder / %s decoder, %d parameters", hp.encoder_type, hp.decoder_type,
+                 count_parameters(model))
+        ckpt.save_model_files(paths.model_dir, hp, source_vocab, target_vocab)
+    optimizer = build_optimizer(model.parameters(), hp)
+    schedule = build_schedule(optimizer, hp)
+    trainer = Trainer(hp, model, optimizer, schedule, train_data, val_data, reverse(target_vocab),
+                      paths.model_dir, paths.checkpoint_dir, device, dist)
+    trainer.resume()
+    if dist.enabled:
+        trainer.model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    state = trainer.fit()
+    if dist.enabled:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    if dist.is_main:
+        log.info("model written to %s (%s)", paths.model_dir, state.stop_reason)
+    return 0
+
+
+def main() -> int:
+    configure_logging()
+    paths = SageMakerPaths.from_env()
+    try:
+        if "RANK" not in os.environ:
+            n = wanted_processes(os.environ)
+            if n > 1:
+                status = relaunch_distributed(n)
+                if status != 0 and not paths.failure_file.exists():
+                    write_failure(paths, f"distributed training failed: torchrun exited with status {status}")
+                return status
+        return run(paths)
+    except Exception as e:
+        reason = f"{type(e).__name__}: {e}"
+        if int(os.environ.get("RANK", "0")) == 0:
+            write_failure(paths, reason)
+        log.error("training failed: %s\n%s", reason, traceback.format_exc())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

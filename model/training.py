@@ -1,0 +1,433 @@
+"""The training loop: updates, checkpoints, evaluation, early stopping, resume — the built-in
+algorithm's semantics (DESIGN §4, seq2seq-hyperparameters.md) on PyTorch.
+
+Every ``checkpoint_frequency_num_batches`` updates the model is evaluated on the validation channel
+(perplexity and accuracy always, BLEU with beam search when ``bleu_sample_size`` asks for it or
+``optimized_metric`` is bleu), the metric lines are printed, the best weights so far go to the model
+directory, and the whole training state goes to the checkpoint directory. Training stops after
+``checkpoint_threshold`` checkpoints without improvement (never before ``min_num_epochs``), or at
+``max_num_batches`` / ``max_num_epochs``.
+
+Under DDP (``torchrun``) every rank trains on its shard of each epoch's batches; rank 0 evaluates and
+writes, and broadcasts its decisions so that every rank stops at the same update.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model import checkpoint as ckpt
+from model import data_io, metrics
+from model.beam_search import beam_search
+from model.hyperparameters import Hyperparameters
+from model.optim import LearningRateSchedule, clip_gradients
+from model.vocab import PAD_ID
+
+log = logging.getLogger(__name__)
+
+PROGRESS_SECONDS = 30.0
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+@dataclass
+class TrainingState:
+    epoch: int = 0  # epochs completed
+    batch_in_epoch: int = 0  # batches of the current epoch already trained (this rank's shard)
+    num_updates: int = 0
+    num_checkpoints: int = 0
+    best_metric: float | None = None
+    best_checkpoint: int = 0
+    checkpoints_without_improvement: int = 0
+    target_tokens: int = 0
+    stop_reason: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA by default (``precision=auto``); fp32 on CPU unless bf16 is asked for."""
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def token_losses(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> tuple[torch.Tensor, ...]:
+    """(smoothed loss sum, NLL sum, correct count) over the real (non-pad) target tokens.
+
+    The NLL is kept apart from the smoothed loss because perplexity must be the model's real
+    likelihood, whatever smoothing the optimisation uses."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    mask = targets != PAD_ID
+    nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    nll = nll.masked_fill(~mask, 0.0)
+    if label_smoothing > 0:
+        smooth = -logp.mean(dim=-1).masked_fill(~mask, 0.0)
+        loss = (1.0 - label_smoothing) * nll.sum() + label_smoothing * smooth.sum()
+    else:
+        loss = nll.sum()
+    correct = ((logp.argmax(-1) == targets) & mask).sum()
+    return loss, nll.sum().detach(), correct.detach()
+
+
+@torch.inference_mode()
+def evaluate_likelihood(model: nn.Module, data: data_io.ParallelData, batch_size: int,
+                        device: torch.device, precision: str) -> dict[str, float]:
+    """Validation perplexity (exp mean NLL, ``</s>`` counted, ``<pad>`` not) and token accuracy."""
+    was_training = model.training
+    model.eval()
+    total_nll = 0.0
+    correct = tokens = 0
+    try:
+        for indices in data_io.evaluation_batches(data, batch_size):
+            batch = data_io.collate(data, indices).to(device)
+            with autocast_context(device, precision):
+                logits = model(batch.src, batch.lengths, batch.trg_in)
+            _, nll, corr = token_losses(logits, batch.trg_out, 0.0)
+            total_nll += float(nll)
+            correct += int(corr)
+            tokens += batch.num_target_tokens
+    finally:
+        model.train(was_training)
+    return {"perplexity": metrics.perplexity(total_nll, tokens), "accuracy": correct / tokens if tokens else 0.0,
+            "nll": total_nll, "tokens": tokens}
+
+
+def bleu_sample(num_pairs: int, hp: Hyperparameters) -> np.ndarray | None:
+    """Which validation pairs BLEU is computed on: fixed for the whole run so checkpoints compare.
+
+    ``bleu_sample_size`` -1 is all of them, 0 none — except that ``optimized_metric=bleu`` needs BLEU,
+    so 0 then means all (the AWS example sets optimized_metric=bleu and leaves the sample size alone)."""
+    n = hp.bleu_sample_size
+    if n == 0 and hp.optimized_metric == "bleu":
+        n = -1
+    if n == 0:
+        return None
+    if n < 0 or n >= num_pairs:
+        return np.arange(num_pairs)
+    rng = np.random.default_rng(hp.seed)
+    return np.sort(rng.choice(num_pairs, size=n, replace=False))
+
+
+def evaluate_bleu(model: nn.Module, data: data_io.ParallelData, indices: np.ndarray, hp: Hyperparameters,
+                  target_tokens: list[str], device: torch.device, batch_size: int = 32) -> float:
+    """Token-level BLEU of beam-search output against the validation targets (the algorithm's view)."""
+    was_training = model.training
+    model.eval()
+    hyps: dict[int, str] = {}
+    refs: dict[int, str] = {}
+    subset = data.subset(indices)
+    try:
+        for batch_indices in data_io.evaluation_batches(subset, batch_size):
+            batch = data_io.collate(subset, batch_indices).to(device)
+            with autocast_context(device, hp.precision):
+                out = beam_search(model, batch.src, batch.lengths, beam_size=hp.beam_size,
+                                  max_output_length=hp.max_seq_len_target + 1,
+                                  length_penalty_alpha=hp.length_penalty_alpha,
+                                  length_penalty_beta=hp.length_penalty_beta)
+            for i, translation in zip(batch_indices.tolist(), out):
+                hyps[i] = " ".join(target_tokens[t] for t in translation.tokens)
+                refs[i] = " ".join(target_tokens[t] for t in subset.target(i))
+    finally:
+        model.train(was_training)
+    order = sorted(hyps)
+    return metrics.corpus_bleu([hyps[i] for i in order], [refs[i] for i in order])
+
+
+class StopSignal:
+    """SIGTERM (SageMaker's stop, spot interruption) becomes a flag the loop checks after each update,
+    so the job saves a checkpoint and exits cleanly instead of dying mid-write."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> StopSignal:
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("SIGTERM received: finishing this update, saving a checkpoint, then exiting")
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+class Trainer:
+    def __init__(
+        self,
+        hp: Hyperparameters,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: LearningRateSchedule,
+        train_data: data_io.ParallelData,
+        val_data: data_io.ParallelData,
+        target_tokens: list[str],
+        model_dir: Path,
+        checkpoint_dir: Path,
+        device: torch.device,
+        dist: DistInfo | None = None,
+        emit: Callable[[Mapping[str, float]], None] = metrics.emit,
+    ) -> None:
+        self.hp = hp
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.train_data = train_data
+        self.val_data = val_data
+        self.target_tokens = target_tokens
+        self.model_dir = model_dir
+        self.checkpoint_dir = checkpoint_dir
+        self.device = device
+        self.dist = dist or DistInfo()
+        self.emit = emit
+        self.config = data_io.DataConfig.from_hyperparameters(hp)
+        self.state = TrainingState()
+        self.bleu_indices = bleu_sample(len(val_data), hp)
+        self.eval_batch_size = hp.batch_size if hp.batch_type == "sentence" else max(
+            1, hp.batch_size // (hp.max_seq_len_target + 1))
+        self._window = {"loss": 0.0, "nll": 0.0, "correct": 0, "tokens": 0}
+
+    # --- checkpoints -------------------------------------------------------------------------------
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.checkpoint_dir / ckpt.CHECKPOINT_FILE
+
+    def save_checkpoint(self) -> None:
+        if not self.dist.is_main:
+            return
+        ckpt.torch_save(self.checkpoint_file, {
+            "format_version": ckpt.FORMAT_VERSION,
+            "hyperparameters": asdict(self.hp),
+            "model": ckpt.unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "state": asdict(self.state),
+            "torch_rng": torch.get_rng_state(),
+        })
+
+    def resume(self) -> bool:
+        """Carry on from ``checkpoint.pt`` when one is there (a restarted spot job): same weights,
+        optimizer moments, learning rate, batch count and position in the epoch's shuffled order."""
+        if not self.checkpoint_file.is_file():
+            return False
+        saved = torch.load(self.checkpoint_file, map_location="cpu", weights_only=False)
+        if saved.get("format_version") != ckpt.FORMAT_VERSION:
+            raise ValueError(f"{self.checkpoint_file}: unknown checkpoint format {saved.get('format_version')!r}")
+        old = saved["hyperparameters"]
+        changed = [k for k in ("encoder_type", "decoder_type", "rnn_num_hidden", "num_layers_encoder",
+                               "num_layers_decoder", "num_embed_source", "num_embed_target", "rnn_cell_type",
+                               "cnn_num_hidden", "transformer_model_size") if old.get(k) != getattr(self.hp, k)]
+        if changed:
+            raise ValueError(f"{self.checkpoint_file} was written with different architecture hyperparameters "
+                             f"({', '.join(changed)}); remove the checkpoint or restore them")
+        ckpt.unwrap(self.model).load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.schedule.load_state_dict(saved["schedule"])
+        self.state = TrainingState(**saved["state"])
+        torch.set_rng_state(saved["torch_rng"])
+        log.info("resumed from %s: %d updates done, epoch %d, batch %d of the epoch, %d checkpoints, best %s=%s",
+                 self.checkpoint_file, self.state.num_updates, self.state.epoch + 1, self.state.batch_in_epoch,
+                 self.state.num_checkpoints, self.hp.optimized_metric, self.state.best_metric)
+        return True
+
+    # --- evaluation ----------------------------------------------------------------------------------
+    def checkpoint(self) -> bool:
+        """Evaluate, print metrics, keep the best weights, save the training state. True = stop now."""
+        decision = [False, False]  # improved, stop
+        if self.dist.is_main:
+            decision = self._evaluate_and_save()
+        if self.dist.enabled:
+            torch.distributed.broadcast_object_list(decision, src=0)
+        improved, stop = decision
+        if not self.dist.is_main:
+            self._count_checkpoint(improved)
+        return stop
+
+    def _count_checkpoint(self, improved: bool) -> None:
+        self.state.num_checkpoints += 1
+        self.state.checkpoints_without_improvement = 0 if improved else self.state.checkpoints_without_improvement + 1
+        self.schedule.on_checkpoint(improved)
+
+    def _evaluate_and_save(self) -> list[bool]:
+        model = ckpt.unwrap(self.model)
+        started = time.monotonic()
+        w = self._window
+        values: dict[str, float] = {}
+        if w["tokens"]:
+            values["train:loss"] = w["loss"] / w["tokens"]
+            values["train:perplexity"] = metrics.perplexity(w["nll"], w["tokens"])
+            if self.hp.training_metric == "accuracy":
+                values["train:accuracy"] = w["correct"] / w["tokens"]
+        self._window = {"loss": 0.0, "nll": 0.0, "correct": 0, "tokens": 0}
+        val = evaluate_likelihood(model, self.val_data, self.eval_batch_size, self.device, self.hp.precision)
+        values["validation:perplexity"] = val["perplexity"]
+        values["validation:accuracy"] = val["accuracy"]
+        if self.bleu_indices is not None:
+            values["validation:bleu"] = evaluate_bleu(model, self.val_data, self.bleu_indices, self.hp,
+                                                      self.target_tokens, self.device)
+        self.emit(values)
+        current = values[f"validation:{self.hp.optimized_metric}"]
+        improved = metrics.is_better(self.hp.optimized_metric, current, self.state.best_metric)
+        self._count_checkpoint(improved)
+        if improved:
+            self.state.best_metric = current
+            self.state.best_checkpoint = self.state.num_checkpoints
+            ckpt.save_params(self.model_dir, model)
+        self.state.history.append({"checkpoint": self.state.num_checkpoints, "updates": self.state.num_updates,
+                                   "epoch": self.state.epoch + 1, "learning_rate": self.schedule.current_lr,
+                                   "metrics": values, "improved": improved})
+        ckpt.save_metrics(self.model_dir, self.summary())
+        self.save_checkpoint()
+        log.info("checkpoint %d at update %d: %s=%.4g (%s; best %.4g at checkpoint %d), lr %.3g, took %.1fs",
+                 self.state.num_checkpoints, self.state.num_updates, self.hp.optimized_metric, current,
+                 "improved" if improved else f"{self.state.checkpoints_without_improvement} without improvement",
+                 self.state.best_metric, self.state.best_checkpoint, self.schedule.current_lr,
+                 time.monotonic() - started)
+        stop = (self.state.checkpoints_without_improvement >= self.hp.checkpoint_threshold
+                and self.state.epoch >= self.hp.min_num_epochs)
+        if stop:
+            self.state.stop_reason = (f"{self.hp.checkpoint_threshold} checkpoints without improvement of "
+                                      f"{self.hp.optimized_metric}")
+        return [improved, stop]
+
+    def summary(self) -> dict[str, Any]:
+        best = next((h for h in self.state.history if h["checkpoint"] == self.state.best_checkpoint), None)
+        return {
+            "optimized_metric": self.hp.optimized_metric,
+            "best_checkpoint": self.state.best_checkpoint,
+            "best_metric": self.state.best_metric,
+            "best_metrics": best["metrics"] if best else {},
+            "num_updates": self.state.num_updates,
+            "epochs_completed": self.state.epoch,
+            "stop_reason": self.state.stop_reason,
+            "history": self.state.history,
+        }
+
+    # --- the loop ------------------------------------------------------------------------------------
+    def _train_step(self, batch: data_io.Batch) -> None:
+        with autocast_context(self.device, self.hp.precision):
+            logits = self.model(batch.src, batch.lengths, batch.trg_in)
+        loss, nll, correct = token_losses(logits, batch.trg_out, self.hp.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        (loss / batch.num_target_tokens).backward()
+        clip_gradients(self.model.parameters(), self.hp)
+        self.optimizer.step()
+        self.state.num_updates += 1
+        self.schedule.on_batch(self.state.num_updates)
+        self.state.target_tokens += batch.num_target_tokens
+        w = self._window
+        w["loss"] += float(loss.detach())
+        w["nll"] += float(nll)
+        w["correct"] += int(correct)
+        w["tokens"] += batch.num_target_tokens
+
+    def _stop_agreed(self, stop_signal: StopSignal) -> bool:
+        if not self.dist.enabled:
+            return stop_signal.requested
+        flag = torch.tensor([1.0 if stop_signal.requested else 0.0], device=self.device)
+        torch.distributed.all_reduce(flag)
+        return bool(flag.item() > 0)
+
+    def fit(self) -> TrainingState:
+        hp = self.hp
+        self.model.train()
+        since_checkpoint = 0
+        last_log = started = time.monotonic()
+        start_updates, start_tokens = self.state.num_updates, self.state.target_tokens
+        with StopSignal() as stop_signal:
+            while not self.state.stop_reason:
+                if hp.max_num_epochs is not None and self.state.epoch >= hp.max_num_epochs:
+                    self.state.stop_reason = f"max_num_epochs={hp.max_num_epochs} reached"
+                    break
+                batches = data_io.shard(data_io.make_batches(self.train_data, self.config, self.state.epoch),
+                                        self.dist.rank, self.dist.world_size)
+                if not batches:
+                    raise data_io.ChannelError("channel 'train' gives no batch on this rank: fewer batches than "
+                                               f"processes ({self.dist.world_size})")
+                for i in range(self.state.batch_in_epoch, len(batches)):
+                    self._train_step(data_io.collate(self.train_data, batches[i]).to(self.device))
+                    self.state.batch_in_epoch = i + 1
+                    since_checkpoint += 1
+                    now = time.monotonic()
+                    if self.dist.is_main and now - last_log >= PROGRESS_SECONDS:
+                        last_log = now
+                        self._log_progress(i + 1, len(batches), now - started,
+                                           self.state.num_updates - start_updates,
+                                           self.state.target_tokens - start_tokens)
+                    if self._stop_agreed(stop_signal):
+                        self.state.stop_reason = "stopped by SIGTERM"
+                        self.save_checkpoint()
+                        return self.state
+                    if self.state.num_updates % hp.checkpoint_frequency_num_batches == 0:
+                        since_checkpoint = 0
+                        if self.checkpoint():
+                            break
+                    if 0 < hp.max_num_batches <= self.state.num_updates:
+                        self.state.stop_reason = f"max_num_batches={hp.max_num_batches} reached"
+                        break
+                else:
+                    self.state.epoch += 1
+                    self.state.batch_in_epoch = 0
+                    if self.dist.is_main:
+                        log.info("epoch %d done (%d updates)", self.state.epoch, self.state.num_updates)
+            if since_checkpoint or self.state.num_checkpoints == 0:
+                self.checkpoint()  # the updates after the last checkpoint count too
+        if self.dist.is_main:
+            ckpt.save_metrics(self.model_dir, self.summary())
+            elapsed = time.monotonic() - started
+            log.info("training done: %s; %d updates, %.0f target tokens/s, best %s=%.4g at checkpoint %d",
+                     self.state.stop_reason, self.state.num_updates,
+                     (self.state.target_tokens - start_tokens) / max(elapsed, 1e-9), hp.optimized_metric,
+                     self.state.best_metric if self.state.best_metric is not None else math.nan,
+                     self.state.best_checkpoint)
+        return self.state
+
+    def _log_progress(self, batch: int, num_batches: int, elapsed: float, updates: int, tokens: int) -> None:
+        rate = updates / max(elapsed, 1e-9)
+        if self.hp.max_num_batches > 0:
+            remaining = self.hp.max_num_batches - self.state.num_updates
+            target = f"update {self.state.num_updates}/{self.hp.max_num_batches}"
+        else:
+            remaining = num_batches - batch
+            target = f"update {self.state.num_updates}"
+        log.info("epoch %d batch %d/%d, %s, %.1f batches/s, %.0f target tokens/s, lr %.3g, ETA %s",
+                 self.state.epoch + 1, batch, num_batches, target, rate,
+                 tokens * self.dist.world_size / max(elapsed, 1e-9), self.schedule.current_lr,
+                 _duration(remaining / rate if rate else math.inf)
+                 + ("" if self.hp.max_num_batches > 0 else " (epoch)"))
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
