@@ -1,0 +1,114 @@
+"""The training loop's rules: losses, stopping, epochs, precision — on the tiny copy task."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import metrics
+from model.sagemaker import SageMakerPaths
+from model.train import run
+from model.training import bleu_sample, token_losses
+from tests.system.copy_task import make_sagemaker_tree
+
+TINY = {"batch_size": "16", "rnn_num_hidden": "16", "num_embed_source": "8", "num_embed_target": "8",
+        "max_seq_len_source": "12", "max_seq_len_target": "12"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def train(tmp_path, **hp) -> dict:
+    root = make_sagemaker_tree(tmp_path, {**TINY, **hp}, n_train=160, n_val=20)
+    assert run(SageMakerPaths(root)) == 0
+    return json.loads((root / "model" / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_token_losses_match_torch_cross_entropy_and_ignore_padding(smoothing):
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11)
+    targets = torch.randint(1, 11, (3, 5))
+    targets[0, 3:] = 0
+    targets[2, 1:] = 0
+    loss, nll, correct = token_losses(logits, targets, smoothing)
+    expected = F.cross_entropy(logits.view(-1, 11), targets.view(-1), ignore_index=0, reduction="sum",
+                               label_smoothing=smoothing)
+    assert torch.allclose(loss, expected, atol=1e-4)
+    plain = F.cross_entropy(logits.view(-1, 11), targets.view(-1), ignore_index=0, reduction="sum")
+    assert torch.allclose(nll, plain, atol=1e-4)  # perplexity never sees the smoothing
+    mask = targets != 0
+    assert int(correct) == int(((logits.argmax(-1) == targets) & mask).sum())
+
+
+def test_early_stop_waits_for_min_num_epochs(tmp_path):
+    # A learning rate too small to change accuracy: no checkpoint after the first improves.
+    common = {"learning_rate": "1e-12", "optimized_metric": "accuracy", "checkpoint_frequency_num_batches": "2",
+              "checkpoint_threshold": "1", "max_num_epochs": "5"}
+    eager = train(tmp_path / "a", **common)
+    assert eager["stop_reason"] == "1 checkpoints without improvement of accuracy"
+    assert eager["num_updates"] == 4 and eager["epochs_completed"] == 0
+    patient = train(tmp_path / "b", **common, min_num_epochs="2")
+    assert patient["stop_reason"] == "1 checkpoints without improvement of accuracy"
+    assert patient["epochs_completed"] == 2  # 160 pairs / 16 = 10 batches an epoch
+    assert patient["num_updates"] == 22  # first checkpoint after epoch 2 is done: update 22
+
+
+def test_max_num_epochs_and_a_final_checkpoint(tmp_path):
+    summary = train(tmp_path, max_num_epochs="1", checkpoint_frequency_num_batches="4")
+    assert summary["stop_reason"] == "max_num_epochs=1 reached"
+    assert summary["num_updates"] == 10
+    assert [h["updates"] for h in summary["history"]] == [4, 8, 10]  # the tail after the last checkpoint counts
+
+
+def test_bf16_autocast_path_runs_on_cpu(tmp_path):
+    summary = train(tmp_path, precision="bf16", max_num_batches="6", checkpoint_frequency_num_batches="3",
+                    encoder_type="transformer", decoder_type="transformer", transformer_model_size="16",
+                    transformer_attention_heads="2", transformer_feed_forward_num_hidden="16")
+    ppl = [h["metrics"]["validation:perplexity"] for h in summary["history"]]
+    assert len(ppl) == 2 and all(math.isfinite(p) for p in ppl)
+
+
+def test_plateau_reduce_lowers_the_rate_in_the_history(tmp_path):
+    summary = train(tmp_path, learning_rate="1e-12", optimized_metric="accuracy", max_num_batches="8",
+                    checkpoint_frequency_num_batches="2", checkpoint_threshold="10",
+                    plateau_reduce_lr_threshold="1", plateau_reduce_lr_factor="0.5")
+    rates = [h["learning_rate"] for h in summary["history"]]
+    assert rates[0] == pytest.approx(1e-12) and rates[-1] < rates[0]
+
+
+def test_bleu_sample_rules():
+    from model.hyperparameters import Hyperparameters
+
+    assert bleu_sample(100, Hyperparameters()) is None
+    assert len(bleu_sample(100, Hyperparameters(optimized_metric="bleu"))) == 100  # bleu needs BLEU: all
+    assert len(bleu_sample(100, Hyperparameters(bleu_sample_size=-1))) == 100
+    sample = bleu_sample(100, Hyperparameters(bleu_sample_size=10))
+    assert len(sample) == 10 and len(set(sample.tolist())) == 10
+    assert (sample == bleu_sample(100, Hyperparameters(bleu_sample_size=10))).all()
+
+
+def test_metric_definitions_read_what_emit_prints():
+    import io
+    import re
+
+    out = io.StringIO()
+    metrics.emit({"validation:bleu": 21.37, "validation:perplexity": 12.8, "train:loss": 1.5e-7,
+                  "validation:accuracy": 0.51}, out)
+    text = out.getvalue()
+    found = {d["Name"]: re.findall(d["Regex"], text) for d in metrics.METRIC_DEFINITIONS}
+    assert float(found["validation:bleu"][0]) == 21.37
+    assert float(found["validation:perplexity"][0]) == 12.8
+    assert float(found["train:loss"][0]) == 1.5e-7
+    assert float(found["validation:accuracy"][0]) == 0.51
+    assert found["train:perplexity"] == []
+    assert set(metrics.OBJECTIVE_METRICS) <= {d["Name"] for d in metrics.METRIC_DEFINITIONS}
