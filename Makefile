@@ -5,6 +5,11 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := demo-output
 SAMPLE := pipeline_tasks/sample_data/wmt-toy-ende
+# The AWS example's hyperparameter strings, scaled down so that the demo trains in a few minutes on 2 CPUs.
+DEMO_HP := {"max_seq_len_source": "60", "max_seq_len_target": "60", "optimized_metric": "perplexity", \
+	"batch_size": "32", "checkpoint_frequency_num_batches": "100", "rnn_num_hidden": "128", \
+	"num_layers_encoder": "1", "num_layers_decoder": "1", "num_embed_source": "64", "num_embed_target": "64", \
+	"checkpoint_threshold": "3", "max_num_batches": "300", "learning_rate": "0.003", "bleu_sample_size": "100"}
 
 .PHONY: venv test lint demo bench proto clean
 
@@ -43,6 +48,16 @@ demo: venv
 		print(f\"\\ntrain records: {r['train']['records']}, validation records: {r['validation']['records']}, \" \
 		f\"vocab: {r['vocab']['source_size']} src / {r['vocab']['target_size']} trg\")"
 	@echo "channels uploaded to $(DEMO)/artifacts/data/{train,validation,vocab}/"
+	@# Train with the container's entrypoint as SageMaker would run it, under a SageMaker-style root.
+	mkdir -p $(DEMO)/ml/input/config $(DEMO)/ml/input/data
+	cp -r $(DEMO)/artifacts/data/train $(DEMO)/artifacts/data/validation $(DEMO)/artifacts/data/vocab $(DEMO)/ml/input/data/
+	echo '$(DEMO_HP)' > $(DEMO)/ml/input/config/hyperparameters.json
+	SAGEMAKER_BASE_DIR=$(DEMO)/ml OMP_NUM_THREADS=1 $(PY) container/train
+	@$(PY) -c "import json; m = json.load(open('$(DEMO)/ml/model/metrics.json')); b = m['best_metrics']; \
+		print(f\"\nbest checkpoint {m['best_checkpoint']} of {len(m['history'])} ({m['num_updates']} updates): \" \
+		f\"validation perplexity {b['validation:perplexity']:.2f}, accuracy {b['validation:accuracy']:.3f}, \" \
+		f\"token BLEU {b.get('validation:bleu', float('nan')):.2f}\")"
+	@echo "model written to $(DEMO)/ml/model/ (params.pt, config, vocabularies, metrics.json)"
 
 bench: venv
 	$(PY) -m benchmarks.bench_recordio
