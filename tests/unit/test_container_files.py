@@ -48,3 +48,9 @@ def test_entrypoint_dispatches_and_rejects_no_command():
     assert none.returncode == 2 and "usage" in none.stderr
     other = subprocess.run([script, "echo", "plain command"], capture_output=True, text=True)
     assert other.returncode == 0 and other.stdout == "plain command\n"
+
+
+def test_readme_hyperparameter_table_is_the_generated_one():
+    from model.hyperparameters import describe_markdown
+
+    assert describe_markdown().strip() in (ROOT / "README.md").read_text()
