@@ -1,7 +1,8 @@
-"""Shared fixtures: paths to the real text shipped with the project."""
+"""Shared fixtures: paths to the real text shipped with the project, and torch's thread count."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,19 @@ NEWSTEST = ROOT / "tests" / "data" / "newstest"
 @pytest.fixture(scope="session")
 def sample_dir() -> Path:
     return SAMPLE
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models run several times faster on one thread: thread hand-offs cost more than the arithmetic,
+    badly so on a shared 2-core machine. Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``;
+    torch is imported here, not at the top, so that tests without torch do not pay for it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def head_lines(src: Path, dst: Path, n: int) -> Path:

@@ -15,6 +15,8 @@ from model.sagemaker import SageMakerPaths
 from model.train import run
 from tests.system.copy_task import make_sagemaker_tree, pairs, sequences
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = {
     "batch_size": "32",
     "checkpoint_frequency_num_batches": "100",
@@ -30,15 +32,6 @@ TINY = {
     "max_seq_len_source": "20",
     "max_seq_len_target": "20",
 }
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run several times faster on one thread than two on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def held_out_bleu(model_dir, reverse: bool, search: str = "beam") -> float:

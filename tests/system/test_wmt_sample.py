@@ -7,12 +7,14 @@ import json
 import math
 import re
 
-import torch
+import pytest
 
 from model.sagemaker import SageMakerPaths
 from model.train import run
 from pipeline_tasks.channels import VocabConfig, make_channels
 from tests.conftest import SAMPLE, head_lines
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_validation_perplexity_falls_on_the_wmt_sample(tmp_path, capsys):
@@ -28,12 +30,7 @@ def test_validation_perplexity_falls_on_the_wmt_sample(tmp_path, capsys):
         "checkpoint_frequency_num_batches": "100", "max_num_batches": "300", "rnn_num_hidden": "64",
         "num_embed_source": "32", "num_embed_target": "32", "learning_rate": "0.003",
     }))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert run(SageMakerPaths(tmp_path / "ml")) == 0
-    finally:
-        torch.set_num_threads(before)
+    assert run(SageMakerPaths(tmp_path / "ml")) == 0
     printed = [float(v) for v in re.findall(r"validation:perplexity=([0-9.eE+-]+)", capsys.readouterr().out)]
     summary = json.loads((tmp_path / "ml/model/metrics.json").read_text())
     history = [h["metrics"]["validation:perplexity"] for h in summary["history"]]

@@ -11,6 +11,9 @@ from model.cnn import CnnDecoder, CnnEncoder
 from model.hyperparameters import Hyperparameters
 from model.model import EncoderOutput, Seq2Seq, initialize, reorder_state, tie_weights
 from model.vocab import BOS_ID, EOS_ID, PAD_ID
+from tests.torch_helpers import stepwise
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 VOCAB = 20
 
@@ -59,17 +62,6 @@ def trg_input(lengths: list[int], seed: int = 2) -> Tensor:
     return torch.cat([torch.full((len(lengths), 1), BOS_ID), ids[:, :-1]], dim=1)
 
 
-def stepwise(model: Seq2Seq, enc: EncoderOutput, trg_in: Tensor) -> tuple[Tensor, Tensor]:
-    decoder = model.decoder
-    state = decoder.init_state(enc)
-    logits, attention = [], []
-    for t in range(trg_in.size(1)):
-        out, att, state = decoder.step(enc, trg_in[:, t], state, t)
-        logits.append(out)
-        attention.append(att)
-    return torch.stack(logits, 1), torch.stack(attention, 1)
-
-
 @pytest.mark.parametrize("kernel", [1, 3, 5])
 @pytest.mark.parametrize("activation", ["glu", "relu", "softrelu", "sigmoid", "tanh"])
 def test_forward_equals_step_by_step(activation: str, kernel: int):
@@ -80,7 +72,7 @@ def test_forward_equals_step_by_step(activation: str, kernel: int):
     with torch.no_grad():
         enc = model.encode(src, lengths)
         full = model.decoder(enc, trg_in)
-        steps, _ = stepwise(model, enc, trg_in)
+        steps, _, _ = stepwise(model.decoder, enc, trg_in)
     assert full.shape == (3, 6, VOCAB)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
     if kernel > 1:
@@ -112,7 +104,7 @@ def test_positions_past_the_table_are_clamped():
     with torch.no_grad():
         enc = model.encode(src, lengths)
         full = model.decoder(enc, trg_in)
-        steps, _ = stepwise(model, enc, trg_in)
+        steps, _, _ = stepwise(model.decoder, enc, trg_in)
     assert enc.states.shape == (2, 9, hp.cnn_num_hidden)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
 
@@ -155,7 +147,7 @@ def test_attention_sums_to_one_over_real_tokens():
     trg_in = trg_input([5, 5, 5])
     with torch.no_grad():
         enc = model.encode(src, lengths)
-        _, attention = stepwise(model, enc, trg_in)
+        _, attention, _ = stepwise(model.decoder, enc, trg_in)
         _, full_attention = model.decoder.forward_with_attention(enc, trg_in)
     assert attention.shape == (3, 5, 6) and attention.dtype == torch.float32
     real = enc.mask[:, None, :].expand_as(attention)
@@ -175,16 +167,12 @@ def test_decoder_accepts_a_non_cnn_encoder_output():
     trg_in = trg_input([4, 4])
     with torch.no_grad():
         full = decoder(enc, trg_in)
-        state = decoder.init_state(enc)
-        steps = []
-        for t in range(4):
-            out, att, state = decoder.step(enc, trg_in[:, t], state, t)
-            steps.append(out)
+        steps, attention, state = stepwise(decoder, enc, trg_in)
     assert decoder.encoder_proj is not None
     assert state["keys"].shape == state["values"].shape == (2, 5, hp.cnn_num_hidden)
     assert full.shape == (2, 4, VOCAB) and torch.isfinite(full).all()
-    torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-5, rtol=1e-5)
-    assert torch.all(att[1, 3:] == 0)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
+    assert torch.all(attention[1, -1, 3:] == 0)
 
 
 def test_invalid_activation_is_rejected():
@@ -210,7 +198,7 @@ def test_runs_under_bfloat16_autocast():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         enc = model.encode(src, lengths)
         full = model.decoder(enc, trg_in)
-        steps, attention = stepwise(model, enc, trg_in)
+        steps, attention, _ = stepwise(model.decoder, enc, trg_in)
     assert torch.isfinite(full.float()).all() and torch.isfinite(steps.float()).all()
     assert attention.dtype == torch.float32
     torch.testing.assert_close(attention.sum(-1), torch.ones(2, 4))

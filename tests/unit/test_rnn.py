@@ -12,6 +12,9 @@ from model.hyperparameters import Hyperparameters
 from model.model import EncoderOutput, Seq2Seq, initialize, reorder_state, tie_weights
 from model.rnn import RnnDecoder, RnnEncoder
 from model.vocab import BOS_ID, EOS_ID, PAD_ID
+from tests.torch_helpers import stepwise
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 VOCAB = 20
 TINY = Hyperparameters(
@@ -25,15 +28,6 @@ TINY = Hyperparameters(
     embed_dropout_target=0.1,
     rnn_decoder_hidden_dropout=0.1,
 )
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: thread hand-offs cost more than the arithmetic, badly so on a shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def make_model(hp: Hyperparameters, seed: int = 0) -> Seq2Seq:
@@ -52,17 +46,6 @@ def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return src, lengths, trg_in
 
 
-def stepped_logits(model: Seq2Seq, src: torch.Tensor, lengths: torch.Tensor, trg_in: torch.Tensor):
-    enc = model.encode(src, lengths)
-    state = model.decoder.init_state(enc)
-    logits, weights = [], []
-    for t in range(trg_in.size(1)):
-        step_logits, step_weights, state = model.decoder.step(enc, trg_in[:, t], state, t)
-        logits.append(step_logits)
-        weights.append(step_weights)
-    return torch.stack(logits, 1), torch.stack(weights, 1)
-
-
 CASES = list(itertools.product(("dot", "bilinear", "mlp", "fixed"), ("lstm", "gru"), ("last", "avg", "zero")))
 
 
@@ -79,7 +62,7 @@ def test_forward_equals_step_by_step(attention, cell, init):
     src, lengths, trg_in = batch()
     with torch.no_grad():
         full = model(src, lengths, trg_in)
-        stepped, weights = stepped_logits(model, src, lengths, trg_in)
+        stepped, weights, _ = stepwise(model.decoder, model.encode(src, lengths), trg_in)
     assert full.shape == (2, 5, VOCAB)
     torch.testing.assert_close(full, stepped, atol=1e-5, rtol=1e-5)
     assert weights.shape == (2, 5, 6)
@@ -93,8 +76,9 @@ def test_forward_equals_step_with_three_layers(upper, residual):
     model = make_model(hp).eval()
     src, lengths, trg_in = batch()
     with torch.no_grad():
-        torch.testing.assert_close(model(src, lengths, trg_in), stepped_logits(model, src, lengths, trg_in)[0],
-                                   atol=1e-5, rtol=1e-5)
+        full = model(src, lengths, trg_in)
+        stepped, _, _ = stepwise(model.decoder, model.encode(src, lengths), trg_in)
+    torch.testing.assert_close(full, stepped, atol=1e-5, rtol=1e-5)
 
 
 def test_encoder_residual_adds_the_layer_input():
@@ -140,7 +124,7 @@ def test_attention_weights_ignore_padding_and_sum_to_one(attention):
     model = make_model(replace(TINY, rnn_attention_type=attention)).eval()
     src, lengths, trg_in = batch()
     with torch.no_grad():
-        _, weights = stepped_logits(model, src, lengths, trg_in)
+        _, weights, _ = stepwise(model.decoder, model.encode(src, lengths), trg_in)
     assert weights.dtype == torch.float32
     assert torch.equal(weights[1, :, 3:], torch.zeros(5, 3))
     torch.testing.assert_close(weights.sum(-1), torch.ones(2, 5))
@@ -151,7 +135,7 @@ def test_fixed_attention_puts_all_weight_on_last_token():
     model = make_model(replace(TINY, rnn_attention_type="fixed")).eval()
     src, lengths, trg_in = batch()
     with torch.no_grad():
-        _, weights = stepped_logits(model, src, lengths, trg_in)
+        _, weights, _ = stepwise(model.decoder, model.encode(src, lengths), trg_in)
     expected = torch.zeros(2, 5, 6)
     expected[0, :, 5] = 1.0
     expected[1, :, 2] = 1.0
@@ -172,13 +156,9 @@ def test_decoder_accepts_another_encoder_size(attention, init):
         full = decoder(enc, trg_in)
         # Garbage at padded positions must not matter: the decoder masks rather than trusting zeros.
         noisy = decoder(EncoderOutput(states=states + 100 * ~mask.unsqueeze(-1), mask=mask, lengths=lengths), trg_in)
-        state = decoder.init_state(enc)
-        stepped = []
-        for t in range(trg_in.size(1)):
-            logits, _, state = decoder.step(enc, trg_in[:, t], state, t)
-            stepped.append(logits)
+    stepped, _, _ = stepwise(decoder, enc, trg_in)
     assert full.shape == (2, 5, VOCAB)
-    torch.testing.assert_close(full, torch.stack(stepped, 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(full, stepped, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(full, noisy, atol=1e-5, rtol=1e-5)
 
 
@@ -243,7 +223,7 @@ def test_runs_under_bf16_autocast():
     src, lengths, trg_in = batch()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         full = model(src, lengths, trg_in)
-        stepped, weights = stepped_logits(model, src, lengths, trg_in)
+        stepped, weights, _ = stepwise(model.decoder, model.encode(src, lengths), trg_in)
     assert torch.isfinite(full.float()).all()
     assert weights.dtype == torch.float32
     torch.testing.assert_close(full.float(), stepped.float(), atol=0.1, rtol=0.05)

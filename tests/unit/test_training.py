@@ -15,16 +15,10 @@ from model.train import run
 from model.training import bleu_sample, token_losses
 from tests.system.copy_task import make_sagemaker_tree
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = {"batch_size": "16", "rnn_num_hidden": "16", "num_embed_source": "8", "num_embed_target": "8",
         "max_seq_len_source": "12", "max_seq_len_target": "12"}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def train(tmp_path, **hp) -> dict:

@@ -10,6 +10,9 @@ from model.hyperparameters import Hyperparameters
 from model.model import EncoderOutput, Seq2Seq, initialize, reorder_state, tie_weights
 from model.transformer import PositionalEmbedding, TransformerDecoder, TransformerEncoder
 from model.vocab import BOS_ID, EOS_ID, PAD_ID
+from tests.torch_helpers import stepwise
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 V = 20
 
@@ -59,16 +62,6 @@ def _trg_in(b: int, t: int, seed: int = 2) -> torch.Tensor:
     return trg
 
 
-def _step_all(model: Seq2Seq, enc: EncoderOutput, trg_in: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    state = model.decoder.init_state(enc)
-    logits, attns = [], []
-    for t in range(trg_in.shape[1]):
-        out, attn, state = model.decoder.step(enc, trg_in[:, t], state, t)
-        logits.append(out)
-        attns.append(attn)
-    return torch.stack(logits, dim=1), attns
-
-
 @pytest.mark.parametrize("pos", ["fixed", "learned"])
 def test_forward_equals_step_by_step(pos):
     model = _model(_hp(transformer_positional_embedding_type=pos)).eval()
@@ -77,7 +70,7 @@ def test_forward_equals_step_by_step(pos):
     with torch.no_grad():
         enc = model.encode(src, lengths)
         full = model.decoder(enc, trg_in)
-        stepped, _ = _step_all(model, enc, trg_in)
+        stepped, _, _ = stepwise(model.decoder, enc, trg_in)
     assert full.shape == (3, 6, V)
     torch.testing.assert_close(stepped, full, atol=1e-5, rtol=1e-5)
 
@@ -138,8 +131,8 @@ def test_attention_rows_sum_to_one_and_skip_padding():
     src, lengths = _batch([6, 2, 4])
     with torch.no_grad():
         enc = model.encode(src, lengths)
-        _, attns = _step_all(model, enc, _trg_in(3, 4))
-    for attn in attns:
+        _, attention, _ = stepwise(model.decoder, enc, _trg_in(3, 4))
+    for attn in attention.unbind(1):
         assert attn.shape == (3, 6) and attn.dtype == torch.float32
         torch.testing.assert_close(attn.sum(dim=-1), torch.ones(3))
         assert torch.all(attn[~enc.mask] == 0)
@@ -155,10 +148,10 @@ def test_empty_source_row_gives_no_nan():
     with torch.no_grad():
         enc = model.encode(src, lengths)
         full = model.decoder(enc, trg_in)
-        stepped, attns = _step_all(model, enc, trg_in)
+        stepped, attention, _ = stepwise(model.decoder, enc, trg_in)
     assert torch.isfinite(enc.states).all() and torch.isfinite(full).all()
     torch.testing.assert_close(stepped, full, atol=1e-5, rtol=1e-5)
-    assert all(torch.all(a[1] == 0) and torch.isfinite(a).all() for a in attns)
+    assert torch.all(attention[1] == 0) and torch.isfinite(attention).all()
 
 
 def test_learned_positions_clamp_beyond_the_table():
@@ -244,13 +237,9 @@ def test_foreign_encoder_size_is_projected():
     trg_in = _trg_in(3, 5)
     with torch.no_grad():
         full = decoder(enc, trg_in)
-        state = decoder.init_state(enc)
-        logits = []
-        for t in range(5):
-            out, _, state = decoder.step(enc, trg_in[:, t], state, t)
-            logits.append(out)
+        stepped, _, state = stepwise(decoder, enc, trg_in)
     assert state["cv0"].shape == (3, 6, 16)
-    torch.testing.assert_close(torch.stack(logits, dim=1), full, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(stepped, full, atol=1e-5, rtol=1e-5)
 
 
 def test_bf16_autocast_runs_and_keeps_float32_attention():
@@ -260,11 +249,11 @@ def test_bf16_autocast_runs_and_keeps_float32_attention():
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         enc = model.encode(src, lengths)
         full = model.decoder(enc, trg_in)
-        stepped, attns = _step_all(model, enc, trg_in)
+        stepped, attention, _ = stepwise(model.decoder, enc, trg_in)
     assert torch.isfinite(full.float()).all() and torch.isfinite(stepped.float()).all()
     assert (stepped.float() - full.float()).abs().max() < 0.1
-    assert attns[-1].dtype == torch.float32
-    torch.testing.assert_close(attns[-1].sum(-1), torch.ones(2))
+    assert attention.dtype == torch.float32
+    torch.testing.assert_close(attention[:, -1].sum(-1), torch.ones(2))
 
 
 @pytest.mark.parametrize(
