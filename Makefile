@@ -61,6 +61,7 @@ demo: venv
 
 bench: venv
 	$(PY) -m benchmarks.bench_recordio
+	$(PY) -m benchmarks.bench_training
 
 # Regenerate model/record_pb2.py (gencode 5.26.1, so that any protobuf runtime >= 5.26.1 loads it).
 proto:

@@ -1,6 +1,6 @@
 """Training throughput: our Trainer (bucketing) against a plain eager PyTorch loop, in target tokens/s.
 
-    .venv/bin/python -m benchmarks.bench_training [--updates 60] [--repeats 3] [--threads N] [--quick]
+    .venv/bin/python -m benchmarks.bench_training [--updates 30] [--repeats 3] [--threads N] [--quick]
 
 Two configurations from the AWS English–German example, scaled down for a CPU: ``rnn`` (LSTM
 encoder/decoder, mlp attention, 1+1 layers, --rnn-hidden / --rnn-embed) and ``transformer`` (our
@@ -237,8 +237,8 @@ def compare_cpu(name: str, hp: Hyperparameters, corpus: Corpus, a: argparse.Name
     return ratio
 
 
-def gpu_run(name: str, hp: Hyperparameters, corpus: Corpus, a: argparse.Namespace, workdir: Path) -> None:
-    device = torch.device("cuda")
+def gpu_run(name: str, hp: Hyperparameters, corpus: Corpus, a: argparse.Namespace, workdir: Path,
+            device: torch.device) -> None:
     best: Run | None = None
     for _ in range(a.repeats):
         run = run_ours(hp, corpus, a.gpu_updates, a.gpu_warmup, device, workdir)
@@ -254,7 +254,7 @@ def gpu_run(name: str, hp: Hyperparameters, corpus: Corpus, a: argparse.Namespac
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--updates", type=int, default=60, help="timed updates per run")
+    ap.add_argument("--updates", type=int, default=30, help="timed updates per run")
     ap.add_argument("--warmup", type=int, default=3, help="untimed updates before each run")
     ap.add_argument("--repeats", type=int, default=3, help="alternating runs of each side; the best counts")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch CPU threads")
@@ -293,6 +293,9 @@ def main() -> None:
     print(f"  rnn: lstm 1+1 layers, mlp attention, rnn_num_hidden {a.rnn_hidden}, num_embed {a.rnn_embed}; "
           f"transformer: {a.tf_layers}+{a.tf_layers} layers, model size {a.tf_size}, ff {4 * a.tf_size}")
     print()
+    print("(tokens: real target tokens of the timed updates; padding: share of padded target positions over a whole "
+          "epoch of that batching)")
+    print()
     print("| config      | loop           | target tok/s | updates/s | tokens    | padding  |")
     print("| ----------- | -------------- | -----------: | --------: | --------: | -------: |")
     ratios = {name: compare_cpu(name, configs[name], corpus, a, work / "model") for name in a.configs}
@@ -317,7 +320,7 @@ def main() -> None:
         print("| config      | params*    | target tok/s | updates/s | MFU    |")
         print("| ----------- | ---------: | -----------: | --------: | -----: |")
         for name in a.configs:
-            gpu_run(name, gpu_configs[name], corpus, a, work / "model")
+            gpu_run(name, gpu_configs[name], corpus, a, work / "model", torch.device("cuda"))
         print("  * excluding embedding tables")
 
 
