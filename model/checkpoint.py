@@ -11,10 +11,8 @@ Every file is written to a temporary sibling and renamed, so a kill never leaves
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from typing import Any
 import torch
 
 from model import vocab as vocab_io
+from model.atomic import staged_file
 from model.hyperparameters import Hyperparameters, parse_hyperparameters, to_strings
 from model.model import Seq2Seq, build_model
 
@@ -33,37 +32,15 @@ METRICS_FILE = "metrics.json"
 CHECKPOINT_FILE = "checkpoint.pt"
 
 
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; published files get the usual mode
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_json(path: Path, obj: Any) -> None:
-    def w(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-
-    _atomic_write(path, w)
+    with staged_file(path, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=2, ensure_ascii=False)
+        f.write("\n")
 
 
 def torch_save(path: Path, obj: Any) -> None:
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    with staged_file(path) as f:
+        torch.save(obj, f)
 
 
 def unwrap(model: torch.nn.Module) -> Seq2Seq:
@@ -93,7 +70,8 @@ def save_model_files(
     write_json(model_dir / HYPERPARAMETERS_FILE, to_strings(hp))
     write_json(model_dir / CONFIG_FILE, model_config(hp, len(source_vocab), len(target_vocab)))
     for name, v in (("vocab.src.json", source_vocab), ("vocab.trg.json", target_vocab)):
-        _atomic_write(model_dir / name, lambda tmp, v=v: vocab_io.save(v, tmp))
+        with staged_file(model_dir / name, "w", encoding="utf-8") as f:
+            f.write(vocab_io.dumps(v))
 
 
 def save_params(model_dir: Path, model: torch.nn.Module) -> None:

@@ -13,29 +13,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from model.atomic import current_umask, staged_file
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def staged_file(path: str | os.PathLike[str], mode: str = "wb", **kwargs) -> Iterator:
-    """Open a temporary sibling of `path`; rename it over `path` only if the block succeeds."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; published files get the usual mode
-    try:
-        with open(tmp, mode, **kwargs) as f:
-            yield f
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+__all__ = ["staged_dir", "staged_file"]
 
 
 @contextlib.contextmanager
@@ -49,7 +29,7 @@ def staged_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent))
-    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes 0700
     try:
         yield staging
     except BaseException:
