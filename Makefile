@@ -16,7 +16,7 @@ DEMO_HP := {"max_seq_len_source": "60", "max_seq_len_target": "60", "optimized_m
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[train,airflow,dev]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[train,serve,airflow,dev]"
 	$(PY) -m pip check
 	@touch $@
 

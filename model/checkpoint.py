@@ -3,7 +3,8 @@ training checkpoint.
 
 ``/opt/ml/model`` (SageMaker tars it into ``model.tar.gz``) holds ``params.pt`` (the best weights),
 ``hyperparameters.json`` (the parsed configuration as strings), ``config.json`` (architecture and
-vocabulary sizes, format version), ``vocab.src.json``/``vocab.trg.json`` and ``metrics.json``.
+vocabulary sizes, format version), ``vocab.src.json``/``vocab.trg.json``, ``metrics.json`` and, when
+the vocab channel carried one, the tokenizer (``tokenizer.json``, ``spm.*.model``: model/tokenizer.py).
 ``/opt/ml/checkpoints/checkpoint.pt`` holds the full training state (weights, optimizer, schedule,
 counters, RNG) so that a stopped job — spot interruption, SIGTERM — carries on where it stopped.
 Every file is written to a temporary sibling and renamed, so a kill never leaves a torn file.
@@ -92,6 +93,7 @@ class LoadedModel:
         self.hp = hp
         self.source_vocab = source_vocab
         self.target_vocab = target_vocab
+        self.source_tokens = vocab_io.reverse(source_vocab)
         self.target_tokens = vocab_io.reverse(target_vocab)
         self.model_dir = model_dir
 

@@ -26,6 +26,7 @@ from model.hyperparameters import Hyperparameters, parse_hyperparameters
 from model.model import build_model, count_parameters
 from model.optim import build_optimizer, build_schedule
 from model.sagemaker import SageMakerPaths, read_json_file, write_failure
+from model.tokenizer import copy_tokenizer
 from model.training import DistInfo, Trainer
 from model.vocab import reverse
 
@@ -101,6 +102,9 @@ def run(paths: SageMakerPaths) -> int:
         log.info("model %s encoder / %s decoder, %d parameters", hp.encoder_type, hp.decoder_type,
                  count_parameters(model))
         ckpt.save_model_files(paths.model_dir, hp, source_vocab, target_vocab)
+        shipped = copy_tokenizer(paths.channel("vocab"), paths.model_dir)
+        if shipped:
+            log.info("tokenizer from the vocab channel copied into the model: %s", ", ".join(shipped))
     optimizer = build_optimizer(model.parameters(), hp)
     schedule = build_schedule(optimizer, hp)
     trainer = Trainer(hp, model, optimizer, schedule, train_data, val_data, reverse(target_vocab),

@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from model import recordio, vocab
+from model.tokenizer import CONFIG_FILE as TOKENIZER_CONFIG
+from model.tokenizer import copy_tokenizer, tokenizer_files
 from pipeline_tasks.atomic import staged_dir
 from pipeline_tasks.parallel import WorkerPool, default_workers
 from pipeline_tasks.progress import Progress
@@ -288,11 +290,16 @@ def build_vocabs(src: Scan, trg: Scan, cfg: VocabConfig) -> tuple[vocab.Vocab, v
 
 def make_channels(train_source: str, train_target: str, val_source: str, val_target: str,
                   output: str | os.PathLike[str], vocab_cfg: VocabConfig | None = None,
-                  workers: int | None = None) -> dict:
+                  workers: int | None = None, tokenizer_dir: str | os.PathLike[str] | None = None) -> dict:
     """Build vocabularies and both RecordIO channels under `output`; returns the report.
 
+    `tokenizer_dir` (the tokenize step's output) puts the tokenizer into the vocab channel beside the
+    vocabularies: training copies it into the model, so that serving and batch transform can take raw
+    text. The built-in algorithm reads only the two vocabulary files and is not bothered by it.
     Everything is staged and published together, so a failure leaves `output` as it was.
     """
+    if tokenizer_dir is not None and not tokenizer_files(tokenizer_dir):
+        raise FileNotFoundError(f"{tokenizer_dir}: no {TOKENIZER_CONFIG} (the tokenize step's output folder)")
     vocab_cfg = vocab_cfg or VocabConfig()
     inputs = {"train.src": train_source, "train.trg": train_target, "val.src": val_source, "val.trg": val_target}
     for p in inputs.values():
@@ -321,6 +328,7 @@ def make_channels(train_source: str, train_target: str, val_source: str, val_tar
             (stage / ch).mkdir()
         vocab.save(src_vocab, stage / VOCAB_CHANNEL / VOCAB_SOURCE_FILE)
         vocab.save(trg_vocab, stage / VOCAB_CHANNEL / VOCAB_TARGET_FILE)
+        tokenizer = copy_tokenizer(tokenizer_dir, stage / VOCAB_CHANNEL) if tokenizer_dir is not None else []
         train = convert("train", scans["train.src"], scans["train.trg"], stage / TRAIN_CHANNEL / TRAIN_FILE,
                         src_vocab, trg_vocab, scratch, pool)
         val = convert("validation", scans["val.src"], scans["val.trg"], stage / VALIDATION_CHANNEL / VAL_FILE,
@@ -329,7 +337,7 @@ def make_channels(train_source: str, train_target: str, val_source: str, val_tar
             p.unlink()
         scratch.rmdir()
         report = {"vocab": {"source_size": len(src_vocab), "target_size": len(trg_vocab), **asdict(vocab_cfg)},
-                  "train": asdict(train), "validation": asdict(val)}
+                  "tokenizer_files": tokenizer, "train": asdict(train), "validation": asdict(val)}
         (stage / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     log.info("channels written to %s: %d train and %d validation records", output, train.records, val.records)
     return report

@@ -47,3 +47,19 @@ def small_corpus(tmp_path: Path) -> dict[str, Path]:
         for lang in ("en", "de"):
             out[f"{split}.{lang}"] = head_lines(SAMPLE / f"{split}.{lang}", tmp_path / "corpus" / f"{split}.{lang}", n)
     return out
+
+
+@pytest.fixture(scope="session")
+def copy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory that copies its input (tests/models.py), trained once per session."""
+    from tests.models import train_copy_model
+
+    return train_copy_model(tmp_path_factory.mktemp("copy-model"))
+
+
+@pytest.fixture(scope="session")
+def wmt_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model directory on real English–German text with a Moses + BPE tokenizer, trained once per session."""
+    from tests.models import train_wmt_model
+
+    return train_wmt_model(tmp_path_factory.mktemp("wmt-model"))

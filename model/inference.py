@@ -1,0 +1,470 @@
+"""Translating new input with a trained model: the one code path behind serving (``container/serve``),
+batch transform and evaluation, so the three can never disagree about what a model says.
+
+Two layers:
+
+- :class:`Translator` turns prepared sources into translations. It sorts a request's sentences by
+  length and decodes them in batches (beam search, or greedy for beam size 1), so that a short
+  sentence does not pay for a long one's padding; results come back in input order.
+- The content-type codecs (:func:`invoke`, :func:`translate_jsonlines`) implement the SageMaker
+  serving contract (DESIGN §4) on bytes: ``application/json`` instances, ``application/jsonlines``,
+  and RecordIO-protobuf Records. They know nothing about HTTP, so the batch transform step runs the
+  very same functions in-process, and the server only maps :class:`RequestError` to a status code.
+
+Text is either ``raw`` (tokenized and subword-split with the tokenizer shipped in the model, and the
+output detokenized) or ``tokens`` (space-separated model tokens, as the built-in algorithm takes them).
+A bad item never disappears: with ``on_error=fail`` the request fails with a message naming the line,
+instance or record; with ``on_error=record`` its output slot carries ``{"error": …}`` instead.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.beam_search import Translation, beam_search, greedy_search
+from model.checkpoint import LoadedModel, load_model
+from model.tokenizer import CONFIG_FILE as TOKENIZER_CONFIG
+from model.tokenizer import Tokenizer
+from model.vocab import EOS_ID, PAD_ID, UNK_ID
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+JSONLINES = "application/jsonlines"
+RECORDIO = "application/x-recordio-protobuf"
+CONTENT_TYPES = (JSON, JSONLINES, RECORDIO)
+# Spellings of JSON Lines seen in the wild; the SageMaker contract uses application/jsonlines.
+_ALIASES = {"application/jsonl": JSONLINES, "application/x-jsonlines": JSONLINES, "application/json-lines": JSONLINES}
+
+TEXT_FORMATS = ("raw", "tokens")
+UNKNOWN_POLICIES = ("unk", "reject")
+ERROR_POLICIES = ("fail", "record")
+
+ENV_PREFIX = "SEQ2SEQ_"
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How a model translates; read from the environment by the server (so a SageMaker CreateModel
+    request's ``Environment`` sets it) and built from flags by batch transform and evaluation."""
+
+    batch_size: int = 32                  # sentences decoded together (grouped by length)
+    beam_size: int | None = None          # None: the model's own beam_size hyperparameter
+    max_output_length: int | None = None  # tokens including </s>; None: max_seq_len_target + 1
+    text_format: str | None = None        # raw | tokens; None: raw when the model ships a tokenizer
+    unknown_tokens: str = "unk"           # unk: map to <unk> as training did | reject: a bad item
+    on_error: str = "fail"                # fail: the request fails | record: {"error": …} in its slot
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.beam_size is not None and self.beam_size < 1:
+            raise ValueError(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.max_output_length is not None and self.max_output_length < 1:
+            raise ValueError(f"max_output_length must be >= 1, got {self.max_output_length}")
+        for name, allowed in (("text_format", TEXT_FORMATS), ("unknown_tokens", UNKNOWN_POLICIES),
+                              ("on_error", ERROR_POLICIES)):
+            value = getattr(self, name)
+            if value is not None and value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> InferenceConfig:
+        """``SEQ2SEQ_BATCH_SIZE``, ``SEQ2SEQ_BEAM_SIZE``, … (the field names, upper case); an unset or
+        empty variable keeps the default. Errors name the variable."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            var = ENV_PREFIX + f.name.upper()
+            raw = environ.get(var, "").strip()
+            if not raw:
+                continue
+            if f.type in ("int", "int | None"):
+                try:
+                    values[f.name] = int(raw)
+                except ValueError:
+                    raise ValueError(f"{var}={raw!r}: expected an integer") from None
+            else:
+                values[f.name] = raw
+        try:
+            return cls(**values)
+        except ValueError as e:
+            raise ValueError(f"{ENV_PREFIX}*: {e}") from None
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes a server behave like this config (the inverse of from_env)."""
+        return {ENV_PREFIX + f.name.upper(): str(getattr(self, f.name))
+                for f in fields(self) if getattr(self, f.name) is not None}
+
+
+class InputError(ValueError):
+    """One input item cannot be translated; the message says why (the caller adds where)."""
+
+
+class RequestError(ValueError):
+    """The request as a whole is refused; ``status`` is the HTTP status a server answers with."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Source:
+    """A source sentence ready for the model."""
+
+    ids: list[int]
+    tokens: list[str]
+    truncated: bool = False
+
+
+@dataclass
+class Output:
+    target: str                        # what the user sees: detokenized text, or tokens
+    target_tokens: list[str]           # model tokens, without </s>
+    target_ids: list[int]
+    source_tokens: list[str]           # model tokens the model saw (after truncation)
+    matrix: list[list[float]] | None   # attention: one row per target token, one column per source token
+
+
+def default_device() -> torch.device:
+    """``$SEQ2SEQ_DEVICE`` (set per server worker), else the GPU when there is one."""
+    name = os.environ.get("SEQ2SEQ_DEVICE")
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class Translator:
+    """A loaded model with its vocabularies and tokenizer, translating batches of sources."""
+
+    def __init__(self, loaded: LoadedModel, tokenizer: Tokenizer | None, config: InferenceConfig,
+                 device: torch.device) -> None:
+        text_format = config.text_format or ("raw" if tokenizer is not None else "tokens")
+        if text_format == "raw" and tokenizer is None:
+            raise ValueError(f"text_format=raw needs the model's tokenizer, and {loaded.model_dir} has no "
+                             f"{TOKENIZER_CONFIG}: make the vocab channel with `recordio --tokenizer` or "
+                             f"use text_format=tokens")
+        self.loaded = loaded
+        self.tokenizer = tokenizer
+        self.config = config
+        self.device = device
+        self.text_format = text_format
+        hp = loaded.hp
+        self.beam_size = config.beam_size or hp.beam_size
+        self.max_output_length = config.max_output_length or hp.max_seq_len_target + 1
+        self.max_source_tokens = hp.max_seq_len_source
+        self._source_vocab = loaded.source_vocab
+        self._source_size = len(loaded.source_vocab)
+        self._target_tokens = loaded.target_tokens
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike[str], config: InferenceConfig | None = None,
+             device: torch.device | str | None = None) -> Translator:
+        device = torch.device(device) if device is not None else default_device()
+        loaded = load_model(model_dir, device)
+        tokenizer = Tokenizer.load(model_dir) if (Path(model_dir) / TOKENIZER_CONFIG).is_file() else None
+        translator = cls(loaded, tokenizer, config or InferenceConfig(), device)
+        log.info("model %s loaded on %s: %s encoder / %s decoder, vocabularies %d/%d, text %s, beam %d",
+                 model_dir, device, loaded.hp.encoder_type, loaded.hp.decoder_type, len(loaded.source_vocab),
+                 len(loaded.target_vocab), translator.text_format, translator.beam_size)
+        return translator
+
+    # --- preparing sources ---------------------------------------------------------------------------
+
+    def source_from_text(self, text: object) -> Source:
+        """A text item (raw or tokens, per the config) as model ids; raises InputError."""
+        if not isinstance(text, str):
+            raise InputError(f"expected a string, got {type(text).__name__}")
+        if not text.strip():
+            raise InputError("empty source")
+        tokens_text = self.tokenizer.encode(text, "source") if self.text_format == "raw" else text
+        tokens = tokens_text.split()
+        if not tokens:
+            raise InputError("source has no tokens after tokenization")
+        unknown = [t for t in tokens if t not in self._source_vocab]
+        if unknown and self.config.unknown_tokens == "reject":
+            shown = ", ".join(repr(t) for t in unknown[:5]) + (", …" if len(unknown) > 5 else "")
+            raise InputError(f"{len(unknown)} token(s) not in the source vocabulary: {shown}")
+        ids = [self._source_vocab.get(t, UNK_ID) for t in tokens]
+        return self._truncate(ids, tokens)
+
+    def source_from_ids(self, ids: Sequence[int]) -> Source:
+        """Source ids as they come in a Record; raises InputError for ids the model does not have."""
+        if len(ids) == 0:
+            raise InputError("empty source")
+        bad = [i for i in ids if not (i == UNK_ID or 4 <= i < self._source_size)]
+        if bad:
+            raise InputError(f"source id(s) {', '.join(map(str, bad[:5]))} not allowed: ids must be 1 (<unk>) "
+                             f"or 4..{self._source_size - 1} (this model's source vocabulary)")
+        tokens = self.loaded.source_tokens
+        return self._truncate(list(ids), [tokens[i] for i in ids])
+
+    def _truncate(self, ids: list[int], tokens: list[str]) -> Source:
+        if len(ids) > self.max_source_tokens:
+            n = self.max_source_tokens
+            return Source(ids[:n], tokens[:n], truncated=True)
+        return Source(ids, tokens)
+
+    # --- decoding ------------------------------------------------------------------------------------
+
+    def translate(self, sources: Sequence[Source], attention: bool | Sequence[bool] = False) -> list[Output]:
+        """Translations of `sources`, in their order, decoded in length-sorted batches."""
+        wants = [attention] * len(sources) if isinstance(attention, bool) else list(attention)
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i].ids), reverse=True)
+        results: list[Output | None] = [None] * len(sources)
+        bs = self.config.batch_size
+        with self._lock:
+            for start in range(0, len(order), bs):
+                chunk = order[start:start + bs]
+                batch = [sources[i] for i in chunk]
+                translations = self._decode(batch, any(wants[i] for i in chunk))
+                for i, src, tr in zip(chunk, batch, translations):
+                    results[i] = self._output(src, tr, wants[i])
+        return results  # type: ignore[return-value]
+
+    def _decode(self, batch: list[Source], attention: bool) -> list[Translation]:
+        lengths = [len(s.ids) + 1 for s in batch]
+        src = torch.full((len(batch), max(lengths)), PAD_ID, dtype=torch.long)
+        for row, s in enumerate(batch):
+            src[row, :len(s.ids)] = torch.tensor(s.ids, dtype=torch.long)
+            src[row, len(s.ids)] = EOS_ID
+        src = src.to(self.device)
+        lens = torch.tensor(lengths, dtype=torch.long, device=self.device)
+        model = self.loaded.model
+        with _autocast(self.device, self.loaded.hp.precision):
+            if self.beam_size == 1:
+                return greedy_search(model, src, lens, self.max_output_length, return_attention=attention)
+            return beam_search(model, src, lens, self.beam_size, self.max_output_length,
+                               self.loaded.hp.length_penalty_alpha, self.loaded.hp.length_penalty_beta,
+                               return_attention=attention)
+
+    def _output(self, src: Source, tr: Translation, attention: bool) -> Output:
+        tokens = [self._target_tokens[t] for t in tr.tokens]
+        text = " ".join(tokens)
+        if self.text_format == "raw":
+            text = self.tokenizer.decode(text, "target")  # type: ignore[union-attr]
+        matrix = None
+        if attention and tr.attention is not None:
+            matrix = [row[:len(src.ids)] for row in tr.attention[:len(tokens)]]
+        return Output(text, tokens, list(tr.tokens), src.tokens, matrix)
+
+    def translate_texts(self, texts: Sequence[str]) -> list[str]:
+        """Plain strings in, plain strings out; the first bad item raises InputError naming its index."""
+        sources = []
+        for i, text in enumerate(texts):
+            try:
+                sources.append(self.source_from_text(text))
+            except InputError as e:
+                raise InputError(f"item {i + 1}: {e}") from None
+        return [o.target for o in self.translate(sources)]
+
+
+def _autocast(device: torch.device, precision: str):
+    from model.training import autocast_context
+
+    return autocast_context(device, precision)
+
+
+# --- the content types ---------------------------------------------------------------------------------
+
+def media_type(header: str | None) -> str:
+    """``application/jsonlines; charset=utf-8`` -> ``application/jsonlines`` (aliases folded)."""
+    value = (header or "").split(";", 1)[0].strip().lower()
+    return _ALIASES.get(value, value)
+
+
+def _accept(content_type: str, accept: str | None) -> None:
+    """The response type is the request's type; refuse an Accept header that excludes it."""
+    if not accept:
+        return
+    wanted = [media_type(a) for a in accept.split(",")]
+    if content_type in wanted or any(a in ("*/*", "application/*") for a in wanted):
+        return
+    raise RequestError(406, f"cannot answer a {content_type} request with {accept}: responses are {content_type}")
+
+
+def _flag(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise InputError(f"attention_matrix must be true or false, got {value!r}")
+
+
+def _translate_items(translator: Translator, items: list[Source | InputError],
+                     attention: list[bool]) -> list[Output | InputError]:
+    good = [i for i, item in enumerate(items) if isinstance(item, Source)]
+    outputs = translator.translate([items[i] for i in good], [attention[i] for i in good])  # type: ignore[misc]
+    result: list[Output | InputError] = list(items)  # type: ignore[arg-type]
+    for i, out in zip(good, outputs):
+        result[i] = out
+    return result
+
+
+def _fail_first(items: Sequence[object], where: Any) -> None:
+    for i, item in enumerate(items):
+        if isinstance(item, InputError):
+            raise RequestError(400, f"{where(i)}: {item}")
+
+
+def invoke_json(translator: Translator, body: bytes) -> bytes:
+    """``{"instances": [{"data": …, "configuration": {"attention_matrix": "true"}}]}`` ->
+    ``{"predictions": [{"target": …, "matrix": …}]}``."""
+    try:
+        request = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise RequestError(400, f"request body is not UTF-8: byte {e.start}") from None
+    except json.JSONDecodeError as e:
+        raise RequestError(400, f"request body is not valid JSON: {e}") from None
+    if not isinstance(request, dict) or not isinstance(request.get("instances"), list):
+        raise RequestError(400, 'expected a JSON object {"instances": [{"data": "…"}, …]}')
+    items: list[Source | InputError] = []
+    attention: list[bool] = []
+    for instance in request["instances"]:
+        wants = False
+        try:
+            if not isinstance(instance, dict) or "data" not in instance:
+                raise InputError('expected an object with "data"')
+            config = instance.get("configuration") or {}
+            if not isinstance(config, dict):
+                raise InputError('"configuration" must be an object')
+            wants = _flag(config.get("attention_matrix", False))
+            items.append(translator.source_from_text(instance["data"]))
+        except InputError as e:
+            items.append(e)
+        attention.append(wants)
+    if translator.config.on_error == "fail":
+        _fail_first(items, lambda i: f"instances[{i}]")
+    predictions = []
+    for out in _translate_items(translator, items, attention):
+        if isinstance(out, InputError):
+            predictions.append({"error": str(out)})
+            continue
+        prediction: dict[str, Any] = {"target": out.target}
+        if out.matrix is not None:
+            prediction["matrix"] = out.matrix
+            prediction["source_tokens"] = out.source_tokens
+            prediction["target_tokens"] = out.target_tokens
+        predictions.append(prediction)
+    return json.dumps({"predictions": predictions}, ensure_ascii=False).encode("utf-8")
+
+
+def parse_jsonline(line: bytes | str, translator: Translator) -> Source:
+    """One ``{"source": "…"}`` line as a Source; raises InputError saying what is wrong with it."""
+    try:
+        text = line.decode("utf-8") if isinstance(line, bytes) else line
+    except UnicodeDecodeError as e:
+        raise InputError(f"not UTF-8 (byte {e.start})") from None
+    if not text.strip():
+        raise InputError('empty line (expected {"source": "…"})')
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON: {e}") from None
+    if not isinstance(obj, dict) or "source" not in obj:
+        raise InputError('expected an object with "source"')
+    return translator.source_from_text(obj["source"])
+
+
+def translate_jsonlines(translator: Translator, lines: Sequence[bytes | str], first_line: int = 1,
+                        name: str = "line") -> list[dict[str, Any]]:
+    """One output object per input line, in order. ``first_line`` numbers the lines in messages (a
+    batch transform passes its position in the file); with ``on_error=fail`` the first bad line raises
+    RequestError(400) naming it, with ``record`` its output is ``{"error": …}``."""
+    items: list[Source | InputError] = []
+    for line in lines:
+        try:
+            items.append(parse_jsonline(line, translator))
+        except InputError as e:
+            items.append(e)
+    if translator.config.on_error == "fail":
+        _fail_first(items, lambda i: f"{name} {first_line + i}")
+    return [{"error": str(o)} if isinstance(o, InputError) else {"target": o.target}
+            for o in _translate_items(translator, items, [False] * len(items))]
+
+
+def split_lines(body: bytes) -> list[bytes]:
+    """Lines of a JSON Lines body; a final newline does not make an extra (empty) line."""
+    if not body:
+        return []
+    lines = body.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
+def invoke_jsonlines(translator: Translator, body: bytes) -> bytes:
+    lines = split_lines(body)
+    if not lines:
+        raise RequestError(400, "empty request: expected one {\"source\": \"…\"} per line")
+    out = translate_jsonlines(translator, lines)
+    return "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in out).encode("utf-8")
+
+
+def invoke_recordio(translator: Translator, body: bytes) -> bytes:
+    """RecordIO-framed Records with ``features["source"]`` ids -> Records with ``features["target"]``
+    ids. A bad record in ``record`` mode gets an empty target and ``{"error": …}`` in its metadata."""
+    from model import record_pb2, recordio
+
+    items: list[Source | InputError] = []
+    try:
+        for _, payload in recordio.iter_frames(io.BytesIO(body), "request body"):
+            try:
+                record = record_pb2.Record.FromString(payload)
+            except Exception as e:  # protobuf's DecodeError
+                items.append(InputError(f"not a protobuf Record: {e}"))
+                continue
+            if "source" not in record.features:
+                items.append(InputError('no features["source"]'))
+            elif record.features["source"].WhichOneof("value") != "int32_tensor":
+                items.append(InputError(f'features["source"] is {record.features["source"].WhichOneof("value")}, '
+                                        f"expected int32_tensor"))
+            else:
+                try:
+                    items.append(translator.source_from_ids(list(record.features["source"].int32_tensor.values)))
+                except InputError as e:
+                    items.append(e)
+    except recordio.RecordIOError as e:
+        raise RequestError(400, str(e)) from None
+    if not items:
+        raise RequestError(400, "empty request: expected RecordIO-framed Records")
+    if translator.config.on_error == "fail":
+        _fail_first(items, lambda i: f"record {i + 1}")
+    chunks = []
+    for out in _translate_items(translator, items, [False] * len(items)):
+        record = record_pb2.Record()
+        target = record.features["target"].int32_tensor
+        if isinstance(out, InputError):
+            record.metadata = json.dumps({"error": str(out)})
+        else:
+            target.values.extend(out.target_ids)
+            target.shape.append(len(out.target_ids))
+        chunks.append(recordio.frame(record.SerializeToString()))
+    return b"".join(chunks)
+
+
+_HANDLERS = {JSON: invoke_json, JSONLINES: invoke_jsonlines, RECORDIO: invoke_recordio}
+
+
+def invoke(translator: Translator, body: bytes, content_type: str | None,
+           accept: str | None = None) -> tuple[bytes, str]:
+    """The ``POST /invocations`` contract on bytes: (response body, response content type)."""
+    ctype = media_type(content_type)
+    handler = _HANDLERS.get(ctype)
+    if handler is None:
+        raise RequestError(415, f"content type {content_type or '(none)'!r} is not supported: use "
+                                f"{', '.join(CONTENT_TYPES)}")
+    _accept(ctype, accept)
+    return handler(translator, body), ctype

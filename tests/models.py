@@ -1,0 +1,67 @@
+"""Tiny trained models for the inference tests (serving, batch transform, evaluation), trained once
+per test session through the real training entrypoint.
+
+- ``copy``: an RNN trained on the synthetic copy task, with a whitespace tokenizer: it echoes its
+  input, so a test can check every output line against its own input line (order, completeness).
+- ``wmt``: an RNN trained briefly on real English–German text, Moses-tokenized and split with a
+  SentencePiece BPE model: the raw-text path (tokenize → translate → detokenize) on real sentences.
+  Its translations are poor; tests compare scores with independent computations, not with targets.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from model.sagemaker import SageMakerPaths
+from model.tokenizer import CONFIG_FILE
+from model.train import run
+from pipeline_tasks.channels import VocabConfig, make_channels
+from pipeline_tasks.tokenization import TokenizerConfig, tokenize_corpus
+from tests.conftest import SAMPLE, head_lines
+from tests.system.copy_task import make_sagemaker_tree
+
+TINY_RNN = {
+    "batch_size": "32", "checkpoint_frequency_num_batches": "100", "learning_rate": "0.003",
+    "num_embed_source": "32", "num_embed_target": "32", "rnn_num_hidden": "64",
+    "max_seq_len_source": "20", "max_seq_len_target": "20", "bleu_sample_size": "0",
+}
+
+
+def _train(root: Path) -> Path:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if run(SageMakerPaths(root)) != 0:
+            raise RuntimeError(f"training the test model under {root} failed")
+    finally:
+        torch.set_num_threads(before)
+    return root / "model"
+
+
+def train_copy_model(root: Path) -> Path:
+    """The copy-task model directory (with a whitespace tokenizer that detokenizes to tokens)."""
+    make_sagemaker_tree(root, {**TINY_RNN, "max_num_batches": "500", "beam_size": "3"})
+    (root / "input/data/vocab" / CONFIG_FILE).write_text(json.dumps(
+        {"mode": "whitespace", "detokenizer": "none", "source_lang": "xx", "target_lang": "yy"}))
+    return _train(root)
+
+
+def train_wmt_model(root: Path, pairs: int = 2000) -> Path:
+    """A model on the first `pairs` of the bundled sample, Moses + BPE (500, joint)."""
+    corpus = root / "corpus"
+    files = {}
+    for split, n in (("train", pairs), ("val", 200)):
+        for lang in ("en", "de"):
+            files[f"{split}.{lang}"] = str(head_lines(SAMPLE / f"{split}.{lang}", corpus / f"{split}.{lang}", n))
+    tok = root / "tok"
+    tokenize_corpus({"train": (files["train.en"], files["train.de"]), "val": (files["val.en"], files["val.de"])},
+                    tok, TokenizerConfig(mode="moses", bpe_vocab_size=500, bpe_joint=True), workers=1)
+    ml = root / "ml"
+    make_channels(str(tok / "train.en"), str(tok / "train.de"), str(tok / "val.en"), str(tok / "val.de"),
+                  ml / "input/data", VocabConfig(), workers=1, tokenizer_dir=tok)
+    (ml / "input/config").mkdir(parents=True)
+    (ml / "input/config/hyperparameters.json").write_text(json.dumps({**TINY_RNN, "max_num_batches": "100"}))
+    return _train(ml)
