@@ -1,7 +1,11 @@
-"""Shared fixtures: paths to the real text shipped with the project, and torch's thread count."""
+"""Shared fixtures: paths to the real text shipped with the project, torch's thread count, tiny trained
+models (tests/models.py) and a moto server standing in for AWS."""
 
 from __future__ import annotations
 
+import os
+import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,3 +67,58 @@ def wmt_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.models import train_wmt_model
 
     return train_wmt_model(tmp_path_factory.mktemp("wmt-model"))
+
+
+@pytest.fixture(scope="module")
+def moto_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A moto server (S3, SageMaker, …) on 127.0.0.1:<free port>, one per test module, with the environment
+    pointing boto3 at it: fake credentials, no AWS config files, no proxy for 127.0.0.1."""
+    from moto.server import ThreadedMotoServer
+
+    from pipeline_tasks import storage
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    nowhere = tmp_path_factory.mktemp("no-aws-config")
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.startswith("AWS_"):
+                mp.delenv(name)
+        mp.setenv("AWS_ENDPOINT_URL", endpoint)
+        mp.setenv("AWS_ACCESS_KEY_ID", "testing")
+        mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.setenv("AWS_CONFIG_FILE", str(nowhere / "config"))
+        mp.setenv("AWS_SHARED_CREDENTIALS_FILE", str(nowhere / "credentials"))
+        mp.setenv("NO_PROXY", "127.0.0.1,localhost")
+        mp.setenv("no_proxy", "127.0.0.1,localhost")
+        storage.s3_client.cache_clear()
+        try:
+            yield endpoint
+        finally:
+            storage.s3_client.cache_clear()
+            # moto's backends live in this process: leave nothing behind for other modules
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            opener.open(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10).close()
+            server.stop()
+
+
+@pytest.fixture
+def s3(moto_endpoint: str):
+    """The client the pipeline itself uses (storage.s3_client), made under the moto environment."""
+    from pipeline_tasks import storage
+
+    storage.s3_client.cache_clear()
+    client = storage.s3_client()
+    assert client.meta.endpoint_url == moto_endpoint
+    yield client
+    storage.s3_client.cache_clear()
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    name = f"wmt-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=name)
+    return name
