@@ -39,9 +39,10 @@ demo: venv
 		--train-source $(DEMO)/subset/train.en --train-target $(DEMO)/subset/train.de \
 		--val-source $(DEMO)/raw/val.en --val-target $(DEMO)/raw/val.de \
 		--test-source $(DEMO)/raw/test.en --test-target $(DEMO)/raw/test.de \
-		--bpe-vocab-size 8000 --output $(DEMO)/tok > /dev/null
+		--bpe-vocab-size 8000 --detokenizer none --output $(DEMO)/tok > /dev/null
 	$(PY) -m pipeline_tasks recordio --train-source $(DEMO)/tok/train.en --train-target $(DEMO)/tok/train.de \
-		--val-source $(DEMO)/tok/val.en --val-target $(DEMO)/tok/val.de --output $(DEMO)/channels > /dev/null
+		--val-source $(DEMO)/tok/val.en --val-target $(DEMO)/tok/val.de --tokenizer $(DEMO)/tok \
+		--output $(DEMO)/channels > /dev/null
 	$(PY) -m pipeline_tasks upload --channels $(DEMO)/channels --destination $(DEMO)/artifacts/data > /dev/null
 	$(PY) -m pipeline_tasks inspect $(DEMO)/channels/train/train.rec --limit 2
 	@$(PY) -c "import json; r = json.load(open('$(DEMO)/channels/recordio-report.json')); \
@@ -57,11 +58,27 @@ demo: venv
 		print(f\"\nbest checkpoint {m['best_checkpoint']} of {len(m['history'])} ({m['num_updates']} updates): \" \
 		f\"validation perplexity {b['validation:perplexity']:.2f}, accuracy {b['validation:accuracy']:.3f}, \" \
 		f\"token BLEU {b.get('validation:bleu', float('nan')):.2f}\")"
-	@echo "model written to $(DEMO)/ml/model/ (params.pt, config, vocabularies, metrics.json)"
+	@echo "model written to $(DEMO)/ml/model/ (params.pt, config, vocabularies, tokenizer, metrics.json)"
+	@# Evaluate on the first 500 held-out test pairs, then a batch transform over JSON Lines.
+	head -n 500 $(DEMO)/raw/test.en > $(DEMO)/test.en
+	head -n 500 $(DEMO)/raw/test.de > $(DEMO)/test.de
+	$(PY) -m pipeline_tasks evaluate --model $(DEMO)/ml/model --source $(DEMO)/test.en --reference $(DEMO)/test.de \
+		--output $(DEMO)/eval > /dev/null
+	@$(PY) -c "import json; m = json.load(open('$(DEMO)/eval/metrics.json')); \
+		print(f\"\ntest set ({m['sentences']['total']} sentences): sacreBLEU {m['bleu']['score']:.2f} \" \
+		f\"({m['bleu']['signature']}), chrF {m['chrf']['score']:.2f}, perplexity {m['metrics']['test:perplexity']:.2f}\")"
+	@echo "hypotheses, metrics.json and report/index.html written to $(DEMO)/eval/"
+	$(PY) -c "import json, sys; [sys.stdout.write(json.dumps({'source': l.rstrip('\\n')}) + '\\n') \
+		for l in open('$(DEMO)/test.en', encoding='utf-8')]" > $(DEMO)/batch-input.jsonl
+	$(PY) -m pipeline_tasks -q transform --model $(DEMO)/ml/model --input $(DEMO)/batch-input.jsonl \
+		--output $(DEMO)/batch-output.jsonl > /dev/null
+	@head -n 2 $(DEMO)/batch-output.jsonl
+	@echo "batch transform output written to $(DEMO)/batch-output.jsonl"
 
 bench: venv
 	$(PY) -m benchmarks.bench_recordio
 	$(PY) -m benchmarks.bench_training
+	$(PY) -m benchmarks.bench_transform
 
 # Regenerate model/record_pb2.py (gencode 5.26.1, so that any protobuf runtime >= 5.26.1 loads it).
 proto:

@@ -84,11 +84,13 @@ class InferenceConfig:
         empty variable keeps the default. Errors name the variable."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
+        raws: dict[str, str] = {}
         for f in fields(cls):
             var = ENV_PREFIX + f.name.upper()
             raw = environ.get(var, "").strip()
             if not raw:
                 continue
+            raws[f.name] = raw
             if f.type in ("int", "int | None"):
                 try:
                     values[f.name] = int(raw)
@@ -99,7 +101,9 @@ class InferenceConfig:
         try:
             return cls(**values)
         except ValueError as e:
-            raise ValueError(f"{ENV_PREFIX}*: {e}") from None
+            field = str(e).split(" ", 1)[0]  # __post_init__'s messages start with the field's name
+            var = f"{ENV_PREFIX}{field.upper()}={raws[field]!r}" if field in raws else f"{ENV_PREFIX}*"
+            raise ValueError(f"{var}: {e}") from None
 
     def to_env(self) -> dict[str, str]:
         """The environment that makes a server behave like this config (the inverse of from_env)."""

@@ -98,6 +98,39 @@ def cmd_upload(a: argparse.Namespace) -> None:
     _print_json(upload_channels(a.channels, a.destination, delete_extra=a.delete_extra))
 
 
+def cmd_transform(a: argparse.Namespace) -> None:
+    from pipeline_tasks.transform import TransformConfig, transform
+
+    cfg = TransformConfig(batch_size=a.batch_size, beam_size=a.beam_size, text_format=a.text_format,
+                          unknown_tokens=a.unknown_tokens, on_error=a.on_error, chunk_lines=a.chunk_lines)
+    _print_json(transform(a.model, a.input, a.output, cfg, device=a.device))
+
+
+def cmd_transform_job(a: argparse.Namespace) -> None:
+    from pipeline_tasks.transform import run_transform_job
+
+    with open(a.request, encoding="utf-8") as f:
+        request = json.load(f)
+    result = run_transform_job(request)
+    _print_json(result)
+    if result["TransformJobStatus"] != "Completed":
+        raise RuntimeError(f"transform job {result['TransformJobName']} failed: {result.get('FailureReason')}")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    import tempfile
+
+    from pipeline_tasks.evaluate import EvaluateConfig, evaluate, summary
+    from pipeline_tasks.transform import resolve_model
+
+    cfg = EvaluateConfig(batch_size=a.batch_size, beam_size=a.beam_size, max_sentences=a.max_sentences,
+                         report=not a.no_report, text_format=a.text_format)
+    with tempfile.TemporaryDirectory(prefix="evaluate-model-") as work:
+        model_dir = resolve_model(a.model, work)
+        _print_json(summary(evaluate(model_dir, a.source, a.reference, a.output, cfg, model_uri=str(a.model),
+                                     device=a.device)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline_tasks", description=__doc__.split("\n")[0])
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
@@ -176,6 +209,41 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--delete-extra", action="store_true", help="delete objects under the channel prefixes "
                    "that this upload does not have")
     u.set_defaults(fn=cmd_upload)
+    tr = sub.add_parser("transform", help="translate JSON Lines {\"source\"} -> {\"target\"}, streaming")
+    tr.add_argument("--model", required=True, help="model directory or model.tar.gz (path, file:// or s3://)")
+    tr.add_argument("--input", required=True, help="JSON Lines input (path, file:// or s3://)")
+    tr.add_argument("--output", required=True, help="JSON Lines output (path, file:// or s3://)")
+    tr.add_argument("--batch-size", type=int, default=32, help="sentences decoded together (default: %(default)s)")
+    tr.add_argument("--beam-size", type=int, help="default: the model's beam_size; 1 = greedy")
+    tr.add_argument("--text-format", choices=("raw", "tokens"),
+                    help="raw: tokenize and detokenize with the model's tokenizer (default when it has one)")
+    tr.add_argument("--unknown-tokens", choices=("unk", "reject"), default="unk",
+                    help="unk: map to <unk> as training did; reject: a bad line (default: %(default)s)")
+    tr.add_argument("--on-error", choices=("fail", "record"), default="fail",
+                    help="a bad line fails the job (naming it), or becomes {\"error\": …} (default: %(default)s)")
+    tr.add_argument("--chunk-lines", type=int, default=2000, help="lines in memory at once (default: %(default)s)")
+    tr.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    tr.set_defaults(fn=cmd_transform)
+
+    tj = sub.add_parser("transform-job", help="run a {\"Model\", \"Transform\"} SageMaker transform request "
+                        "locally against container/serve")
+    tj.add_argument("--request", required=True, help="JSON file: {\"Model\": CreateModel, \"Transform\": "
+                    "CreateTransformJob}")
+    tj.set_defaults(fn=cmd_transform_job)
+
+    ev = sub.add_parser("evaluate", help="translate a test set; sacreBLEU, chrF, tokenized BLEU, perplexity, report")
+    ev.add_argument("--model", required=True, help="model directory or model.tar.gz (path, file:// or s3://)")
+    ev.add_argument("--source", required=True, help="raw source text, one sentence per line")
+    ev.add_argument("--reference", required=True, help="raw reference translations, aligned with --source")
+    ev.add_argument("--output", required=True, help="folder for hypotheses.txt, metrics.json, report/")
+    ev.add_argument("--batch-size", type=int, default=32, help="sentences decoded together (default: %(default)s)")
+    ev.add_argument("--beam-size", type=int, help="default: the model's beam_size; 1 = greedy")
+    ev.add_argument("--max-sentences", type=int, help="evaluate the first N lines only")
+    ev.add_argument("--no-report", action="store_true", help="skip the PNG/HTML report")
+    ev.add_argument("--text-format", choices=("raw", "tokens"),
+                    help="raw: tokenize and detokenize with the model's tokenizer (default when it has one)")
+    ev.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    ev.set_defaults(fn=cmd_evaluate)
     return p
 
 

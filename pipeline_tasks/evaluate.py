@@ -1,0 +1,354 @@
+"""The `evaluate` step: translate a held-out test set with a trained model and score it honestly (DESIGN §7).
+
+What it writes into the output folder, atomically (a failure leaves no half-written folder):
+
+- ``hypotheses.txt``: the detokenized translations, one per source line (a blank source line gets a
+  blank hypothesis, never a dropped line, so the files stay aligned);
+- ``reference.txt``: the reference as it was scored (UTF-8, invalid bytes replaced), so that
+  ``sacrebleu reference.txt -i hypotheses.txt -m bleu chrf`` recomputes the published scores;
+- ``hypotheses.tok.txt`` / ``reference.tok.txt``: both sides in the model's own tokens, for the
+  tokenized BLEU that the built-in algorithm reports as ``validation:bleu``;
+- ``metrics.json``: sacreBLEU (score, signature), chrF, tokenized BLEU, test-set perplexity, and what
+  was evaluated (model and data checksums, decoding settings), with the commands that recompute them;
+- ``report/``: learning curves and attention heatmaps as PNGs with an HTML page (pipeline_tasks/report.py).
+
+Translation goes through model.inference.Translator, the same code path as serving and batch transform,
+so the evaluated model is the model users get.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shlex
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline_tasks.atomic import staged_dir
+from pipeline_tasks.progress import Progress
+from pipeline_tasks.textio import EmptyInputError, MisalignedError, TextStats, iter_lines
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+HYPOTHESES_FILE = "hypotheses.txt"
+REFERENCE_FILE = "reference.txt"
+HYPOTHESES_TOK_FILE = "hypotheses.tok.txt"
+REFERENCE_TOK_FILE = "reference.tok.txt"
+REPORT_DIR = "report"
+# Attention heatmaps of longer sentences are unreadable; examples are taken from shorter ones.
+MAX_EXAMPLE_SOURCE_TOKENS = 40
+MAX_REPORTED_LINES = 10
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = 32               # sentences decoded together (and per perplexity batch)
+    beam_size: int | None = None       # None: the model's own beam_size
+    max_sentences: int | None = None   # evaluate the first N lines only (None: all)
+    report: bool = True                # write report/ (PNGs + index.html)
+    attention_examples: int = 3        # sentences whose attention the report shows
+    text_format: str | None = None     # raw | tokens; None: raw when the model ships a tokenizer
+    chunk_sentences: int = 1000        # sentences per translate call: progress granularity, length sorting
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "chunk_sentences"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_sentences is not None and self.max_sentences < 1:
+            raise ValueError(f"max_sentences must be >= 1, got {self.max_sentences}")
+        if self.attention_examples < 0:
+            raise ValueError(f"attention_examples must be >= 0, got {self.attention_examples}")
+
+
+# --- reading and identity ------------------------------------------------------------------------------
+
+def read_text(path: str | os.PathLike[str]) -> tuple[list[str], TextStats]:
+    """Every line of a text file (UTF-8, invalid bytes replaced and counted; blank lines kept)."""
+    stats = TextStats(os.fspath(path))
+    lines = list(iter_lines(path, stats))
+    stats.warn_if_replaced()
+    return lines, stats
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _file_identity(stats: TextStats) -> dict[str, Any]:
+    return {"path": stats.path, "sha256": sha256_file(stats.path), "lines": stats.lines,
+            "replaced_chars": stats.replaced_chars}
+
+
+def model_identity(model_dir: Path, model_uri: str | None) -> dict[str, Any]:
+    """What a reader needs to know which model was scored: the weights' checksum and its training outcome."""
+    from model.checkpoint import HYPERPARAMETERS_FILE, PARAMS_FILE
+    from model.checkpoint import METRICS_FILE as MODEL_METRICS_FILE
+
+    ident: dict[str, Any] = {"uri": model_uri or str(model_dir), "params_sha256": sha256_file(model_dir / PARAMS_FILE),
+                             "hyperparameters": json.loads((model_dir / HYPERPARAMETERS_FILE).read_text("utf-8"))}
+    summary = training_summary(model_dir)
+    for key in ("best_checkpoint", "num_updates", "optimized_metric", "best_metric", "stop_reason"):
+        if key in summary:
+            ident[key] = summary[key]
+    ident["has_training_metrics"] = (model_dir / MODEL_METRICS_FILE).is_file()
+    return ident
+
+
+def training_summary(model_dir: Path) -> dict[str, Any]:
+    """The model directory's metrics.json (history of checkpoints), or {} for a model without one."""
+    from model.checkpoint import METRICS_FILE as MODEL_METRICS_FILE
+
+    path = model_dir / MODEL_METRICS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        log.warning("%s is not valid JSON (%s): no learning curves", path, e)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# --- translating -----------------------------------------------------------------------------------------
+
+@dataclass
+class Translated:
+    """The step's view of the test set after decoding, in input order."""
+
+    hypotheses: list[str]        # detokenized (or tokens, for text_format=tokens)
+    hypotheses_tok: list[str]    # model tokens
+    sources: list[Any]           # model.inference.Source as the model saw it (truncated); None: nothing to translate
+    empty_lines: list[int]       # 1-based line numbers of sources with nothing to translate
+    truncated_sources: int
+    examples: list[dict[str, Any]]
+    seconds: float
+
+
+def _one_line(text: str) -> str:
+    """A hypothesis must stay one line in hypotheses.txt, or the files would no longer recompute the score."""
+    return text.replace("\r", " ").replace("\n", " ")
+
+
+def _chunks(n: int, size: int) -> Iterator[range]:
+    for start in range(0, n, size):
+        yield range(start, min(start + size, n))
+
+
+def translate_lines(translator: Any, sources: Sequence[str], cfg: EvaluateConfig) -> Translated:
+    """Translate every line; blank (or untokenizable) sources get an empty hypothesis and are counted."""
+    from model.inference import InputError
+
+    hyps: list[str] = [""] * len(sources)
+    hyps_tok: list[str] = [""] * len(sources)
+    seen: list[Any] = [None] * len(sources)
+    empty: list[int] = []
+    examples: list[dict[str, Any]] = []
+    truncated = 0
+    progress = Progress(log, "evaluate: translated", "sentences", total=len(sources))
+    for chunk in _chunks(len(sources), cfg.chunk_sentences):
+        prepared, where, wants = [], [], []
+        for i in chunk:
+            try:
+                src = translator.source_from_text(sources[i])
+            except InputError as e:
+                empty.append(i + 1)
+                if len(empty) <= MAX_REPORTED_LINES:
+                    log.warning("source line %d: %s: its hypothesis is an empty line", i + 1, e)
+                continue
+            truncated += src.truncated
+            seen[i] = src
+            want = len(examples) + sum(wants) < cfg.attention_examples and len(src.ids) <= MAX_EXAMPLE_SOURCE_TOKENS
+            prepared.append(src)
+            where.append(i)
+            wants.append(want)
+        outputs = translator.translate(prepared, attention=wants) if prepared else []
+        for i, out, want in zip(where, outputs, wants):
+            hyps[i] = _one_line(out.target)
+            hyps_tok[i] = " ".join(out.target_tokens)
+            if want and out.matrix is not None:
+                examples.append({"line": i + 1, "source": sources[i], "hypothesis": hyps[i],
+                                 "source_tokens": out.source_tokens, "target_tokens": out.target_tokens,
+                                 "matrix": out.matrix})
+        progress.update(len(chunk))
+    seconds = progress.done()
+    if empty:
+        log.warning("%d source line(s) had nothing to translate (first: %s); their hypotheses are empty lines",
+                    len(empty), ", ".join(map(str, empty[:MAX_REPORTED_LINES])))
+    return Translated(hyps, hyps_tok, seen, empty, truncated, examples, seconds)
+
+
+# --- scoring ---------------------------------------------------------------------------------------------
+
+def sacrebleu_scores(hypotheses: list[str], references: list[str]) -> dict[str, dict[str, Any]]:
+    """sacreBLEU BLEU and chrF with their signatures: detokenized output against the raw reference."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    out = {}
+    for name, metric in (("bleu", BLEU()), ("chrf", CHRF())):
+        score = metric.corpus_score(hypotheses, [references])
+        out[name] = {"score": float(score.score), "signature": str(metric.get_signature()), "string": str(score)}
+    return out
+
+
+def tokenize_references(translator: Any, references: Sequence[str]) -> list[str]:
+    """The reference in the model's own tokens, as the training data was tokenized."""
+    if translator.text_format == "tokens":
+        return [" ".join(r.split()) for r in references]
+    return [translator.tokenizer.encode(r, "target") if r.strip() else "" for r in references]
+
+
+def perplexity_on(translator: Any, sources: Sequence[Any], references_tok: Sequence[str],
+                  batch_size: int) -> dict[str, Any]:
+    """exp(mean token NLL) of the reference given the source, ``</s>`` counted, ``<pad>`` not (DESIGN §7).
+
+    `sources` are model.inference.Source items as the translator prepared them (already truncated to
+    max_seq_len_source; None for a blank line). Targets are prepared as training prepares them (same
+    vocabulary, ``<unk>`` for unknown tokens, truncation to max_seq_len_target), pairs with a blank side
+    are skipped as training skips them, and the pairs are scored by training's own evaluate_likelihood,
+    so test and validation perplexity mean the same thing."""
+    from model import data_io
+    from model.training import evaluate_likelihood
+    from model.vocab import UNK_ID
+
+    loaded = translator.loaded
+    max_trg = loaded.hp.max_seq_len_target
+    src_ids: list[list[int]] = []
+    trg_ids: list[list[int]] = []
+    truncated = unk_src = unk_trg = 0
+    for src, ref_tok in zip(sources, references_tok):
+        tokens = ref_tok.split()
+        if src is None or not tokens:
+            continue
+        ids = [loaded.target_vocab.get(t, UNK_ID) for t in tokens]
+        unk_src += sum(i == UNK_ID for i in src.ids)
+        unk_trg += sum(i == UNK_ID for i in ids[:max_trg])
+        truncated += src.truncated or len(ids) > max_trg
+        src_ids.append(src.ids)
+        trg_ids.append(ids[:max_trg])
+    result: dict[str, Any] = {"pairs": len(src_ids), "pairs_skipped": len(sources) - len(src_ids),
+                              "truncated_pairs": truncated, "unk_tokens": {"source": unk_src, "target": unk_trg}}
+    if not src_ids:
+        log.warning("no pair with both sides non-blank: no test perplexity")
+        return {**result, "perplexity": None, "accuracy": None, "nll_sum": 0.0, "tokens": 0}
+    data = data_io._from_lists(src_ids, trg_ids)
+    lik = evaluate_likelihood(loaded.model, data, batch_size, translator.device, loaded.hp.precision)
+    return {**result, "perplexity": lik["perplexity"], "accuracy": lik["accuracy"], "nll_sum": lik["nll"],
+            "tokens": lik["tokens"], "mean_nll": lik["nll"] / lik["tokens"]}
+
+
+# --- writing ---------------------------------------------------------------------------------------------
+
+def _write_lines(path: Path, lines: Sequence[str]) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for line in lines:
+            f.write(line + "\n")
+
+
+def _recompute_commands(out: Path) -> dict[str, str]:
+    q = shlex.quote
+    return {
+        "recompute": f"sacrebleu {q(str(out / REFERENCE_FILE))} -i {q(str(out / HYPOTHESES_FILE))} -m bleu chrf -w 4",
+        "recompute_tokenized": f"sacrebleu {q(str(out / REFERENCE_TOK_FILE))} -i {q(str(out / HYPOTHESES_TOK_FILE))} "
+                               f"-m bleu -tok none --force -w 4",
+    }
+
+
+def evaluate(model_dir: str | os.PathLike[str], source: str | os.PathLike[str], reference: str | os.PathLike[str],
+             output: str | os.PathLike[str], cfg: EvaluateConfig | None = None,
+             model_uri: str | None = None, device: str | None = None) -> dict[str, Any]:
+    """Translate `source`, score against `reference`, write the evaluation folder `output`; returns metrics.json.
+
+    `model_uri` is what the user named (an S3 URI or model.tar.gz that was unpacked into `model_dir`),
+    recorded as the model's identity. `device`: a torch device name (default: cuda when available)."""
+    import torch
+
+    from model import metrics as model_metrics
+    from model.inference import InferenceConfig, Translator
+
+    cfg = cfg or EvaluateConfig()
+    started = time.monotonic()
+    model_path, out = Path(model_dir), Path(output)
+    sources, src_stats = read_text(source)
+    references, ref_stats = read_text(reference)
+    if src_stats.lines != ref_stats.lines:
+        raise MisalignedError(src_stats.path, src_stats.lines, ref_stats.path, ref_stats.lines)
+    if not sources:
+        raise EmptyInputError(f"{src_stats.path} has no lines: nothing to evaluate")
+    if cfg.max_sentences is not None:
+        sources, references = sources[:cfg.max_sentences], references[:cfg.max_sentences]
+    blank_refs = sum(not r.strip() for r in references)
+    if blank_refs:
+        log.warning("%s: %d blank reference line(s)", ref_stats.path, blank_refs)
+
+    translator = Translator.load(model_path, InferenceConfig(batch_size=cfg.batch_size, beam_size=cfg.beam_size,
+                                                             text_format=cfg.text_format), device)
+    log.info("evaluating %s on %d sentences of %s", model_uri or model_path, len(sources), src_stats.path)
+    translated = translate_lines(translator, sources, cfg)
+    references_tok = tokenize_references(translator, references)
+    scores = sacrebleu_scores(translated.hypotheses, references)
+    tok_bleu = model_metrics.corpus_bleu(translated.hypotheses_tok, references_tok)
+    ppl = perplexity_on(translator, translated.sources, references_tok, cfg.batch_size)
+    training = training_summary(model_path)
+
+    result: dict[str, Any] = {
+        "metrics": {"test:bleu": scores["bleu"]["score"], "test:chrf": scores["chrf"]["score"],
+                    "test:tokenized_bleu": tok_bleu, "test:perplexity": ppl["perplexity"],
+                    "test:accuracy": ppl["accuracy"]},
+        "bleu": {**scores["bleu"], "hypotheses": HYPOTHESES_FILE, "reference": REFERENCE_FILE},
+        "chrf": {**scores["chrf"], "hypotheses": HYPOTHESES_FILE, "reference": REFERENCE_FILE},
+        "tokenized_bleu": {"score": tok_bleu, "tokenize": "none", "hypotheses": HYPOTHESES_TOK_FILE,
+                           "reference": REFERENCE_TOK_FILE,
+                           "note": "BLEU on the model's own tokens (the built-in algorithm's validation:bleu view)"},
+        "perplexity": {"test:perplexity": ppl.pop("perplexity"), **ppl},
+        "sentences": {"total": len(sources), "translated": len(sources) - len(translated.empty_lines),
+                      "empty_source": len(translated.empty_lines),
+                      "empty_source_lines": translated.empty_lines[:MAX_REPORTED_LINES],
+                      "blank_references": blank_refs, "truncated_sources": translated.truncated_sources},
+        "model": model_identity(model_path, model_uri),
+        "data": {"source": _file_identity(src_stats), "reference": _file_identity(ref_stats),
+                 "max_sentences": cfg.max_sentences},
+        "decoding": {"beam_size": translator.beam_size, "batch_size": cfg.batch_size,
+                     "max_output_length": translator.max_output_length, "text_format": translator.text_format,
+                     "device": str(translator.device), "torch": torch.__version__},
+        **_recompute_commands(out),
+    }
+    with staged_dir(out) as stage:
+        _write_lines(stage / HYPOTHESES_FILE, translated.hypotheses)
+        _write_lines(stage / REFERENCE_FILE, references)
+        _write_lines(stage / HYPOTHESES_TOK_FILE, translated.hypotheses_tok)
+        _write_lines(stage / REFERENCE_TOK_FILE, references_tok)
+        if cfg.report:
+            from pipeline_tasks.report import write_report
+
+            examples = [{**ex, "reference": references[ex["line"] - 1]} for ex in translated.examples]
+            write_report(stage, result, training.get("history") or [], examples,
+                         best_checkpoint=training.get("best_checkpoint"))
+            result["report"] = f"{REPORT_DIR}/index.html"
+        seconds = time.monotonic() - started
+        result["timing"] = {"wall_seconds": round(seconds, 3), "translate_seconds": round(translated.seconds, 3),
+                            "sentences_per_second": round(len(sources) / max(translated.seconds, 1e-9), 2)}
+        result["config"] = asdict(cfg)
+        with open(stage / METRICS_FILE, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2, ensure_ascii=False, allow_nan=False)
+            f.write("\n")
+    log.info("%s; chrF %.2f; tokenized BLEU %.2f; test perplexity %s -> %s", scores["bleu"]["string"],
+             scores["chrf"]["score"], tok_bleu, result["metrics"]["test:perplexity"], out)
+    return result
+
+
+def summary(result: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json without the bulky parts, for printing on the command line."""
+    out = {k: v for k, v in result.items() if k != "config"}
+    if isinstance(out.get("model"), dict):
+        out["model"] = {k: v for k, v in out["model"].items() if k != "hyperparameters"}
+    return out
