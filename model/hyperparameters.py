@@ -509,3 +509,8 @@ def describe_markdown() -> str:
         cells = [f"`{name}`", default, allowed, origin, spec.meaning]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows) + "\n"
+
+
+def hyperparameter_names() -> list[str]:
+    """Every accepted name (the built-in algorithm's and our extensions), for a JSON schema's enum."""
+    return [f.name for f in fields(Hyperparameters)]

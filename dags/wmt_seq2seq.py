@@ -1,0 +1,365 @@
+"""wmt_seq2seq: retrain an English–German (or any pair) seq2seq model end to end.
+
+download → subset → tokenize → recordio → upload → train → evaluate → gate → promote → batch transform → publish
+
+Wiring only: every task calls a function of pipeline_tasks/ on the run's URIs (DESIGN §6) and passes
+URIs and small metrics on. Training and the batch transform run on the backend the ``backend`` param
+names: ``local`` (the container's code as a process here), ``docker`` (the built image) or
+``sagemaker`` (the amazon provider's operators, deferrable); all three execute the same request dicts.
+
+Schedule: ``AIRFLOW_VAR_WMT_SEQ2SEQ_SCHEDULE`` (a cron expression or preset such as ``@weekly``; unset
+or ``none``: manual runs only). Artifact root default: ``AIRFLOW_VAR_WMT_SEQ2SEQ_ARTIFACT_ROOT``.
+Module level stays light: no torch, no boto3 client, no network.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime, timedelta
+
+from airflow.sdk import Asset, Param, TriggerRule, dag, task
+
+# Airflow puts the DAGs folder on sys.path in its own processes; a bare DagBag (tests, tools) may not.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+from seq2seq_operators import JOB_PREFIX_KEY, Seq2SeqTrainingOperator, Seq2SeqTransformOperator  # noqa: E402
+
+DAG_ID = "wmt_seq2seq"
+DATASET = Asset(name="wmt_seq2seq_dataset", uri="wmt-seq2seq://dataset")
+MODEL = Asset(name="wmt_seq2seq_model", uri="wmt-seq2seq://model")
+
+SCHEDULE = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_SCHEDULE", "").strip() or None
+if SCHEDULE and SCHEDULE.lower() == "none":
+    SCHEDULE = None
+DEFAULT_ROOT = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_ARTIFACT_ROOT", "").strip() or os.path.join(
+    os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "wmt-seq2seq-artifacts")
+
+# The AWS English–German example's hyperparameters (its notebook's values; everything else defaults).
+AWS_EXAMPLE_HYPERPARAMETERS = {
+    "max_seq_len_source": 60, "max_seq_len_target": 60, "optimized_metric": "bleu", "batch_size": 64,
+    "checkpoint_frequency_num_batches": 1000, "rnn_num_hidden": 512, "num_layers_encoder": 1,
+    "num_layers_decoder": 1, "num_embed_source": 512, "num_embed_target": 512, "checkpoint_threshold": 3,
+}
+# The built-in algorithm's names plus our extensions (model/hyperparameters.py has no heavy imports).
+from model.hyperparameters import hyperparameter_names  # noqa: E402
+
+PARAMS = {
+    "source_lang": Param("en", type="string", pattern="^[a-z]{2,3}$", title="Source language",
+                         description="ISO code of the side translated from (en for en→de)."),
+    "target_lang": Param("de", type="string", pattern="^[a-z]{2,3}$", title="Target language",
+                         description="ISO code of the side translated into."),
+    "corpus": Param("wmt17-de-en-preprocessed", type="string", minLength=1, title="Corpus",
+                    description="Catalog name (wmt17-de-en-preprocessed: the AWS example's data; "
+                                "wmt-toy-ende-sample: bundled, offline), an http(s) URL, file:// URL or path."),
+    "corpus_layout": Param({}, type="object", title="Corpus layout",
+                           description='Where each split is in the corpus, e.g. {"train": "corpus.{lang}", '
+                                       '"val": "dev.{lang}", "test": "test.{lang}"}; empty: the catalog\'s.',
+                           propertyNames={"enum": ["train", "val", "test"]},
+                           additionalProperties={"type": "string", "pattern": "\\{lang\\}"}),
+    "subset_size": Param(10000, type=["integer", "null"], minimum=1, title="Training pairs",
+                         description="Keep this many training pairs (the AWS example: 10,000); null: all."),
+    "subset_mode": Param("head", enum=["head", "random"], title="Subset mode",
+                         description="head: the first N pairs (head -n N); random: a seeded sample."),
+    "subset_seed": Param(0, type="integer", minimum=0, title="Subset seed"),
+    "max_len": Param(100, type=["integer", "null"], minimum=1, title="Max tokens per side",
+                     description="Drop training pairs with a longer side; null: no filter."),
+    "max_ratio": Param(3.0, type=["number", "null"], minimum=1, title="Max length ratio",
+                       description="Drop training pairs whose token-length ratio exceeds this; null: no filter."),
+    "tokenizer": Param("whitespace", enum=["whitespace", "moses"], title="Tokenizer",
+                       description="whitespace: the corpus is already tokenized (corpus.tc); moses: raw text."),
+    "detokenizer": Param("moses", enum=["moses", "none"], title="Detokenizer",
+                         description="How output becomes text for sacreBLEU and users."),
+    "bpe_vocab_size": Param(None, type=["integer", "null"], minimum=8, title="BPE vocabulary",
+                            description="Learn a SentencePiece BPE model of this size on the training subset; "
+                                        "null: words."),
+    "joint_bpe": Param(False, type="boolean", title="Joint BPE"),
+    "num_words_source": Param(50000, type="integer", minimum=1, title="Source vocabulary size"),
+    "num_words_target": Param(50000, type="integer", minimum=1, title="Target vocabulary size"),
+    "min_count": Param(1, type="integer", minimum=1, title="Min word count"),
+    "hyperparameters": Param(AWS_EXAMPLE_HYPERPARAMETERS, type="object", title="Hyperparameters",
+                             description="The built-in seq2seq algorithm's hyperparameters (and our extensions); "
+                                         "defaults: the AWS example's.",
+                             propertyNames={"enum": hyperparameter_names()},
+                             additionalProperties={"type": ["string", "number", "boolean"]}),
+    "backend": Param("local", enum=["local", "docker", "sagemaker"], title="Training backend",
+                     description="local: a process here; docker: the built image; sagemaker: training and "
+                                 "transform jobs (artifact root must be s3://)."),
+    "image": Param("wmt-seq2seq:latest", type="string", minLength=1, title="Image",
+                   description="Our image (ECR URI for sagemaker, a local tag for docker) or the built-in "
+                               "seq2seq image URI for the region."),
+    "role_arn": Param("", type="string", title="SageMaker execution role",
+                      description="IAM role ARN (or name) for the sagemaker backend."),
+    "instance_type": Param("ml.p3.2xlarge", type="string", pattern="^ml\\.", title="Training instance type"),
+    "instance_count": Param(1, type="integer", minimum=1, title="Training instances"),
+    "use_spot": Param(False, type="boolean", title="Managed spot training"),
+    "max_runtime_s": Param(86400, type="integer", minimum=60, title="Max training seconds"),
+    "transform_instance_type": Param("ml.m5.xlarge", type="string", pattern="^ml\\.",
+                                     title="Transform instance type"),
+    "artifact_root": Param(DEFAULT_ROOT, type="string", minLength=1, title="Artifact root",
+                           description="A path or s3://bucket/prefix; runs write under <root>/<dag_id>/<run_id>/."),
+    "beam_size": Param(5, type="integer", minimum=1, title="Beam size (evaluate, transform)"),
+    "eval_max_sentences": Param(None, type=["integer", "null"], minimum=1, title="Test sentences",
+                                description="Evaluate on the first N test sentences; null: all."),
+    "gate": Param({"metric": "test:bleu", "min_delta": 0.0}, type="object", title="Quality gate",
+                  description="Promote when metric is at least as good as the promoted model's (+min_delta); "
+                              "optional threshold for the first promotion; mode max|min (default by metric).",
+                  properties={"metric": {"type": "string", "enum": ["test:bleu", "test:chrf", "test:tokenized_bleu",
+                                                                    "test:perplexity", "test:accuracy"]},
+                              "mode": {"type": ["string", "null"], "enum": ["max", "min", None]},
+                              "min_delta": {"type": "number", "minimum": 0},
+                              "threshold": {"type": ["number", "null"]}},
+                  required=["metric"], additionalProperties=False),
+    "transform_input": Param(None, type=["string", "null"], title="Batch transform input",
+                             description="JSON Lines {\"source\": …} prefix or object (path or s3://); "
+                                         "null: the test set's sources."),
+}
+
+
+def _layout(params, run_id):
+    from pipeline_tasks.runs import RunLayout
+
+    return RunLayout(params["artifact_root"], DAG_ID, run_id)
+
+
+def _corpus(params):
+    from pipeline_tasks.pipeline import CorpusConfig
+
+    return CorpusConfig(params["corpus"], params["source_lang"], params["target_lang"], params["corpus_layout"])
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=SCHEDULE,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    params=PARAMS,
+    tags=["seq2seq", "sagemaker", "wmt"],
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    doc_md=__doc__,
+)
+def wmt_seq2seq():
+    @task
+    def plan(params=None, run_id=None) -> dict:
+        """Checks what JSON schema cannot (hyperparameter values, backend needs) before any work."""
+        from pipeline_tasks.gate import GateRule
+        from pipeline_tasks.training_job import hyperparameter_strings
+
+        hyperparameter_strings(params["hyperparameters"])
+        GateRule.from_dict(params["gate"])
+        if params["source_lang"] == params["target_lang"]:
+            raise ValueError("source_lang and target_lang are the same")
+        if params["backend"] == "sagemaker":
+            if not params["artifact_root"].startswith("s3://"):
+                raise ValueError("backend=sagemaker needs an s3:// artifact_root (SageMaker reads channels from S3)")
+            if not params["role_arn"]:
+                raise ValueError("backend=sagemaker needs role_arn")
+        return _layout(params, run_id).as_dict()
+
+    @task
+    def download(run: dict, params=None, run_id=None) -> dict:
+        from pipeline_tasks.pipeline import download_step
+
+        return download_step(_layout(params, run_id), _corpus(params))
+
+    @task
+    def subset(raw: dict, params=None, run_id=None) -> dict:
+        from pipeline_tasks.pipeline import subset_step
+        from pipeline_tasks.subset import SubsetConfig
+
+        cfg = SubsetConfig(size=params["subset_size"], mode=params["subset_mode"], seed=params["subset_seed"],
+                           max_len=params["max_len"], max_ratio=params["max_ratio"])
+        return subset_step(_layout(params, run_id), _corpus(params), cfg)
+
+    @task
+    def tokenize(sub: dict, params=None, run_id=None) -> dict:
+        from pipeline_tasks.pipeline import tokenize_step
+        from pipeline_tasks.tokenization import TokenizerConfig
+
+        cfg = TokenizerConfig(mode=params["tokenizer"], source_lang=params["source_lang"],
+                              target_lang=params["target_lang"], detokenizer=params["detokenizer"],
+                              bpe_vocab_size=params["bpe_vocab_size"], bpe_joint=params["joint_bpe"])
+        return tokenize_step(_layout(params, run_id), _corpus(params), cfg)
+
+    @task
+    def recordio(tok: dict, params=None, run_id=None) -> dict:
+        from pipeline_tasks.channels import VocabConfig
+        from pipeline_tasks.pipeline import recordio_step
+
+        cfg = VocabConfig(num_words_source=params["num_words_source"], num_words_target=params["num_words_target"],
+                          min_count_source=params["min_count"], min_count_target=params["min_count"])
+        return recordio_step(_layout(params, run_id), _corpus(params), cfg)
+
+    @task(outlets=[DATASET])
+    def upload(rec: dict, params=None, run_id=None, outlet_events=None) -> dict:
+        from pipeline_tasks.pipeline import upload_step
+
+        result = upload_step(_layout(params, run_id))
+        outlet_events[DATASET].extra = {"channels": result["channels"], "run_id": run_id}
+        return result
+
+    @task
+    def training_request(data: dict, params=None, run_id=None) -> dict:
+        """The CreateTrainingJob request: the single source of truth for all three backends."""
+        from pipeline_tasks.training_job import check_sagemaker_request, job_name, training_job_config
+
+        layout = _layout(params, run_id)
+        config = training_job_config(
+            job_name=job_name(DAG_ID, run_id, 1), image_uri=params["image"],
+            role_arn=params["role_arn"] or "arn:aws:iam::000000000000:role/local", channels=data["channels"],
+            output_uri=layout.uri("model"), hyperparameters=params["hyperparameters"],
+            instance_type=params["instance_type"], instance_count=params["instance_count"],
+            max_runtime_s=params["max_runtime_s"], use_spot=params["use_spot"],
+            checkpoint_uri=layout.uri("model", "checkpoints"), tags={"dag_id": DAG_ID, "run_id": run_id[:256]})
+        if params["backend"] == "sagemaker":
+            check_sagemaker_request(config)
+        return {**config, JOB_PREFIX_KEY: DAG_ID}
+
+    @task.branch
+    def training_backend(params=None) -> str:
+        return "train_sagemaker" if params["backend"] == "sagemaker" else "train_local"
+
+    @task
+    def train_local(request: dict, params=None, run_id=None, ti=None) -> dict:
+        """Runs the request on this machine (local process or docker); the training log streams here."""
+        from pipeline_tasks.training_job import job_name, run_training_job
+
+        config = {k: v for k, v in request.items() if k != JOB_PREFIX_KEY}
+        config["TrainingJobName"] = job_name(request[JOB_PREFIX_KEY], run_id, ti.try_number)
+        result = run_training_job(config, backend=params["backend"])
+        if result["TrainingJobStatus"] == "Failed":
+            raise RuntimeError(f"training job {result['TrainingJobName']} failed: {result.get('FailureReason')}")
+        return {"Training": result}
+
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    def trained(params=None, ti=None) -> dict:
+        """What the backend's job reported: the model artifact and final metrics, never a guessed name."""
+        branch = "train_sagemaker" if params["backend"] == "sagemaker" else "train_local"
+        job = ti.xcom_pull(task_ids=branch)["Training"]
+        if not job.get("ModelArtifacts", {}).get("S3ModelArtifacts"):
+            raise RuntimeError(f"training job {job['TrainingJobName']} ended {job['TrainingJobStatus']} "
+                               f"without a model")
+        return {"job_name": job["TrainingJobName"], "status": job["TrainingJobStatus"],
+                "model": job["ModelArtifacts"]["S3ModelArtifacts"],
+                "final_metrics": {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList") or []}}
+
+    @task
+    def evaluate(model: dict, params=None, run_id=None) -> dict:
+        from pipeline_tasks.evaluate import EvaluateConfig
+        from pipeline_tasks.pipeline import evaluate_step
+
+        cfg = EvaluateConfig(beam_size=params["beam_size"], max_sentences=params["eval_max_sentences"])
+        return evaluate_step(_layout(params, run_id), _corpus(params), model["model"], cfg)
+
+    @task
+    def gate(scores: dict, model: dict, params=None, run_id=None) -> dict:
+        """Decides only; promoting is the next task's (so the model Asset is emitted only on promotion)."""
+        from pipeline_tasks.gate import GateRule, decide, read_pointer
+
+        decision = decide(scores["metrics"], read_pointer(_layout(params, run_id).pointer),
+                          GateRule.from_dict(params["gate"]))
+        print(("PROMOTE: " if decision.promote else "NOT PROMOTED: ") + decision.reason)
+        return {"promote": decision.promote, "reason": decision.reason}
+
+    @task.short_circuit(ignore_downstream_trigger_rules=False)
+    def promoted(decision: dict) -> bool:
+        return decision["promote"]
+
+    @task(outlets=[MODEL])
+    def promote(scores: dict, model: dict, params=None, run_id=None, outlet_events=None) -> dict:
+        from pipeline_tasks.gate import GateRule, gate
+
+        layout = _layout(params, run_id)
+        result = gate(scores["metrics"], layout.pointer, GateRule.from_dict(params["gate"]),
+                      {"run_id": run_id, "model": model["model"], "training_job": model["job_name"],
+                       "eval": scores["eval"], "report": scores["report"], "dag_id": DAG_ID})
+        if not result["promote"]:  # another run promoted a better model in between
+            raise RuntimeError(f"not promoted after all: {result['reason']}")
+        outlet_events[MODEL].extra = {"model": model["model"], "pointer": layout.pointer, "run_id": run_id}
+        return {"pointer": layout.pointer, "model": model["model"]}
+
+    @task
+    def transform_request(promotion: dict, params=None, run_id=None) -> dict:
+        from pipeline_tasks.pipeline import transform_input_step
+        from pipeline_tasks.training_job import job_name
+        from pipeline_tasks.transform import TransformConfig, transform_job_config
+
+        layout = _layout(params, run_id)
+        name = job_name(f"{DAG_ID}-transform", run_id, 1)
+        config = transform_job_config(
+            job_name=name, model_name=name, image_uri=params["image"], model_data_url=promotion["model"],
+            role_arn=params["role_arn"] or "arn:aws:iam::000000000000:role/local",
+            input_uri=transform_input_step(layout, _corpus(params), params["transform_input"]),
+            output_uri=layout.uri("transform", "output"), instance_type=params["transform_instance_type"],
+            cfg=TransformConfig(beam_size=params["beam_size"]), tags={"dag_id": DAG_ID})
+        return {**config, JOB_PREFIX_KEY: f"{DAG_ID}-transform"}
+
+    @task.branch
+    def transform_backend(params=None) -> str:
+        return "transform_sagemaker" if params["backend"] == "sagemaker" else "transform_local"
+
+    @task
+    def transform_local(request: dict, run_id=None, ti=None) -> dict:
+        from pipeline_tasks.training_job import job_name
+        from pipeline_tasks.transform import run_transform_job
+
+        config = {k: v for k, v in request.items() if k != JOB_PREFIX_KEY}
+        name = job_name(request[JOB_PREFIX_KEY], run_id, ti.try_number)
+        config["Transform"]["TransformJobName"] = config["Transform"]["ModelName"] = name
+        config["Model"]["ModelName"] = name
+        result = run_transform_job(config)
+        if result["TransformJobStatus"] != "Completed":
+            raise RuntimeError(f"transform job {name} failed: {result.get('FailureReason')}")
+        return {"Transform": result}
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED)
+    def publish(decision: dict, scores: dict, model: dict, params=None, run_id=None, ti=None) -> dict:
+        from pipeline_tasks.pipeline import publish_step
+
+        job = {}
+        if decision["promote"]:
+            branch = "transform_sagemaker" if params["backend"] == "sagemaker" else "transform_local"
+            job = (ti.xcom_pull(task_ids=branch) or {}).get("Transform") or {}
+        summary = {
+            "dag_id": DAG_ID, "run_id": run_id, "backend": params["backend"], "promoted": decision["promote"],
+            "gate": decision["reason"], "model": model["model"], "training_job": model["job_name"],
+            "metrics": scores["metrics"], "bleu_signature": scores["bleu_signature"], "report": scores["report"],
+            "eval": scores["eval"], "transform_output": job.get("TransformOutput", {}).get("S3OutputPath"),
+            "transform_job": job.get("TransformJobName"),
+        }
+        print(f"BLEU {scores['metrics']['test:bleu']:.2f} ({scores['bleu_signature']}), "
+              f"perplexity {scores['metrics']['test:perplexity']:.2f}; "
+              f"{'promoted' if decision['promote'] else 'not promoted'}: {decision['reason']}")
+        return publish_step(_layout(params, run_id), summary)
+
+    # wiring
+    run = plan()
+    request = training_request(upload(recordio(tokenize(subset(download(run))))))
+    train_sagemaker = Seq2SeqTrainingOperator(
+        task_id="train_sagemaker", config=request,
+        wait_for_completion=True, deferrable=True, check_interval=60, print_log=False,
+        action_if_job_exists="fail")
+    choice = training_backend()
+    local = train_local(request)
+    request >> choice >> [local, train_sagemaker]
+    model = trained()
+    [local, train_sagemaker] >> model
+    scores = evaluate(model)
+    decision = gate(scores, model)
+    promotion = promote(scores, model)
+    promoted(decision) >> promotion
+    t_request = transform_request(promotion)
+    transform_sagemaker = Seq2SeqTransformOperator(
+        task_id="transform_sagemaker", config=t_request,
+        wait_for_completion=True, deferrable=True, check_interval=60, action_if_job_exists="fail",
+        check_if_model_exists=True, action_if_model_exists="fail")
+    t_choice = transform_backend()
+    t_local = transform_local(t_request)
+    t_request >> t_choice >> [t_local, transform_sagemaker]
+    publish(decision, scores, model) << [t_local, transform_sagemaker]
+
+
+wmt_seq2seq()

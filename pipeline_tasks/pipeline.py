@@ -1,0 +1,204 @@
+"""The DAG's steps as plain functions on URIs: what each Airflow task calls (dags/ holds only wiring).
+
+Every step reads its inputs from the run's URIs (pipeline_tasks/runs.py), works in a temporary folder,
+and publishes its output folder whole (``put_tree`` writes a ``_COMPLETE`` marker last). A step whose
+output is already complete returns at once, so a retried or re-run task is idempotent and a task
+killed half-way leaves nothing a later task could take for whole. Nothing here imports Airflow; the
+return values are small JSON-able dicts (URIs and metrics) for XCom.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline_tasks import storage
+from pipeline_tasks.runs import RunLayout, get_tree, is_complete, put_tree
+
+log = logging.getLogger(__name__)
+
+# Where each split's files are inside a downloaded corpus ({lang} is the language code; a pattern may
+# match in a subfolder, e.g. dev.tgz's). Params can give their own for a URL or path source.
+CORPUS_LAYOUTS: dict[str, dict[str, str]] = {
+    "wmt17-de-en-preprocessed": {"train": "corpus.tc.{lang}", "val": "newstest2014.tc.{lang}",
+                                 "test": "newstest2016.tc.{lang}"},
+    "wmt-toy-ende-sample": {"train": "train.{lang}", "val": "val.{lang}", "test": "test.{lang}"},
+}
+DEFAULT_LAYOUT = {"train": "train.{lang}", "val": "val.{lang}", "test": "test.{lang}"}
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    source: str = "wmt17-de-en-preprocessed"   # catalog name, URL or path
+    source_lang: str = "en"
+    target_lang: str = "de"
+    layout: Mapping[str, str] = field(default_factory=dict)  # split -> pattern; empty: the catalog's
+
+    def files(self) -> dict[str, str]:
+        return {**CORPUS_LAYOUTS.get(self.source, DEFAULT_LAYOUT), **self.layout}
+
+
+def _tmp(prefix: str) -> tempfile.TemporaryDirectory:
+    return tempfile.TemporaryDirectory(prefix=f"wmt-{prefix}-")
+
+
+def find_split(folder: Path, pattern: str, lang: str) -> Path:
+    """The one file matching the split's pattern anywhere under `folder`."""
+    name = pattern.format(lang=lang)
+    found = sorted(p for p in folder.rglob(Path(name).name) if p.is_file() and str(p).endswith(name))
+    if len(found) != 1:
+        have = ", ".join(sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())[:20])
+        raise FileNotFoundError(f"corpus: expected one file matching {name!r}, found {len(found)} (files: {have})")
+    return found[0]
+
+
+def _done(uri: str, what: str) -> bool:
+    if is_complete(uri):
+        log.info("%s: %s is already complete (an earlier try published it): nothing to do", what, uri)
+        return True
+    return False
+
+
+def download_step(layout: RunLayout, corpus: CorpusConfig, cache_dir: str | None = None) -> dict[str, Any]:
+    from pipeline_tasks.download import DownloadConfig, download
+
+    out = layout.uri("raw")
+    if not _done(out, "download"):
+        local_root = storage.parse(layout.root)
+        cache = cache_dir or (str(Path(local_root) / "cache" / "downloads") if isinstance(local_root, Path)
+                              else os.path.join(tempfile.gettempdir(), "wmt-seq2seq-cache"))
+        with _tmp("raw") as tmp:
+            download(corpus.source, Path(tmp) / "raw", DownloadConfig(cache_dir=cache))
+            put_tree(Path(tmp) / "raw", out)
+    return {"raw": out}
+
+
+def subset_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any) -> dict[str, Any]:
+    """The training subset (SubsetConfig); validation and test pass through unchanged."""
+    from pipeline_tasks.subset import subset
+
+    out = layout.uri("subset")
+    report: dict[str, Any] = {}
+    if not _done(out, "subset"):
+        with _tmp("subset") as tmp:
+            raw = get_tree(layout.uri("raw"), Path(tmp) / "raw")
+            dst = Path(tmp) / "subset"
+            dst.mkdir()
+            files = corpus.files()
+            src_l, trg_l = corpus.source_lang, corpus.target_lang
+            report = subset(str(find_split(raw, files["train"], src_l)), str(find_split(raw, files["train"], trg_l)),
+                            dst / f"train.{src_l}", dst / f"train.{trg_l}", cfg)
+            for split in ("val", "test"):
+                for lang in (src_l, trg_l):
+                    (dst / f"{split}.{lang}").write_bytes(find_split(raw, files[split], lang).read_bytes())
+            (dst / "subset-report.json").write_text(json.dumps(report, indent=2) + "\n")
+            put_tree(dst, out)
+    return {"subset": out, "report": report}
+
+
+def tokenize_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any) -> dict[str, Any]:
+    from pipeline_tasks.tokenization import tokenize_corpus
+
+    out = layout.uri("tok")
+    if not _done(out, "tokenize"):
+        with _tmp("tok") as tmp:
+            sub = get_tree(layout.uri("subset"), Path(tmp) / "subset")
+            s, t = corpus.source_lang, corpus.target_lang
+            splits = {split: (str(sub / f"{split}.{s}"), str(sub / f"{split}.{t}")) for split in SPLITS}
+            tokenize_corpus(splits, Path(tmp) / "tok", cfg)
+            put_tree(Path(tmp) / "tok", out)
+    return {"tok": out}
+
+
+def recordio_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any) -> dict[str, Any]:
+    from pipeline_tasks.channels import REPORT_FILE, make_channels
+
+    out = layout.uri("recordio")
+    if not _done(out, "recordio"):
+        with _tmp("recordio") as tmp:
+            tok = get_tree(layout.uri("tok"), Path(tmp) / "tok")
+            s, t = corpus.source_lang, corpus.target_lang
+            make_channels(str(tok / f"train.{s}"), str(tok / f"train.{t}"), str(tok / f"val.{s}"),
+                          str(tok / f"val.{t}"), Path(tmp) / "channels", cfg, tokenizer_dir=tok)
+            put_tree(Path(tmp) / "channels", out)
+    report = _read_json(storage.join(out, REPORT_FILE))
+    return {"recordio": out, "train_records": report["train"]["records"],
+            "validation_records": report["validation"]["records"], "vocab": report["vocab"]}
+
+
+def upload_step(layout: RunLayout, destination: str | None = None) -> dict[str, Any]:
+    """The three channels at `destination` (default: the run's channels/), verified: what training reads."""
+    from pipeline_tasks.upload import upload_channels
+
+    dest = destination or layout.uri("channels")
+    with _tmp("upload") as tmp:
+        local = get_tree(layout.uri("recordio"), Path(tmp) / "channels")
+        report = upload_channels(local, dest)
+    return {"channels": {ch: storage.join(dest, ch) for ch in ("train", "validation", "vocab")},
+            "destination": dest, "uploaded": report}
+
+
+def _read_json(uri: str) -> Any:
+    with _tmp("json") as tmp:
+        path = storage.get_file(uri, Path(tmp) / "f.json")
+        return json.loads(path.read_text(encoding="utf-8"))
+
+
+def evaluate_step(layout: RunLayout, corpus: CorpusConfig, model_uri: str, cfg: Any,
+                  test_source: str | None = None, test_reference: str | None = None) -> dict[str, Any]:
+    """Score the model on the test split as it was downloaded (raw, before tokenization) or on the given
+    files; publishes eval/ with hypotheses, metrics.json and the report."""
+    from pipeline_tasks.evaluate import evaluate
+    from pipeline_tasks.transform import resolve_model
+
+    out = layout.uri("eval")
+    if not _done(out, "evaluate"):
+        with _tmp("eval") as tmp:
+            work = Path(tmp)
+            if test_source and test_reference:
+                src = storage.get_file(test_source, work / "test.src")
+                ref = storage.get_file(test_reference, work / "test.ref")
+            else:
+                sub = layout.uri("subset")
+                src = storage.get_file(storage.join(sub, f"test.{corpus.source_lang}"), work / "test.src")
+                ref = storage.get_file(storage.join(sub, f"test.{corpus.target_lang}"), work / "test.ref")
+            model_dir = resolve_model(model_uri, work / "model")
+            evaluate(model_dir, src, ref, work / "eval", cfg, model_uri=model_uri)
+            put_tree(work / "eval", out)
+    metrics = _read_json(storage.join(out, "metrics.json"))
+    return {"eval": out, "report": storage.join(out, "report", "index.html"), "metrics": metrics["metrics"],
+            "bleu_signature": metrics["bleu"]["signature"]}
+
+
+def transform_input_step(layout: RunLayout, corpus: CorpusConfig, source: str | None = None) -> str:
+    """The batch transform's input prefix: the given URI, or the test split's sources as JSON Lines."""
+    if source:
+        return source
+    prefix = layout.uri("transform", "input")
+    target = storage.join(prefix, "test.jsonl")
+    with _tmp("transform-input") as tmp:
+        src = storage.get_file(storage.join(layout.uri("subset"), f"test.{corpus.source_lang}"), Path(tmp) / "src")
+        jsonl = Path(tmp) / "test.jsonl"
+        with open(src, encoding="utf-8", errors="replace") as fin, open(jsonl, "w", encoding="utf-8") as fout:
+            for line in fin:
+                fout.write(json.dumps({"source": line.rstrip("\n")}, ensure_ascii=False) + "\n")
+        storage.put_file(jsonl, target)
+    return prefix
+
+
+def publish_step(layout: RunLayout, summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``<run>/run.json``: what this run produced and decided, for people and for downstream tools."""
+    uri = storage.join(layout.base, "run.json")
+    with _tmp("publish") as tmp:
+        path = Path(tmp) / "run.json"
+        path.write_text(json.dumps(dict(summary), indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        storage.put_file(path, uri)
+    log.info("run summary written to %s", uri)
+    return {"summary": uri, **summary}
