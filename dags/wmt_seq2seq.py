@@ -8,7 +8,9 @@ names: ``local`` (the container's code as a process here), ``docker`` (the built
 ``sagemaker`` (the amazon provider's operators, deferrable); all three execute the same request dicts.
 
 Schedule: ``AIRFLOW_VAR_WMT_SEQ2SEQ_SCHEDULE`` (a cron expression or preset such as ``@weekly``; unset
-or ``none``: manual runs only). Artifact root default: ``AIRFLOW_VAR_WMT_SEQ2SEQ_ARTIFACT_ROOT``.
+or ``none``: manual runs only). Artifact root default: ``AIRFLOW_VAR_WMT_SEQ2SEQ_ARTIFACT_ROOT``; task
+retries: ``AIRFLOW_VAR_WMT_SEQ2SEQ_RETRIES`` (2). Read from the environment, not the metadata DB, so
+parsing stays fast; they are also how Airflow exposes Variables set as environment variables.
 Module level stays light: no torch, no boto3 client, no network.
 """
 
@@ -33,6 +35,7 @@ MODEL = Asset(name="wmt_seq2seq_model", uri="wmt-seq2seq://model")
 SCHEDULE = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_SCHEDULE", "").strip() or None
 if SCHEDULE and SCHEDULE.lower() == "none":
     SCHEDULE = None
+RETRIES = int(os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_RETRIES", "2"))
 DEFAULT_ROOT = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_ARTIFACT_ROOT", "").strip() or os.path.join(
     os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "wmt-seq2seq-artifacts")
 
@@ -62,7 +65,8 @@ PARAMS = {
                          description="Keep this many training pairs (the AWS example: 10,000); null: all."),
     "subset_mode": Param("head", enum=["head", "random"], title="Subset mode",
                          description="head: the first N pairs (head -n N); random: a seeded sample."),
-    "subset_seed": Param(0, type="integer", minimum=0, title="Subset seed"),
+    "subset_seed": Param(0, type="integer", minimum=0, title="Subset seed",
+                         description="Seed of the random subset (same seed, same pairs)."),
     "max_len": Param(100, type=["integer", "null"], minimum=1, title="Max tokens per side",
                      description="Drop training pairs with a longer side; null: no filter."),
     "max_ratio": Param(3.0, type=["number", "null"], minimum=1, title="Max length ratio",
@@ -74,10 +78,14 @@ PARAMS = {
     "bpe_vocab_size": Param(None, type=["integer", "null"], minimum=8, title="BPE vocabulary",
                             description="Learn a SentencePiece BPE model of this size on the training subset; "
                                         "null: words."),
-    "joint_bpe": Param(False, type="boolean", title="Joint BPE"),
-    "num_words_source": Param(50000, type="integer", minimum=1, title="Source vocabulary size"),
-    "num_words_target": Param(50000, type="integer", minimum=1, title="Target vocabulary size"),
-    "min_count": Param(1, type="integer", minimum=1, title="Min word count"),
+    "joint_bpe": Param(False, type="boolean", title="Joint BPE",
+                       description="One subword model for both languages (else one per language)."),
+    "num_words_source": Param(50000, type="integer", minimum=1, title="Source vocabulary size",
+                              description="At most this many source tokens (the built-in default: 50,000)."),
+    "num_words_target": Param(50000, type="integer", minimum=1, title="Target vocabulary size",
+                              description="At most this many target tokens."),
+    "min_count": Param(1, type="integer", minimum=1, title="Min word count",
+                       description="Tokens seen fewer times in the training subset become <unk>."),
     "hyperparameters": Param(AWS_EXAMPLE_HYPERPARAMETERS, type="object", title="Hyperparameters",
                              description="The built-in seq2seq algorithm's hyperparameters (and our extensions); "
                                          "defaults: the AWS example's.",
@@ -91,15 +99,21 @@ PARAMS = {
                                "seq2seq image URI for the region."),
     "role_arn": Param("", type="string", title="SageMaker execution role",
                       description="IAM role ARN (or name) for the sagemaker backend."),
-    "instance_type": Param("ml.p3.2xlarge", type="string", pattern="^ml\\.", title="Training instance type"),
-    "instance_count": Param(1, type="integer", minimum=1, title="Training instances"),
-    "use_spot": Param(False, type="boolean", title="Managed spot training"),
-    "max_runtime_s": Param(86400, type="integer", minimum=60, title="Max training seconds"),
+    "instance_type": Param("ml.p3.2xlarge", type="string", pattern="^ml\\.", title="Training instance type",
+                           description="SageMaker instance type for training (sagemaker backend)."),
+    "instance_count": Param(1, type="integer", minimum=1, title="Training instances",
+                            description="SageMaker training instances."),
+    "use_spot": Param(False, type="boolean", title="Managed spot training",
+                      description="Spot capacity; training resumes from its checkpoints after an interruption."),
+    "max_runtime_s": Param(86400, type="integer", minimum=60, title="Max training seconds",
+                           description="StoppingCondition.MaxRuntimeInSeconds (all backends)."),
     "transform_instance_type": Param("ml.m5.xlarge", type="string", pattern="^ml\\.",
-                                     title="Transform instance type"),
+                                     title="Transform instance type",
+                                     description="SageMaker instance type for the batch transform job."),
     "artifact_root": Param(DEFAULT_ROOT, type="string", minLength=1, title="Artifact root",
                            description="A path or s3://bucket/prefix; runs write under <root>/<dag_id>/<run_id>/."),
-    "beam_size": Param(5, type="integer", minimum=1, title="Beam size (evaluate, transform)"),
+    "beam_size": Param(5, type="integer", minimum=1, title="Beam size (evaluate, transform)",
+                       description="Beam width for evaluation and batch transform; 1 is greedy."),
     "eval_max_sentences": Param(None, type=["integer", "null"], minimum=1, title="Test sentences",
                                 description="Evaluate on the first N test sentences; null: all."),
     "gate": Param({"metric": "test:bleu", "min_delta": 0.0}, type="object", title="Quality gate",
@@ -137,7 +151,7 @@ def _corpus(params):
     max_active_runs=1,
     params=PARAMS,
     tags=["seq2seq", "sagemaker", "wmt"],
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+    default_args={"retries": RETRIES, "retry_delay": timedelta(minutes=1)},
     doc_md=__doc__,
 )
 def wmt_seq2seq():

@@ -1,0 +1,126 @@
+"""wmt_seq2seq_batch_transform: translate a JSON Lines input with the promoted model, whenever a new
+model is promoted (the ``wmt_seq2seq_model`` Asset that wmt_seq2seq's ``promote`` task emits), or on a
+manual trigger.
+
+promoted model (pointer) → transform request → local/docker emulation or SageMaker transform job → publish
+
+The input is the ``transform_input`` param, else ``AIRFLOW_VAR_WMT_SEQ2SEQ_TRANSFORM_INPUT``, else the
+promoting run's own test input. Wiring only; the work is pipeline_tasks.transform's.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from datetime import datetime, timedelta
+
+from airflow.sdk import Asset, Param, TriggerRule, dag, task
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+from seq2seq_operators import JOB_PREFIX_KEY, Seq2SeqTransformOperator  # noqa: E402
+
+DAG_ID = "wmt_seq2seq_batch_transform"
+TRAINING_DAG_ID = "wmt_seq2seq"
+MODEL = Asset(name="wmt_seq2seq_model", uri="wmt-seq2seq://model")
+RETRIES = int(os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_RETRIES", "2"))
+DEFAULT_ROOT = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_ARTIFACT_ROOT", "").strip() or os.path.join(
+    os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "wmt-seq2seq-artifacts")
+DEFAULT_INPUT = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_TRANSFORM_INPUT", "").strip() or None
+
+PARAMS = {
+    "artifact_root": Param(DEFAULT_ROOT, type="string", minLength=1, title="Artifact root",
+                           description="Where wmt_seq2seq keeps its runs and the promoted-model pointer."),
+    "transform_input": Param(DEFAULT_INPUT, type=["string", "null"], title="Input",
+                             description="JSON Lines {\"source\": …} prefix or object (path or s3://); null: the "
+                                         "promoting run's test input."),
+    "backend": Param("local", enum=["local", "docker", "sagemaker"], title="Backend"),
+    "image": Param("wmt-seq2seq:latest", type="string", minLength=1, title="Image"),
+    "role_arn": Param("", type="string", title="SageMaker execution role"),
+    "instance_type": Param("ml.m5.xlarge", type="string", pattern="^ml\\.", title="Transform instance type"),
+    "instance_count": Param(1, type="integer", minimum=1, title="Transform instances"),
+    "beam_size": Param(5, type="integer", minimum=1, title="Beam size"),
+    "batch_size": Param(32, type="integer", minimum=1, title="Sentences per decoder batch"),
+    "on_error": Param("fail", enum=["fail", "record"], title="Bad lines",
+                      description="fail: the job fails naming the line; record: the line gets {\"error\": …}."),
+    "max_payload_mb": Param(6, type="integer", minimum=1, maximum=100, title="MaxPayloadInMB"),
+}
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=[MODEL],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    params=PARAMS,
+    tags=["seq2seq", "sagemaker", "wmt", "batch-transform"],
+    default_args={"retries": RETRIES, "retry_delay": timedelta(minutes=1)},
+    doc_md=__doc__,
+)
+def wmt_seq2seq_batch_transform():
+    @task
+    def transform_request(params=None, run_id=None) -> dict:
+        from pipeline_tasks.gate import read_pointer
+        from pipeline_tasks.runs import RunLayout
+        from pipeline_tasks.training_job import job_name
+        from pipeline_tasks.transform import TransformConfig, transform_job_config
+
+        root = params["artifact_root"]
+        pointer = read_pointer(RunLayout(root, TRAINING_DAG_ID, "x").pointer)
+        if pointer is None:
+            raise RuntimeError(f"no promoted model under {root}/{TRAINING_DAG_ID}: run wmt_seq2seq first")
+        if params["backend"] == "sagemaker" and not root.startswith("s3://"):
+            raise ValueError("backend=sagemaker needs an s3:// artifact_root")
+        source = params["transform_input"] or RunLayout(root, TRAINING_DAG_ID, pointer["run_id"]).uri(
+            "transform", "input")
+        name = job_name(DAG_ID, run_id, 1)
+        config = transform_job_config(
+            job_name=name, model_name=name, image_uri=params["image"], model_data_url=pointer["model"],
+            role_arn=params["role_arn"] or "arn:aws:iam::000000000000:role/local", input_uri=source,
+            output_uri=RunLayout(root, DAG_ID, run_id).uri("transform", "output"),
+            instance_type=params["instance_type"], instance_count=params["instance_count"],
+            cfg=TransformConfig(batch_size=params["batch_size"], beam_size=params["beam_size"],
+                                on_error=params["on_error"]),
+            max_payload_mb=params["max_payload_mb"], tags={"dag_id": DAG_ID})
+        print(f"model {pointer['model']} (promoted by run {pointer['run_id']}), input {source}")
+        return {**config, JOB_PREFIX_KEY: DAG_ID}
+
+    @task.branch
+    def backend(params=None) -> str:
+        return "transform_sagemaker" if params["backend"] == "sagemaker" else "transform_local"
+
+    @task
+    def transform_local(request: dict, run_id=None, ti=None) -> dict:
+        from pipeline_tasks.training_job import job_name
+        from pipeline_tasks.transform import run_transform_job
+
+        config = {k: v for k, v in request.items() if k != JOB_PREFIX_KEY}
+        name = job_name(request[JOB_PREFIX_KEY], run_id, ti.try_number)
+        config["Transform"]["TransformJobName"] = config["Transform"]["ModelName"] = name
+        config["Model"]["ModelName"] = name
+        result = run_transform_job(config)
+        if result["TransformJobStatus"] != "Completed":
+            raise RuntimeError(f"transform job {name} failed: {result.get('FailureReason')}")
+        return {"Transform": result}
+
+    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+    def publish(params=None, ti=None) -> dict:
+        branch = "transform_sagemaker" if params["backend"] == "sagemaker" else "transform_local"
+        job = ti.xcom_pull(task_ids=branch)["Transform"]
+        out = job["TransformOutput"]["S3OutputPath"]
+        print(f"batch transform {job['TransformJobName']}: {job.get('TransformJobStatus')}, output {out}")
+        return {"job": job["TransformJobName"], "output": out, "lines": job.get("Lines"),
+                "errors": job.get("ErrorLines")}
+
+    request = transform_request()
+    sagemaker = Seq2SeqTransformOperator(
+        task_id="transform_sagemaker", config=request, wait_for_completion=True, deferrable=True,
+        check_interval=60, action_if_job_exists="fail", check_if_model_exists=True, action_if_model_exists="fail")
+    local = transform_local(request)
+    request >> backend() >> [local, sagemaker]
+    [local, sagemaker] >> publish()
+
+
+wmt_seq2seq_batch_transform()

@@ -1,0 +1,203 @@
+"""The wmt_seq2seq DAG: it imports cleanly and lightly, and runs end to end with ``dag.test()`` on the
+local backend, once with local storage and once with an s3:// artifact root on moto's server; bad
+params fail at trigger time; a failing step publishes nothing a retry could take for whole; the gate.
+
+Each DAG run happens in a fresh interpreter (tests/dag_runner.py) under a module-wide AIRFLOW_HOME with
+a migrated SQLite database, because Airflow binds its configuration and database at import.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pipeline_tasks import storage
+from pipeline_tasks.runs import COMPLETE_MARKER
+from tests.conftest import ROOT
+
+DAGS = ROOT / "dags"
+TINY_HP = {"max_seq_len_source": 30, "max_seq_len_target": 30, "batch_size": 32, "rnn_num_hidden": 32,
+           "num_embed_source": 16, "num_embed_target": 16, "max_num_batches": 40,
+           "checkpoint_frequency_num_batches": 20, "optimized_metric": "perplexity"}
+TINY = {"corpus": "wmt-toy-ende-sample", "subset_size": 1000, "hyperparameters": TINY_HP,
+        "num_words_source": 2000, "num_words_target": 2000, "beam_size": 1, "eval_max_sentences": 40,
+        "gate": {"metric": "test:perplexity"}}
+TASKS = {"plan", "download", "subset", "tokenize", "recordio", "upload", "training_request", "training_backend",
+         "train_local", "train_sagemaker", "trained", "evaluate", "gate", "promoted", "promote",
+         "transform_request", "transform_backend", "transform_local", "transform_sagemaker", "publish"}
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW_VAR_WMT_SEQ2SEQ_RETRIES": "0",
+           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    airflow = Path(sys.executable).with_name("airflow")
+    done = subprocess.run([str(airflow), "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return env
+
+
+def run_dag(env: dict[str, str], conf: dict, work: Path, dag_id: str = "wmt_seq2seq") -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "conf.json").write_text(json.dumps(conf))
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "dag_runner.py"), dag_id, str(work / "conf.json"),
+                           str(work / "result.json")], env=env, capture_output=True, text=True, timeout=900)
+    (work / "log.txt").write_text(done.stdout + done.stderr)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {**json.loads((work / "result.json").read_text()), "log": done.stdout + done.stderr}
+
+
+# --- parsing -------------------------------------------------------------------------------------------
+
+def test_dagbag_imports_cleanly_fast_and_light(airflow_env: dict[str, str]) -> None:
+    """No import errors; parse time printed; importing the DAG file loads no torch and makes no boto3 client."""
+    code = """
+import json, sys, time
+import botocore.session
+made = []
+original = botocore.session.Session.create_client
+botocore.session.Session.create_client = lambda self, *a, **k: made.append(a) or original(self, *a, **k)
+from airflow.dag_processing.dagbag import DagBag
+before = set(sys.modules)
+t = time.perf_counter()
+bag = DagBag(dag_folder=sys.argv[1])
+seconds = time.perf_counter() - t
+print(json.dumps({"errors": {k: v[-500:] for k, v in bag.import_errors.items()}, "dags": sorted(bag.dags),
+                  "seconds": seconds, "torch": "torch" in sys.modules, "clients": len(made),
+                  "new_heavy": sorted(m for m in set(sys.modules) - before
+                                      if m.split(".")[0] in ("torch", "sacrebleu", "sentencepiece", "matplotlib"))}))
+"""
+    done = subprocess.run([sys.executable, "-c", code, str(DAGS)], env=airflow_env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"DagBag parse time: {report['seconds']:.3f} s for {report['dags']}")
+    assert report["errors"] == {}
+    assert report["dags"] == ["wmt_seq2seq", "wmt_seq2seq_batch_transform"]
+    assert report["torch"] is False and report["clients"] == 0 and report["new_heavy"] == []
+    assert report["seconds"] < 1.0
+
+
+def test_the_dag_shape_params_and_schedule(airflow_env: dict[str, str]) -> None:
+    code = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+dag = DagBag(dag_folder=sys.argv[1]).dags["wmt_seq2seq"]
+print(json.dumps({"tasks": sorted(dag.task_ids), "schedule": str(dag.schedule), "catchup": dag.catchup,
+                  "max_active_runs": dag.max_active_runs,
+                  "params": {k: dag.params.get_param(k).schema for k in dag.params},
+                  "descriptions": {k: dag.params.get_param(k).description for k in dag.params},
+                  "defaults": {k: dag.params[k] for k in ("backend", "subset_size", "hyperparameters")}}))
+"""
+    env = {**airflow_env, "AIRFLOW_VAR_WMT_SEQ2SEQ_SCHEDULE": "@weekly"}
+    done = subprocess.run([sys.executable, "-c", code, str(DAGS)], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(info["tasks"]) == TASKS
+    assert info["schedule"] == "@weekly" and info["catchup"] is False and info["max_active_runs"] == 1
+    assert info["defaults"]["backend"] == "local" and info["defaults"]["subset_size"] == 10000
+    assert info["defaults"]["hyperparameters"] == {
+        "max_seq_len_source": 60, "max_seq_len_target": 60, "optimized_metric": "bleu", "batch_size": 64,
+        "checkpoint_frequency_num_batches": 1000, "rnn_num_hidden": 512, "num_layers_encoder": 1,
+        "num_layers_decoder": 1, "num_embed_source": 512, "num_embed_target": 512, "checkpoint_threshold": 3}
+    for name, schema in info["params"].items():
+        assert schema.get("title") and info["descriptions"][name], name
+    assert info["params"]["backend"]["enum"] == ["local", "docker", "sagemaker"]
+
+
+# --- runs ---------------------------------------------------------------------------------------------
+
+def _assert_run_tree(base: str, files: dict[str, int]) -> None:
+    """DESIGN §6's layout under <root>/<dag_id>/<run_id>/, each stage published whole."""
+    rel = {k[len(base) + 1:] if k.startswith(base) else k: v for k, v in files.items()}
+    for stage in ("raw", "subset", "tok", "recordio", "eval"):
+        assert f"{stage}/{COMPLETE_MARKER}" in rel, stage
+    for name in ("channels/train/train.rec", "channels/validation/val.rec", "channels/vocab/vocab.src.json",
+                 "channels/vocab/vocab.trg.json", "channels/vocab/tokenizer.json", "eval/metrics.json",
+                 "eval/hypotheses.txt", "eval/report/index.html", "run.json"):
+        assert name in rel, name
+    assert any(k.startswith("model/") and k.endswith("/output/model.tar.gz") for k in rel)
+    assert any(k.startswith("transform/output/") and k.endswith(".jsonl.out") for k in rel)
+
+
+def test_local_backend_end_to_end_with_local_storage(airflow_env: dict[str, str], tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    result = run_dag(airflow_env, {**TINY, "artifact_root": str(root)}, tmp_path / "run1")
+    assert result["state"] == "success", result["log"][-3000:]
+    skipped = {"train_sagemaker", "transform_sagemaker"}
+    assert {t for t, s in result["tasks"].items() if s == "success"} == TASKS - skipped
+    assert {t for t, s in result["tasks"].items() if s == "skipped"} == skipped
+    run_dirs = [p for p in (root / "wmt_seq2seq").iterdir() if p.is_dir()]
+    assert len(run_dirs) == 1
+    base = run_dirs[0]
+    _assert_run_tree(str(base), {str(p.relative_to(base)): 1 for p in base.rglob("*") if p.is_file()})
+    summary = json.loads((base / "run.json").read_text())
+    assert summary["promoted"] is True and summary["backend"] == "local"
+    metrics = json.loads((base / "eval" / "metrics.json").read_text())
+    assert summary["metrics"] == metrics["metrics"] and metrics["sentences"]["total"] == 40
+    assert "BLEU" in result["log"] and "perplexity" in result["log"]
+    with tarfile.open(summary["model"]) as tar:
+        assert {"params.pt", "config.json", "vocab.src.json", "vocab.trg.json", "tokenizer.json"} <= set(tar.getnames())
+    pointer = json.loads((root / "wmt_seq2seq" / "promoted.json").read_text())
+    assert pointer["model"] == summary["model"] and pointer["metrics"] == metrics["metrics"]
+    out = base / "transform" / "output" / "test.jsonl.out"
+    test_lines = (ROOT / "pipeline_tasks/sample_data/wmt-toy-ende/test.en").read_text().count("\n")
+    assert len(out.read_text().splitlines()) == test_lines
+
+    # A second run whose model is worse by the gate's rule finishes as "not promoted", not failed.
+    worse = {**TINY, "artifact_root": str(root), "hyperparameters": {**TINY_HP, "max_num_batches": 1,
+                                                                     "checkpoint_frequency_num_batches": 1}}
+    second = run_dag(airflow_env, worse, tmp_path / "run2")
+    assert second["state"] == "success", second["log"][-3000:]
+    assert second["tasks"]["promote"] == "skipped" and second["tasks"]["transform_local"] == "skipped"
+    assert second["tasks"]["publish"] == "success" and "NOT PROMOTED" in second["log"]
+    assert json.loads((root / "wmt_seq2seq" / "promoted.json").read_text()) == pointer
+
+
+def test_local_backend_end_to_end_with_s3_on_moto(airflow_env: dict[str, str], tmp_path: Path, s3, bucket: str,
+                                                  moto_endpoint: str) -> None:
+    env = {**airflow_env, **{k: v for k, v in os.environ.items() if k.startswith("AWS_") or k.lower() == "no_proxy"}}
+    assert env["AWS_ENDPOINT_URL"] == moto_endpoint
+    root = f"s3://{bucket}/pipeline"
+    result = run_dag(env, {**TINY, "artifact_root": root, "eval_max_sentences": 20}, tmp_path / "run")
+    assert result["state"] == "success", result["log"][-3000:]
+    files = storage.list_files(f"{root}/wmt_seq2seq")
+    run_ids = {k.split("/")[0] for k in files if "/" in k}
+    assert len(run_ids) == 1
+    base = run_ids.pop()
+    _assert_run_tree(base, files)
+    assert "promoted.json" in files
+    summary = json.loads(s3.get_object(Bucket=bucket, Key=f"pipeline/wmt_seq2seq/{base}/run.json")["Body"].read())
+    assert summary["model"].startswith(f"s3://{bucket}/pipeline/wmt_seq2seq/{base}/model/")
+    assert summary["transform_output"].startswith(f"s3://{bucket}/")
+
+
+# --- failures -----------------------------------------------------------------------------------------------
+
+def test_a_bad_param_fails_at_trigger_time(airflow_env: dict[str, str], tmp_path: Path) -> None:
+    result = run_dag(airflow_env, {**TINY, "backend": "cloud"}, tmp_path / "bad")
+    assert result["state"] is None and "ParamValidationError" in result["error"] and "backend" in result["error"]
+    result = run_dag(airflow_env, {**TINY, "hyperparameters": {"rnn_num_hiden": 32}}, tmp_path / "bad2")
+    assert result["state"] is None and "rnn_num_hiden" in result["error"]
+
+
+def test_a_failing_step_publishes_nothing_a_retry_could_mistake(airflow_env: dict[str, str], tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    conf = {**TINY, "artifact_root": str(root), "corpus_layout": {"test": "missing-test.{lang}"}}
+    result = run_dag(airflow_env, conf, tmp_path / "run")
+    assert result["state"] == "failed"
+    assert result["tasks"]["download"] == "success" and result["tasks"]["subset"] == "failed"
+    assert result["tasks"]["train_local"] == "upstream_failed"
+    base = next(p for p in (root / "wmt_seq2seq").iterdir() if p.is_dir())
+    assert (base / "raw" / COMPLETE_MARKER).is_file()
+    assert not (base / "subset").exists() or not (base / "subset" / COMPLETE_MARKER).exists()
+    assert "missing-test.en" in result["log"]
