@@ -1,22 +1,41 @@
-"""The amazon provider's SageMaker operators, with the two behaviours our DAGs rely on.
+"""The amazon provider's SageMaker operators, with the behaviours our DAGs rely on.
 
-- The job name is made per *try* at execute time (``pipeline_tasks.training_job.job_name``), so a
-  retried task never collides with the job its previous try started, and downstream tasks read the
-  name (and artifacts) from what the operator returns.
-- A task that is killed (cleared or marked failed while running) or fails while its job runs stops
-  the job, so no orphaned training or transform job keeps billing.
+- The job name is made per *try* (``pipeline_tasks.training_job.job_name``), at execute time and
+  again when a deferred try resumes, so a retried task never collides with the job its previous try
+  started, and downstream tasks read the name (and artifacts) from what the operator returns.
+- A task that is killed while its worker runs it (cleared or marked failed) or fails while its job
+  runs stops the job, so no orphaned training or transform job keeps billing.
+- The deferred wait lasts as long as the job may: the provider's default (60 checks, an hour at our
+  interval) would fail the task, and so stop the job, in the middle of a healthy training run.
+
+Known limit: a task cleared or marked failed *while deferred* is cancelled in the triggerer, where the
+provider's SageMakerTrigger has no ``on_kill``; that job is not stopped (a trigger that stops it must
+live in a module the triggerer can import, which dags/ is not).
+
+Deferral needs the provider's async client (``apache-airflow-providers-amazon[aiobotocore]``, with a
+botocore that aiobotocore accepts); without it the SageMaker trigger cannot run, so ``DEFERRABLE`` is
+on only where aiobotocore is installed (``AIRFLOW_VAR_WMT_SEQ2SEQ_DEFERRABLE=false`` turns it off) and
+the operators otherwise wait in their worker, where clearing the task does stop the job.
 
 Not a DAG file (listed in .airflowignore); imported by dags/wmt_seq2seq*.py.
 """
 
 from __future__ import annotations
 
-import contextlib
+import importlib.util
+import logging
+import math
+import os
+from collections.abc import Callable
 from typing import Any
 
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTrainingOperator, SageMakerTransformOperator
 
+DEFERRABLE = (importlib.util.find_spec("aiobotocore") is not None
+              and os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_DEFERRABLE", "true").strip().lower() != "false")
 JOB_PREFIX_KEY = "JobNamePrefix"   # our key in the request: removed before the AWS call
+JOB_OVERHEAD_S = 3600              # outside MaxRuntimeInSeconds: instance start, data download, model upload
+TRANSFORM_MAX_WAIT_S = 24 * 3600   # a transform job has no stopping condition; wait this long at most
 
 
 def _name(prefix: str, context: Any) -> str:
@@ -25,12 +44,43 @@ def _name(prefix: str, context: Any) -> str:
     return job_name(prefix, context["run_id"], context["ti"].try_number)
 
 
+def _checks(seconds: float, check_interval: int) -> int:
+    """Status checks that span `seconds` of waiting."""
+    return math.ceil(seconds / max(int(check_interval), 1))
+
+
+def _reported_name(event: Any) -> str | None:
+    return event.get("job_name") if isinstance(event, dict) else None
+
+
+def _stop_job(log: logging.Logger, kind: str, name: str | None, describe: Callable[[str], dict],
+              stop: Callable[[str], Any]) -> None:
+    """Stop the job if it still runs. Never raises: it runs while another error is on its way up."""
+    if not name:
+        return
+    try:
+        status = describe(name)[f"{kind}JobStatus"]
+    except Exception as e:  # never created (or not visible): nothing to stop
+        log.info("SageMaker %s job %s: nothing to stop (%s)", kind.lower(), name, e)
+        return
+    if status != "InProgress":
+        return
+    log.warning("stopping SageMaker %s job %s", kind.lower(), name)
+    try:
+        stop(name)
+    except Exception:
+        log.exception("could not stop SageMaker %s job %s: stop it in the console or with the AWS CLI",
+                      kind.lower(), name)
+
+
 class Seq2SeqTrainingOperator(SageMakerTrainingOperator):
     """SageMakerTrainingOperator naming its job per run and try, and stopping it when killed."""
 
     def execute(self, context: Any) -> dict:
-        prefix = self.config.pop(JOB_PREFIX_KEY, None) or self.config["TrainingJobName"]
-        self.config["TrainingJobName"] = _name(prefix, context)
+        self._name_job(context)
+        stopping = self.config.get("StoppingCondition") or {}
+        longest = int(stopping.get("MaxWaitTimeInSeconds") or stopping.get("MaxRuntimeInSeconds") or 0)
+        self.max_attempts = max(self.max_attempts, _checks(longest + JOB_OVERHEAD_S, self.check_interval))
         try:
             return super().execute(context)
         except Exception:
@@ -38,6 +88,7 @@ class Seq2SeqTrainingOperator(SageMakerTrainingOperator):
             raise
 
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, dict]:
+        self._name_job(context, _reported_name(event))  # a resumed try renders the request afresh
         try:
             return super().execute_complete(context, event)
         except Exception:
@@ -48,27 +99,31 @@ class Seq2SeqTrainingOperator(SageMakerTrainingOperator):
         self._stop()
         super().on_kill()
 
+    def _name_job(self, context: Any, reported: str | None = None) -> None:
+        prefix = self.config.pop(JOB_PREFIX_KEY, None) or self.config["TrainingJobName"]
+        self.config["TrainingJobName"] = reported or _name(prefix, context)
+
     def _stop(self) -> None:
-        name = self.config.get("TrainingJobName")
-        if not name:
-            return
-        with contextlib.suppress(Exception):  # already finished or never created: nothing to stop
-            if self.hook.describe_training_job(name)["TrainingJobStatus"] in ("InProgress", "Stopping"):
-                self.log.warning("stopping SageMaker training job %s", name)
-                self.hook.conn.stop_training_job(TrainingJobName=name)
+        _stop_job(self.log, "Training", self.config.get("TrainingJobName"), self.hook.describe_training_job,
+                  lambda name: self.hook.conn.stop_training_job(TrainingJobName=name))
 
 
 class Seq2SeqTransformOperator(SageMakerTransformOperator):
     """SageMakerTransformOperator naming its model and job per run and try, and stopping the job when killed."""
 
     def execute(self, context: Any) -> dict:
-        prefix = self.config.pop(JOB_PREFIX_KEY, None) or self.config["Transform"]["TransformJobName"]
-        name = _name(prefix, context)
-        self.config["Transform"]["TransformJobName"] = name
-        self.config["Model"]["ModelName"] = name
-        self.config["Transform"]["ModelName"] = name
+        self._name_job(context)
+        self.max_attempts = max(self.max_attempts, _checks(TRANSFORM_MAX_WAIT_S, self.check_interval))
         try:
             return super().execute(context)
+        except Exception:
+            self._stop()
+            raise
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, dict]:
+        self._name_job(context, _reported_name(event))
+        try:
+            return super().execute_complete(context, event)
         except Exception:
             self._stop()
             raise
@@ -77,11 +132,14 @@ class Seq2SeqTransformOperator(SageMakerTransformOperator):
         self._stop()
         super().on_kill()
 
+    def _name_job(self, context: Any, reported: str | None = None) -> None:
+        prefix = self.config.pop(JOB_PREFIX_KEY, None) or self.config["Transform"]["TransformJobName"]
+        name = reported or _name(prefix, context)
+        self.config["Transform"]["TransformJobName"] = name
+        self.config["Model"]["ModelName"] = name
+        self.config["Transform"]["ModelName"] = name
+
     def _stop(self) -> None:
-        name = self.config.get("Transform", {}).get("TransformJobName")
-        if not name:
-            return
-        with contextlib.suppress(Exception):
-            if self.hook.describe_transform_job(name)["TransformJobStatus"] in ("InProgress", "Stopping"):
-                self.log.warning("stopping SageMaker transform job %s", name)
-                self.hook.conn.stop_transform_job(TransformJobName=name)
+        _stop_job(self.log, "Transform", self.config.get("Transform", {}).get("TransformJobName"),
+                  self.hook.describe_transform_job,
+                  lambda name: self.hook.conn.stop_transform_job(TransformJobName=name))

@@ -5,7 +5,8 @@ download → subset → tokenize → recordio → upload → train → evaluate 
 Wiring only: every task calls a function of pipeline_tasks/ on the run's URIs (DESIGN §6) and passes
 URIs and small metrics on. Training and the batch transform run on the backend the ``backend`` param
 names: ``local`` (the container's code as a process here), ``docker`` (the built image) or
-``sagemaker`` (the amazon provider's operators, deferrable); all three execute the same request dicts.
+``sagemaker`` (the amazon provider's operators, deferrable where aiobotocore is installed); all three
+execute the same request dicts.
 
 Schedule: ``AIRFLOW_VAR_WMT_SEQ2SEQ_SCHEDULE`` (a cron expression or preset such as ``@weekly``; unset
 or ``none``: manual runs only). Artifact root default: ``AIRFLOW_VAR_WMT_SEQ2SEQ_ARTIFACT_ROOT``; task
@@ -26,7 +27,7 @@ from airflow.sdk import Asset, Param, TriggerRule, dag, task
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
-from seq2seq_operators import JOB_PREFIX_KEY, Seq2SeqTrainingOperator, Seq2SeqTransformOperator  # noqa: E402
+from seq2seq_operators import DEFERRABLE, JOB_PREFIX_KEY, Seq2SeqTrainingOperator, Seq2SeqTransformOperator  # noqa: E402
 
 DAG_ID = "wmt_seq2seq"
 DATASET = Asset(name="wmt_seq2seq_dataset", uri="wmt-seq2seq://dataset")
@@ -36,6 +37,8 @@ SCHEDULE = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_SCHEDULE", "").strip() or Non
 if SCHEDULE and SCHEDULE.lower() == "none":
     SCHEDULE = None
 RETRIES = int(os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_RETRIES", "2"))
+# Seconds between DescribeTrainingJob/DescribeTransformJob polls of the SageMaker operators.
+CHECK_INTERVAL_S = int(os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_CHECK_INTERVAL", "60"))
 DEFAULT_ROOT = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_ARTIFACT_ROOT", "").strip() or os.path.join(
     os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "wmt-seq2seq-artifacts")
 
@@ -354,7 +357,7 @@ def wmt_seq2seq():
     request = training_request(upload(recordio(tokenize(subset(download(run))))))
     train_sagemaker = Seq2SeqTrainingOperator(
         task_id="train_sagemaker", config=request,
-        wait_for_completion=True, deferrable=True, check_interval=60, print_log=False,
+        wait_for_completion=True, deferrable=DEFERRABLE, check_interval=CHECK_INTERVAL_S, print_log=False,
         action_if_job_exists="fail")
     choice = training_backend()
     local = train_local(request)
@@ -368,7 +371,7 @@ def wmt_seq2seq():
     t_request = transform_request(promotion)
     transform_sagemaker = Seq2SeqTransformOperator(
         task_id="transform_sagemaker", config=t_request,
-        wait_for_completion=True, deferrable=True, check_interval=60, action_if_job_exists="fail",
+        wait_for_completion=True, deferrable=DEFERRABLE, check_interval=CHECK_INTERVAL_S, action_if_job_exists="fail",
         check_if_model_exists=True, action_if_model_exists="fail")
     t_choice = transform_backend()
     t_local = transform_local(t_request)

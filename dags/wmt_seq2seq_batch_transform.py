@@ -19,12 +19,14 @@ from airflow.sdk import Asset, Param, TriggerRule, dag, task
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
-from seq2seq_operators import JOB_PREFIX_KEY, Seq2SeqTransformOperator  # noqa: E402
+from seq2seq_operators import DEFERRABLE, JOB_PREFIX_KEY, Seq2SeqTransformOperator  # noqa: E402
 
 DAG_ID = "wmt_seq2seq_batch_transform"
 TRAINING_DAG_ID = "wmt_seq2seq"
 MODEL = Asset(name="wmt_seq2seq_model", uri="wmt-seq2seq://model")
 RETRIES = int(os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_RETRIES", "2"))
+# Seconds between DescribeTrainingJob/DescribeTransformJob polls of the SageMaker operators.
+CHECK_INTERVAL_S = int(os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_CHECK_INTERVAL", "60"))
 DEFAULT_ROOT = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_ARTIFACT_ROOT", "").strip() or os.path.join(
     os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "wmt-seq2seq-artifacts")
 DEFAULT_INPUT = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_TRANSFORM_INPUT", "").strip() or None
@@ -116,8 +118,9 @@ def wmt_seq2seq_batch_transform():
 
     request = transform_request()
     sagemaker = Seq2SeqTransformOperator(
-        task_id="transform_sagemaker", config=request, wait_for_completion=True, deferrable=True,
-        check_interval=60, action_if_job_exists="fail", check_if_model_exists=True, action_if_model_exists="fail")
+        task_id="transform_sagemaker", config=request, wait_for_completion=True, deferrable=DEFERRABLE,
+        check_interval=CHECK_INTERVAL_S, action_if_job_exists="fail", check_if_model_exists=True,
+        action_if_model_exists="fail")
     local = transform_local(request)
     request >> backend() >> [local, sagemaker]
     [local, sagemaker] >> publish()

@@ -122,3 +122,21 @@ def bucket(s3) -> str:
     name = f"wmt-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment for an Airflow interpreter: a migrated SQLite metadata database in a session-wide
+    AIRFLOW_HOME, the DAGs of dags/, no example DAGs, no retries (a failure is final). DAG runs happen in
+    fresh interpreters (tests/dag_runner.py) because Airflow binds its config and database at import."""
+    import subprocess
+    import sys
+
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW_VAR_WMT_SEQ2SEQ_RETRIES": "0",
+           "AIRFLOW_VAR_WMT_SEQ2SEQ_CHECK_INTERVAL": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    airflow = Path(sys.executable).with_name("airflow")
+    done = subprocess.run([str(airflow), "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return env

@@ -15,8 +15,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-import pytest
-
 from pipeline_tasks import storage
 from pipeline_tasks.runs import COMPLETE_MARKER
 from tests.conftest import ROOT
@@ -31,18 +29,6 @@ TINY = {"corpus": "wmt-toy-ende-sample", "subset_size": 1000, "hyperparameters":
 TASKS = {"plan", "download", "subset", "tokenize", "recordio", "upload", "training_request", "training_backend",
          "train_local", "train_sagemaker", "trained", "evaluate", "gate", "promoted", "promote",
          "transform_request", "transform_backend", "transform_local", "transform_sagemaker", "publish"}
-
-
-@pytest.fixture(scope="module")
-def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    home = tmp_path_factory.mktemp("airflow-home")
-    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-           "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW_VAR_WMT_SEQ2SEQ_RETRIES": "0",
-           "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    airflow = Path(sys.executable).with_name("airflow")
-    done = subprocess.run([str(airflow), "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return env
 
 
 def run_dag(env: dict[str, str], conf: dict, work: Path, dag_id: str = "wmt_seq2seq") -> dict:
