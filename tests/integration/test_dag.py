@@ -98,6 +98,16 @@ print(json.dumps({"tasks": sorted(dag.task_ids), "schedule": str(dag.schedule), 
     for name, schema in info["params"].items():
         assert schema.get("title") and info["descriptions"][name], name
     assert info["params"]["backend"]["enum"] == ["local", "docker", "sagemaker"]
+    code = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+dag = DagBag(dag_folder=sys.argv[1]).dags["wmt_seq2seq_batch_transform"]
+print(json.dumps({"schedule": [a.name for a in dag.schedule], "catchup": dag.catchup}))
+"""
+    done = subprocess.run([sys.executable, "-c", code, str(DAGS)], env=airflow_env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"schedule": ["wmt_seq2seq_model"], "catchup": False}
 
 
 # --- runs ---------------------------------------------------------------------------------------------
@@ -147,6 +157,16 @@ def test_local_backend_end_to_end_with_local_storage(airflow_env: dict[str, str]
     assert second["tasks"]["promote"] == "skipped" and second["tasks"]["transform_local"] == "skipped"
     assert second["tasks"]["publish"] == "success" and "NOT PROMOTED" in second["log"]
     assert json.loads((root / "wmt_seq2seq" / "promoted.json").read_text()) == pointer
+
+    # The standalone batch transform DAG (scheduled on the promoted-model Asset) uses the promoted model.
+    batch = run_dag(airflow_env, {"artifact_root": str(root), "beam_size": 1}, tmp_path / "batch",
+                    dag_id="wmt_seq2seq_batch_transform")
+    assert batch["state"] == "success", batch["log"][-3000:]
+    assert batch["tasks"] == {"transform_request": "success", "backend": "success", "transform_local": "success",
+                              "transform_sagemaker": "skipped", "publish": "success"}
+    outs = list((root / "wmt_seq2seq_batch_transform").glob("*/transform/output/test.jsonl.out"))
+    assert len(outs) == 1 and len(outs[0].read_text().splitlines()) == test_lines
+    assert pointer["model"] in batch["log"]
 
 
 def test_local_backend_end_to_end_with_s3_on_moto(airflow_env: dict[str, str], tmp_path: Path, s3, bucket: str,
