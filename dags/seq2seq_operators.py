@@ -31,9 +31,13 @@ from typing import Any
 
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTrainingOperator, SageMakerTransformOperator
 
+from pipeline_tasks.pipeline import JOB_PREFIX_KEY  # our key in the requests, removed before the AWS call
+
+__all__ = ["DEFERRABLE", "JOB_PREFIX_KEY", "Seq2SeqTrainingOperator", "Seq2SeqTransformOperator"]
+
 DEFERRABLE = (importlib.util.find_spec("aiobotocore") is not None
               and os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_DEFERRABLE", "true").strip().lower() != "false")
-JOB_PREFIX_KEY = "JobNamePrefix"   # our key in the request: removed before the AWS call
+
 JOB_OVERHEAD_S = 3600              # outside MaxRuntimeInSeconds: instance start, data download, model upload
 TRANSFORM_MAX_WAIT_S = 24 * 3600   # a transform job has no stopping condition; wait this long at most
 

@@ -241,15 +241,9 @@ def wmt_seq2seq():
     @task
     def train_local(request: dict, params=None, run_id=None, ti=None) -> dict:
         """Runs the request on this machine (local process or docker); the training log streams here."""
-        from pipeline_tasks.training_job import job_name, run_training_job
+        from pipeline_tasks.pipeline import train_step
 
-        config = {k: v for k, v in request.items() if k != JOB_PREFIX_KEY}
-        config["TrainingJobName"] = job_name(request[JOB_PREFIX_KEY], run_id, ti.try_number)
-        result = run_training_job(config, backend=params["backend"])
-        if result["TrainingJobStatus"] == "Failed":
-            raise RuntimeError(f"training job {result['TrainingJobName']} failed: {result.get('FailureReason')}")
-        return {"Training": result}
-
+        return train_step(request, params["backend"], run_id, ti.try_number)
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def trained(params=None, ti=None) -> dict:
@@ -320,17 +314,9 @@ def wmt_seq2seq():
 
     @task
     def transform_local(request: dict, run_id=None, ti=None) -> dict:
-        from pipeline_tasks.training_job import job_name
-        from pipeline_tasks.transform import run_transform_job
+        from pipeline_tasks.pipeline import transform_step
 
-        config = {k: v for k, v in request.items() if k != JOB_PREFIX_KEY}
-        name = job_name(request[JOB_PREFIX_KEY], run_id, ti.try_number)
-        config["Transform"]["TransformJobName"] = config["Transform"]["ModelName"] = name
-        config["Model"]["ModelName"] = name
-        result = run_transform_job(config)
-        if result["TransformJobStatus"] != "Completed":
-            raise RuntimeError(f"transform job {name} failed: {result.get('FailureReason')}")
-        return {"Transform": result}
+        return transform_step(request, run_id, ti.try_number)
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def publish(decision: dict, scores: dict, model: dict, params=None, run_id=None, ti=None) -> dict:

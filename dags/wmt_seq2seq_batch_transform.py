@@ -95,17 +95,9 @@ def wmt_seq2seq_batch_transform():
 
     @task
     def transform_local(request: dict, run_id=None, ti=None) -> dict:
-        from pipeline_tasks.training_job import job_name
-        from pipeline_tasks.transform import run_transform_job
+        from pipeline_tasks.pipeline import transform_step
 
-        config = {k: v for k, v in request.items() if k != JOB_PREFIX_KEY}
-        name = job_name(request[JOB_PREFIX_KEY], run_id, ti.try_number)
-        config["Transform"]["TransformJobName"] = config["Transform"]["ModelName"] = name
-        config["Model"]["ModelName"] = name
-        result = run_transform_job(config)
-        if result["TransformJobStatus"] != "Completed":
-            raise RuntimeError(f"transform job {name} failed: {result.get('FailureReason')}")
-        return {"Transform": result}
+        return transform_step(request, run_id, ti.try_number)
 
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def publish(params=None, ti=None) -> dict:

@@ -202,3 +202,43 @@ def publish_step(layout: RunLayout, summary: Mapping[str, Any]) -> dict[str, Any
         storage.put_file(path, uri)
     log.info("run summary written to %s", uri)
     return {"summary": uri, **summary}
+
+
+# --- the local executions of the SageMaker requests (backends local and docker) ----------------------------
+
+JOB_PREFIX_KEY = "JobNamePrefix"  # ours, in the requests the DAG builds: the job name is made per try from it
+
+
+def _request_for_try(request: Mapping[str, Any], run_id: str, try_number: int) -> tuple[dict[str, Any], str]:
+    """The AWS request with this try's job name (unique per run and try) and without our key."""
+    from pipeline_tasks.training_job import job_name
+
+    config = json.loads(json.dumps({k: v for k, v in request.items() if k != JOB_PREFIX_KEY}))
+    return config, job_name(request[JOB_PREFIX_KEY], run_id, try_number)
+
+
+def train_step(request: Mapping[str, Any], backend: str, run_id: str, try_number: int) -> dict[str, Any]:
+    """Run a CreateTrainingJob request here (local process or docker); raises when the job failed, with
+    its FailureReason. Returns ``{"Training": DescribeTrainingJob-like}``, as the SageMaker operator does."""
+    from pipeline_tasks.training_job import run_training_job
+
+    config, name = _request_for_try(request, run_id, try_number)
+    config["TrainingJobName"] = name
+    result = run_training_job(config, backend=backend)
+    if result["TrainingJobStatus"] == "Failed":
+        raise RuntimeError(f"training job {name} failed: {result.get('FailureReason')}")
+    return {"Training": result}
+
+
+def transform_step(request: Mapping[str, Any], run_id: str, try_number: int) -> dict[str, Any]:
+    """Run a {"Model", "Transform"} request here against container/serve; raises when the job failed.
+    Returns ``{"Transform": DescribeTransformJob-like}``, as the SageMaker operator does."""
+    from pipeline_tasks.transform import run_transform_job
+
+    config, name = _request_for_try(request, run_id, try_number)
+    config["Transform"]["TransformJobName"] = config["Transform"]["ModelName"] = name
+    config["Model"]["ModelName"] = name
+    result = run_transform_job(config)
+    if result["TransformJobStatus"] != "Completed":
+        raise RuntimeError(f"transform job {name} failed: {result.get('FailureReason')}")
+    return {"Transform": result}
