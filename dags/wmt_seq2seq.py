@@ -18,16 +18,12 @@ Module level stays light: no torch, no boto3 client, no network.
 from __future__ import annotations
 
 import os
-import sys
 from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, Param, TriggerRule, dag, task
 
-# Airflow puts the DAGs folder on sys.path in its own processes; a bare DagBag (tests, tools) may not.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-from seq2seq_operators import DEFERRABLE, JOB_PREFIX_KEY, Seq2SeqTrainingOperator, Seq2SeqTransformOperator  # noqa: E402
+from model.hyperparameters import hyperparameter_names  # the accepted names; the module imports no torch
+from seq2seq_airflow.operators import DEFERRABLE, JOB_PREFIX_KEY, Seq2SeqTrainingOperator, Seq2SeqTransformOperator
 
 DAG_ID = "wmt_seq2seq"
 DATASET = Asset(name="wmt_seq2seq_dataset", uri="wmt-seq2seq://dataset")
@@ -48,9 +44,6 @@ AWS_EXAMPLE_HYPERPARAMETERS = {
     "checkpoint_frequency_num_batches": 1000, "rnn_num_hidden": 512, "num_layers_encoder": 1,
     "num_layers_decoder": 1, "num_embed_source": 512, "num_embed_target": 512, "checkpoint_threshold": 3,
 }
-# The built-in algorithm's names plus our extensions (model/hyperparameters.py has no heavy imports).
-from model.hyperparameters import hyperparameter_names  # noqa: E402
-
 PARAMS = {
     "source_lang": Param("en", type="string", pattern="^[a-z]{2,3}$", title="Source language",
                          description="ISO code of the side translated from (en for en→de)."),

@@ -11,15 +11,11 @@ promoting run's own test input. Wiring only; the work is pipeline_tasks.transfor
 from __future__ import annotations
 
 import os
-import sys
 from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, Param, TriggerRule, dag, task
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-from seq2seq_operators import DEFERRABLE, JOB_PREFIX_KEY, Seq2SeqTransformOperator  # noqa: E402
+from seq2seq_airflow.operators import DEFERRABLE, JOB_PREFIX_KEY, Seq2SeqTransformOperator
 
 DAG_ID = "wmt_seq2seq_batch_transform"
 TRAINING_DAG_ID = "wmt_seq2seq"

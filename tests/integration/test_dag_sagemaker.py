@@ -1,5 +1,5 @@
 """The wmt_seq2seq DAG's ``sagemaker`` backend against moto's SageMaker and S3, and the behaviours our
-operator subclasses add to the amazon provider's (dags/seq2seq_operators.py).
+operator subclasses add to the amazon provider's (seq2seq_airflow/operators.py).
 
 End to end: ``dag.test()`` runs every task in a fresh interpreter (tests/dag_runner.py; Airflow binds
 its configuration and database at import) with boto3 pointed at the module's moto server. Every
@@ -233,7 +233,7 @@ TRIES = """
 import copy, json, sys
 from types import SimpleNamespace
 sys.path.insert(0, sys.argv[1])
-from seq2seq_operators import Seq2SeqTrainingOperator
+from seq2seq_airflow.operators import Seq2SeqTrainingOperator
 
 request, run_id, tries = json.loads(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
 out = []
@@ -289,7 +289,7 @@ from types import SimpleNamespace
 from botocore.exceptions import ClientError
 sys.path.insert(0, sys.argv[1])
 from airflow.sdk.exceptions import TaskDeferred
-from seq2seq_operators import Seq2SeqTrainingOperator, Seq2SeqTransformOperator
+from seq2seq_airflow.operators import Seq2SeqTrainingOperator, Seq2SeqTransformOperator
 
 train_request, transform_request, run_id = json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
 

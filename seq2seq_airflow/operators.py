@@ -3,21 +3,19 @@
 - The job name is made per *try* (``pipeline_tasks.training_job.job_name``), at execute time and
   again when a deferred try resumes, so a retried task never collides with the job its previous try
   started, and downstream tasks read the name (and artifacts) from what the operator returns.
-- A task that is killed while its worker runs it (cleared or marked failed) or fails while its job
-  runs stops the job, so no orphaned training or transform job keeps billing.
+- A task that is killed (cleared or marked failed) or fails while its job runs stops the job, so no
+  orphaned training or transform job keeps billing: in the worker through ``on_kill``, and while
+  deferred through the trigger's ``on_kill`` (seq2seq_airflow/triggers.py), which Airflow 3.3 calls
+  when a user acts on a deferred task.
 - The deferred wait lasts as long as the job may: the provider's default (60 checks, an hour at our
   interval) would fail the task, and so stop the job, in the middle of a healthy training run.
-
-Known limit: a task cleared or marked failed *while deferred* is cancelled in the triggerer, where the
-provider's SageMakerTrigger has no ``on_kill``; that job is not stopped (a trigger that stops it must
-live in a module the triggerer can import, which dags/ is not).
 
 Deferral needs the provider's async client (``apache-airflow-providers-amazon[aiobotocore]``, with a
 botocore that aiobotocore accepts); without it the SageMaker trigger cannot run, so ``DEFERRABLE`` is
 on only where aiobotocore is installed (``AIRFLOW_VAR_WMT_SEQ2SEQ_DEFERRABLE=false`` turns it off) and
 the operators otherwise wait in their worker, where clearing the task does stop the job.
 
-Not a DAG file (listed in .airflowignore); imported by dags/wmt_seq2seq*.py.
+Imported by dags/wmt_seq2seq*.py.
 """
 
 from __future__ import annotations
@@ -77,6 +75,17 @@ def _stop_job(log: logging.Logger, kind: str, name: str | None, describe: Callab
                       kind.lower(), name)
 
 
+def _stopping(trigger: Any) -> Any:
+    """The provider's SageMakerTrigger as our StoppingSageMakerTrigger (same arguments)."""
+    from airflow.providers.amazon.aws.triggers.sagemaker import SageMakerTrigger
+
+    from seq2seq_airflow.triggers import StoppingSageMakerTrigger
+
+    if isinstance(trigger, SageMakerTrigger) and not isinstance(trigger, StoppingSageMakerTrigger):
+        return StoppingSageMakerTrigger.from_trigger(trigger)
+    return trigger
+
+
 class Seq2SeqTrainingOperator(SageMakerTrainingOperator):
     """SageMakerTrainingOperator naming its job per run and try, and stopping it when killed."""
 
@@ -102,6 +111,9 @@ class Seq2SeqTrainingOperator(SageMakerTrainingOperator):
     def on_kill(self) -> None:
         self._stop()
         super().on_kill()
+
+    def defer(self, *, trigger: Any, method_name: str, **kwargs: Any) -> None:
+        super().defer(trigger=_stopping(trigger), method_name=method_name, **kwargs)
 
     def _name_job(self, context: Any, reported: str | None = None) -> None:
         prefix = self.config.pop(JOB_PREFIX_KEY, None) or self.config["TrainingJobName"]
@@ -135,6 +147,9 @@ class Seq2SeqTransformOperator(SageMakerTransformOperator):
     def on_kill(self) -> None:
         self._stop()
         super().on_kill()
+
+    def defer(self, *, trigger: Any, method_name: str, **kwargs: Any) -> None:
+        super().defer(trigger=_stopping(trigger), method_name=method_name, **kwargs)
 
     def _name_job(self, context: Any, reported: str | None = None) -> None:
         prefix = self.config.pop(JOB_PREFIX_KEY, None) or self.config["Transform"]["TransformJobName"]
