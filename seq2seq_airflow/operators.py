@@ -86,16 +86,25 @@ def _stopping(trigger: Any) -> Any:
     return trigger
 
 
-class Seq2SeqTrainingOperator(SageMakerTrainingOperator):
-    """SageMakerTrainingOperator naming its job per run and try, and stopping it when killed."""
+class _PerTryStoppingJob:
+    """What both operators add to the provider's: the job named per try (also when a deferred try
+    resumes), the job stopped when the task fails or is killed, and our trigger when deferring.
+    Subclasses say how to name (``_name_job``) and stop (``_stop``) their kind of job."""
+
+    def _wait_s(self) -> float:
+        raise NotImplementedError
+
+    def _name_job(self, context: Any, reported: str | None = None) -> None:
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        raise NotImplementedError
 
     def execute(self, context: Any) -> dict:
         self._name_job(context)
-        stopping = self.config.get("StoppingCondition") or {}
-        longest = int(stopping.get("MaxWaitTimeInSeconds") or stopping.get("MaxRuntimeInSeconds") or 0)
-        self.max_attempts = max(self.max_attempts, _checks(longest + JOB_OVERHEAD_S, self.check_interval))
+        self.max_attempts = max(self.max_attempts, _checks(self._wait_s(), self.check_interval))
         try:
-            return super().execute(context)
+            return super().execute(context)  # type: ignore[misc]
         except Exception:
             self._stop()
             raise
@@ -103,17 +112,25 @@ class Seq2SeqTrainingOperator(SageMakerTrainingOperator):
     def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, dict]:
         self._name_job(context, _reported_name(event))  # a resumed try renders the request afresh
         try:
-            return super().execute_complete(context, event)
+            return super().execute_complete(context, event)  # type: ignore[misc]
         except Exception:
             self._stop()
             raise
 
     def on_kill(self) -> None:
         self._stop()
-        super().on_kill()
+        super().on_kill()  # type: ignore[misc]
 
     def defer(self, *, trigger: Any, method_name: str, **kwargs: Any) -> None:
-        super().defer(trigger=_stopping(trigger), method_name=method_name, **kwargs)
+        super().defer(trigger=_stopping(trigger), method_name=method_name, **kwargs)  # type: ignore[misc]
+
+
+class Seq2SeqTrainingOperator(_PerTryStoppingJob, SageMakerTrainingOperator):
+    """SageMakerTrainingOperator naming its job per run and try, and stopping it when killed."""
+
+    def _wait_s(self) -> float:
+        stopping = self.config.get("StoppingCondition") or {}
+        return int(stopping.get("MaxWaitTimeInSeconds") or stopping.get("MaxRuntimeInSeconds") or 0) + JOB_OVERHEAD_S
 
     def _name_job(self, context: Any, reported: str | None = None) -> None:
         prefix = self.config.pop(JOB_PREFIX_KEY, None) or self.config["TrainingJobName"]
@@ -124,32 +141,11 @@ class Seq2SeqTrainingOperator(SageMakerTrainingOperator):
                   lambda name: self.hook.conn.stop_training_job(TrainingJobName=name))
 
 
-class Seq2SeqTransformOperator(SageMakerTransformOperator):
+class Seq2SeqTransformOperator(_PerTryStoppingJob, SageMakerTransformOperator):
     """SageMakerTransformOperator naming its model and job per run and try, and stopping the job when killed."""
 
-    def execute(self, context: Any) -> dict:
-        self._name_job(context)
-        self.max_attempts = max(self.max_attempts, _checks(TRANSFORM_MAX_WAIT_S, self.check_interval))
-        try:
-            return super().execute(context)
-        except Exception:
-            self._stop()
-            raise
-
-    def execute_complete(self, context: Any, event: dict[str, Any] | None = None) -> dict[str, dict]:
-        self._name_job(context, _reported_name(event))
-        try:
-            return super().execute_complete(context, event)
-        except Exception:
-            self._stop()
-            raise
-
-    def on_kill(self) -> None:
-        self._stop()
-        super().on_kill()
-
-    def defer(self, *, trigger: Any, method_name: str, **kwargs: Any) -> None:
-        super().defer(trigger=_stopping(trigger), method_name=method_name, **kwargs)
+    def _wait_s(self) -> float:
+        return TRANSFORM_MAX_WAIT_S
 
     def _name_job(self, context: Any, reported: str | None = None) -> None:
         prefix = self.config.pop(JOB_PREFIX_KEY, None) or self.config["Transform"]["TransformJobName"]
