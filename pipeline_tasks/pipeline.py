@@ -220,10 +220,17 @@ def _request_for_try(request: Mapping[str, Any], run_id: str, try_number: int) -
 def train_step(request: Mapping[str, Any], backend: str, run_id: str, try_number: int) -> dict[str, Any]:
     """Run a CreateTrainingJob request here (local process or docker); raises when the job failed, with
     its FailureReason. Returns ``{"Training": DescribeTrainingJob-like}``, as the SageMaker operator does."""
-    from pipeline_tasks.training_job import run_training_job
+    from pipeline_tasks.training_job import job_name, run_training_job, stored_result
 
     config, name = _request_for_try(request, run_id, try_number)
     config["TrainingJobName"] = name
+    output = config["OutputDataConfig"]["S3OutputPath"]
+    for earlier in range(try_number - 1, 0, -1):  # a try that trained but died before returning
+        done = stored_result(output, job_name(request[JOB_PREFIX_KEY], run_id, earlier))
+        if done and done.get("TrainingJobStatus") == "Completed":
+            log.info("training job %s of try %d completed and stored its model: using it", done["TrainingJobName"],
+                     earlier)
+            return {"Training": done}
     result = run_training_job(config, backend=backend)
     if result["TrainingJobStatus"] == "Failed":
         raise RuntimeError(f"training job {name} failed: {result.get('FailureReason')}")
