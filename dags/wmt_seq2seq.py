@@ -306,10 +306,11 @@ def wmt_seq2seq():
         return "transform_sagemaker" if params["backend"] == "sagemaker" else "transform_local"
 
     @task
-    def transform_local(request: dict, run_id=None, ti=None) -> dict:
+    def transform_local(request: dict, params=None, run_id=None, ti=None) -> dict:
+        """The transform job on this machine: container/serve as a process, or the image (backend docker)."""
         from pipeline_tasks.pipeline import transform_step
 
-        return transform_step(request, run_id, ti.try_number)
+        return transform_step(request, run_id, ti.try_number, params["backend"])
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def publish(decision: dict, scores: dict, model: dict, params=None, run_id=None, ti=None) -> dict:

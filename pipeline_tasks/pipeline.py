@@ -237,15 +237,17 @@ def train_step(request: Mapping[str, Any], backend: str, run_id: str, try_number
     return {"Training": result}
 
 
-def transform_step(request: Mapping[str, Any], run_id: str, try_number: int) -> dict[str, Any]:
-    """Run a {"Model", "Transform"} request here against container/serve; raises when the job failed.
-    Returns ``{"Transform": DescribeTransformJob-like}``, as the SageMaker operator does."""
+def transform_step(request: Mapping[str, Any], run_id: str, try_number: int,
+                   backend: str = "local") -> dict[str, Any]:
+    """Run a {"Model", "Transform"} request here against the serve entrypoint (a process, or the image
+    with backend docker); raises when the job failed. Returns ``{"Transform": DescribeTransformJob-like}``,
+    as the SageMaker operator does."""
     from pipeline_tasks.transform import run_transform_job
 
     config, name = _request_for_try(request, run_id, try_number)
     config["Transform"]["TransformJobName"] = config["Transform"]["ModelName"] = name
     config["Model"]["ModelName"] = name
-    result = run_transform_job(config)
+    result = run_transform_job(config, backend=backend)
     if result["TransformJobStatus"] != "Completed":
         raise RuntimeError(f"transform job {name} failed: {result.get('FailureReason')}")
     return {"Transform": result}

@@ -289,6 +289,19 @@ def serve_command() -> list[str]:
     return [sys.executable, str(REPO_ROOT / "container" / "serve")]
 
 
+def docker_serve_command(image: str, model_dir: str | os.PathLike[str], port: int, environment: dict[str, str],
+                         gpus: bool, name: str) -> list[str]:
+    """``docker run`` as SageMaker starts a serving container: the model at /opt/ml/model (read-only), the
+    container's port 8080 on 127.0.0.1:`port`, the environment of the CreateModel request."""
+    cmd = ["docker", "run", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8080",
+           "-v", f"{Path(model_dir).resolve()}:/opt/ml/model:ro"]
+    if gpus:
+        cmd += ["--gpus", "all"]
+    for key, value in sorted(environment.items()):
+        cmd += ["-e", f"{key}={value}"]
+    return [*cmd, image, "serve"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -299,9 +312,11 @@ class LocalServer:
     """``container/serve`` on a model directory, on 127.0.0.1, for the duration of a ``with`` block."""
 
     def __init__(self, model_dir: Path, root: Path, environment: dict[str, str], max_payload_mb: int,
-                 workers: int | None = None, startup_timeout_s: float = 300.0) -> None:
+                 workers: int | None = None, startup_timeout_s: float = 300.0, docker_image: str | None = None,
+                 gpus: bool = False) -> None:
         self.model_dir, self.root, self.environment = model_dir, root, environment
         self.max_payload_mb, self.workers, self.startup_timeout_s = max_payload_mb, workers, startup_timeout_s
+        self.docker_image, self.gpus = docker_image, gpus
         self.port = 0
         self.proc: subprocess.Popen | None = None
         self.log_file: IO[bytes] | None = None
@@ -316,14 +331,19 @@ class LocalServer:
         if not ml_model.exists():
             ml_model.symlink_to(self.model_dir.resolve(), target_is_directory=True)
         self.port = _free_port()
-        env = {**os.environ, **self.environment, "SAGEMAKER_BASE_DIR": str(self.root),
-               "SAGEMAKER_BIND_TO_PORT": str(self.port), "SEQ2SEQ_BIND_HOST": "127.0.0.1",
-               "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(self.max_payload_mb),
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        server_env = {**self.environment, "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(self.max_payload_mb)}
         if self.workers:
-            env["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(self.workers)
+            server_env["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(self.workers)
+        if self.docker_image:
+            env = dict(os.environ)
+            cmd = docker_serve_command(self.docker_image, self.model_dir, self.port, server_env, self.gpus,
+                                       f"seq2seq-serve-{self.port}")
+        else:
+            env = {**os.environ, **server_env, "SAGEMAKER_BASE_DIR": str(self.root),
+                   "SAGEMAKER_BIND_TO_PORT": str(self.port), "SEQ2SEQ_BIND_HOST": "127.0.0.1",
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+            cmd = serve_command()
         self.log_file = open(self.root / "serve.log", "w+b")
-        cmd = [*serve_command()]
         log.info("starting %s on port %d", " ".join(cmd), self.port)
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log_file, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -469,14 +489,27 @@ def _input_objects(uri: str) -> list[tuple[str, str]]:
 
 
 def run_transform_job(config: dict[str, Any], workdir: str | os.PathLike[str] | None = None,
-                      request_timeout_s: float = 3600.0) -> dict[str, Any]:
-    """Execute ``{"Model": …, "Transform": …}`` locally; returns a DescribeTransformJob-like dict.
+                      request_timeout_s: float = 3600.0, backend: str = "local",
+                      image: str | None = None) -> dict[str, Any]:
+    """Execute ``{"Model": …, "Transform": …}`` here; returns a DescribeTransformJob-like dict.
 
-    A failure returns ``TransformJobStatus: Failed`` with the ``FailureReason`` (and publishes nothing
-    for the object that failed), as SageMaker reports it; callers decide whether that raises."""
+    ``backend`` local runs ``container/serve`` as a process; docker runs the image's ``serve``
+    (``PrimaryContainer.Image`` unless `image` is given; ``--gpus all`` when GPUs exist). A failure
+    returns ``TransformJobStatus: Failed`` with the ``FailureReason`` (and publishes nothing for the
+    object that failed), as SageMaker reports it; callers decide whether that raises. No Docker engine
+    is an error (DockerUnavailableError), not a failed job."""
     model_req, job = config["Model"], config["Transform"]
     name = job["TransformJobName"]
     _check_request(job)
+    if backend not in ("local", "docker"):
+        raise ValueError(f"backend must be local or docker (sagemaker is the operator's), got {backend!r}")
+    docker_image, gpus = None, False
+    if backend == "docker":
+        from pipeline_tasks.training_job import docker_available, nvidia_gpus_available
+
+        docker_available()
+        docker_image = image or model_req["PrimaryContainer"]["Image"]
+        gpus = nvidia_gpus_available()
     started = time.time()
     result: dict[str, Any] = {"TransformJobName": name, "ModelName": job["ModelName"],
                               "TransformInput": job["TransformInput"], "TransformOutput": job["TransformOutput"],
@@ -493,7 +526,8 @@ def run_transform_job(config: dict[str, Any], workdir: str | os.PathLike[str] | 
             env = {str(k): str(v) for k, v in (container.get("Environment") or {}).items()}
             env.update({str(k): str(v) for k, v in (job.get("Environment") or {}).items()})
             with LocalServer(model_dir, work / "ml", env, int(job.get("MaxPayloadInMB", 6)),
-                             workers=job.get("MaxConcurrentTransforms")) as server:
+                             workers=job.get("MaxConcurrentTransforms"), docker_image=docker_image,
+                             gpus=gpus) as server:
                 params = server.execution_parameters()
                 payload_mb = int(job.get("MaxPayloadInMB") or params.get("MaxPayloadInMB", 6))
                 concurrency = int(job.get("MaxConcurrentTransforms") or params.get("MaxConcurrentTransforms", 1))

@@ -334,3 +334,28 @@ def test_local_transform_job_refuses_what_it_does_not_emulate(copy_model: Path, 
     config = _job(tmp_path, str(tmp_path / "missing.tar.gz"), str(tmp_path), str(tmp_path / "out"))
     result = run_transform_job(config)
     assert result["TransformJobStatus"] == "Failed" and "model not found" in result["FailureReason"]
+
+
+def test_docker_serve_command_is_what_sagemaker_runs(tmp_path: Path) -> None:
+    from pipeline_tasks.transform import docker_serve_command
+
+    cmd = docker_serve_command("acct.dkr.ecr/s2s:1", tmp_path, 18080, {"SEQ2SEQ_BEAM_SIZE": "5", "A": "1"},
+                               gpus=True, name="seq2seq-serve-18080")
+    assert cmd == ["docker", "run", "--rm", "--name", "seq2seq-serve-18080", "-p", "127.0.0.1:18080:8080",
+                   "-v", f"{tmp_path.resolve()}:/opt/ml/model:ro", "--gpus", "all", "-e", "A=1",
+                   "-e", "SEQ2SEQ_BEAM_SIZE=5", "acct.dkr.ecr/s2s:1", "serve"]
+    assert "--gpus" not in docker_serve_command("img", tmp_path, 1, {}, gpus=False, name="n")
+
+
+def test_docker_transform_job_without_an_engine_is_a_clear_error(copy_model: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline_tasks.training_job import DockerUnavailableError
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no `docker` command at all
+    write_jsonl(tmp_path / "in" / "a.jsonl", copy_lines(3))
+    config = _job(tmp_path, str(copy_model), str(tmp_path / "in"), str(tmp_path / "out"))
+    with pytest.raises(DockerUnavailableError, match=r"no Docker engine answers .*use backend=local"):
+        run_transform_job(config, backend="docker")
+    with pytest.raises(ValueError, match="backend must be local or docker"):
+        run_transform_job(config, backend="sagemaker")
+    assert not (tmp_path / "out").exists()
