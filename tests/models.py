@@ -11,10 +11,12 @@ per test session through the real training entrypoint.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import torch
 
+from model import record_pb2, recordio
 from model.sagemaker import SageMakerPaths
 from model.tokenizer import CONFIG_FILE
 from model.train import run
@@ -65,3 +67,26 @@ def train_wmt_model(root: Path, pairs: int = 2000) -> Path:
     (ml / "input/config").mkdir(parents=True)
     (ml / "input/config/hyperparameters.json").write_text(json.dumps({**TINY_RNN, "max_num_batches": "100"}))
     return _train(ml)
+
+
+# --- request bodies for the copy model, as clients send them --------------------------------------------
+
+def sentences(n: int, seed: int = 0, lo: int = 3, hi: int = 8) -> list[str]:
+    """`n` random sentences over the copy model's tokens (a..p)."""
+    rng = random.Random(seed)
+    symbols = "abcdefghijklmnop"
+    return [" ".join(rng.choice(symbols) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
+
+
+def jsonlines(texts: list[str]) -> bytes:
+    return b"".join(json.dumps({"source": t}).encode() + b"\n" for t in texts)
+
+
+def records(id_lists: list[list[int]]) -> bytes:
+    """RecordIO-framed Records as a SageMaker client sends them: features["source"] only."""
+    out = []
+    for ids in id_lists:
+        record = record_pb2.Record()
+        record.features["source"].int32_tensor.values.extend(ids)
+        out.append(recordio.frame(record.SerializeToString()))
+    return b"".join(out)

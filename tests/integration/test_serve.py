@@ -11,7 +11,6 @@ import io
 import json
 import logging
 import os
-import random
 import shutil
 import signal
 import socket
@@ -30,36 +29,18 @@ import requests
 from model import record_pb2, recordio
 from model.inference import JSON, JSONLINES, RECORDIO, InferenceConfig, Translator
 from tests.conftest import ROOT
+from tests.models import jsonlines, records, sentences
 
 sys.path.insert(0, str(ROOT / "container"))
 import serving
 
 SERVE = ROOT / "container" / "serve"
 ENTRYPOINT = ROOT / "container" / "entrypoint.sh"
-SYMBOLS = "abcdefghijklmnop"
 MAX_PAYLOAD_MB = 1
-
-
-def sentences(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(SYMBOLS) for _ in range(rng.randint(3, 8))) for _ in range(n)]
-
-
-def jsonlines(texts: list[str]) -> bytes:
-    return b"".join(json.dumps({"source": t}).encode() + b"\n" for t in texts)
 
 
 def targets(body: bytes) -> list[str]:
     return [json.loads(line)["target"] for line in body.decode().splitlines()]
-
-
-def records(id_lists: list[list[int]]) -> bytes:
-    out = []
-    for ids in id_lists:
-        record = record_pb2.Record()
-        record.features["source"].int32_tensor.values.extend(ids)
-        out.append(recordio.frame(record.SerializeToString()))
-    return b"".join(out)
 
 
 def free_port() -> int:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import random
 
 import pytest
 
@@ -25,33 +24,21 @@ from model.inference import (
 )
 from model.tokenizer import Tokenizer
 from tests.conftest import NEWSTEST
+from tests.models import jsonlines, records, sentences
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SYMBOLS = "abcdefghijklmnop"
 
 
-def sentences(n: int, seed: int = 0, lo: int = 3, hi: int = 8) -> list[str]:
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(SYMBOLS) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
 
 
-def jsonlines(texts: list[str]) -> bytes:
-    return b"".join(json.dumps({"source": t}).encode() + b"\n" for t in texts)
 
 
 def parse_jsonlines(body: bytes) -> list[dict]:
     return [json.loads(line) for line in body.decode("utf-8").splitlines()]
 
 
-def records(id_lists: list[list[int]]) -> bytes:
-    """Records as a SageMaker client sends them: features["source"] only."""
-    out = []
-    for ids in id_lists:
-        record = record_pb2.Record()
-        record.features["source"].int32_tensor.values.extend(ids)
-        out.append(recordio.frame(record.SerializeToString()))
-    return b"".join(out)
 
 
 def parse_records(body: bytes) -> list[record_pb2.Record]:
