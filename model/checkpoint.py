@@ -44,6 +44,27 @@ def torch_save(path: Path, obj: Any) -> None:
         torch.save(obj, f)
 
 
+def torch_load(path: Path, what: str) -> Any:
+    """Load a file we wrote with :func:`torch_save`, allowing tensors and plain values only.
+
+    Checkpoints and models come from S3 prefixes and channels that others may write to: a full unpickle
+    would run whatever code the file names with the job's role. ``weights_only`` refuses anything but
+    tensors, containers and primitives, which is all we ever save."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()
+        detail = next((line for line in first if "GLOBAL" in line or "Unsupported" in line), first[0] if first
+                      else type(e).__name__)
+        raise ValueError(f"{path}: refusing to load this {what}: it holds objects other than tensors and plain "
+                         f"values, which could run code ({detail.strip()[:300]}); it was not written by this "
+                         "container or has been tampered with") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise ValueError(f"{path}: cannot read this {what}: {type(e).__name__}: {str(e)[:300]}") from None
+
+
 def unwrap(model: torch.nn.Module) -> Seq2Seq:
     """The plain model behind a DDP or torch.compile wrapper."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
@@ -112,7 +133,7 @@ def load_model(model_dir: str | os.PathLike[str], device: str | torch.device = "
     source_vocab = vocab_io.load(root / "vocab.src.json")
     target_vocab = vocab_io.load(root / "vocab.trg.json")
     model = build_model(hp, len(source_vocab), len(target_vocab))
-    state = torch.load(root / PARAMS_FILE, map_location="cpu", weights_only=True)
+    state = torch_load(root / PARAMS_FILE, "model parameter file")
     model.load_state_dict(state)
     model.to(device).eval()
     return LoadedModel(model, hp, source_vocab, target_vocab, root)

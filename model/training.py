@@ -18,6 +18,7 @@ import contextlib
 import logging
 import math
 import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -38,7 +39,8 @@ from model.vocab import PAD_ID
 
 log = logging.getLogger(__name__)
 
-PROGRESS_SECONDS = 30.0
+PROGRESS_SECONDS = 30.0  # at most this long between two progress lines in the log
+STOPPED_BY_SIGTERM = "stopped by SIGTERM"
 
 
 @dataclass
@@ -64,6 +66,7 @@ class TrainingState:
     best_metric: float | None = None
     best_checkpoint: int = 0
     checkpoints_without_improvement: int = 0
+    last_checkpoint_update: int = 0  # num_updates at the last checkpoint (every rank keeps it)
     target_tokens: int = 0
     stop_reason: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -231,6 +234,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "state": asdict(self.state),
+            "window": dict(self._window),
             "torch_rng": torch.get_rng_state(),
         })
 
@@ -239,7 +243,7 @@ class Trainer:
         optimizer moments, learning rate, batch count and position in the epoch's shuffled order."""
         if not self.checkpoint_file.is_file():
             return False
-        saved = torch.load(self.checkpoint_file, map_location="cpu", weights_only=False)
+        saved = ckpt.torch_load(self.checkpoint_file, "training checkpoint")
         if saved.get("format_version") != ckpt.FORMAT_VERSION:
             raise ValueError(f"{self.checkpoint_file}: unknown checkpoint format {saved.get('format_version')!r}")
         old = saved["hyperparameters"]
@@ -253,6 +257,9 @@ class Trainer:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.schedule.load_state_dict(saved["schedule"])
         self.state = TrainingState(**saved["state"])
+        if self.state.stop_reason == STOPPED_BY_SIGTERM:  # written by an older version: the job is not done
+            self.state.stop_reason = ""
+        self._window.update(saved.get("window") or {})
         torch.set_rng_state(saved["torch_rng"])
         log.info("resumed from %s: %d updates done, epoch %d, batch %d of the epoch, %d checkpoints, best %s=%s",
                  self.checkpoint_file, self.state.num_updates, self.state.epoch + 1, self.state.batch_in_epoch,
@@ -274,6 +281,7 @@ class Trainer:
 
     def _count_checkpoint(self, improved: bool) -> None:
         self.state.num_checkpoints += 1
+        self.state.last_checkpoint_update = self.state.num_updates
         self.state.checkpoints_without_improvement = 0 if improved else self.state.checkpoints_without_improvement + 1
         self.schedule.on_checkpoint(improved)
 
@@ -357,13 +365,18 @@ class Trainer:
         torch.distributed.all_reduce(flag)
         return bool(flag.item() > 0)
 
+    def _updates_since_checkpoint(self) -> int:
+        return self.state.num_updates - self.state.last_checkpoint_update
+
     def fit(self) -> TrainingState:
+        """Train to the job's own stopping criteria, from where a checkpoint left off if there is one.
+
+        A SIGTERM saves a checkpoint and returns with ``stop_reason`` set, but the checkpoint records the
+        job as unfinished, so a restarted job carries on to the same end as one never interrupted."""
         hp = self.hp
         self.model.train()
-        since_checkpoint = 0
-        last_log = started = time.monotonic()
-        start_updates, start_tokens = self.state.num_updates, self.state.target_tokens
-        with StopSignal() as stop_signal:
+        progress = Progress(self, PROGRESS_SECONDS) if self.dist.is_main else None
+        with StopSignal() as stop_signal, progress or contextlib.nullcontext():
             while not self.state.stop_reason:
                 if hp.max_num_epochs is not None and self.state.epoch >= hp.max_num_epochs:
                     self.state.stop_reason = f"max_num_epochs={hp.max_num_epochs} reached"
@@ -373,24 +386,21 @@ class Trainer:
                 if not batches:
                     raise data_io.ChannelError("channel 'train' gives no batch on this rank: fewer batches than "
                                                f"processes ({self.dist.world_size})")
+                if progress:
+                    progress.num_batches = len(batches)
                 for i in range(self.state.batch_in_epoch, len(batches)):
                     self._train_step(data_io.collate(self.train_data, batches[i]).to(self.device))
                     self.state.batch_in_epoch = i + 1
-                    since_checkpoint += 1
-                    now = time.monotonic()
-                    if self.dist.is_main and now - last_log >= PROGRESS_SECONDS:
-                        last_log = now
-                        self._log_progress(i + 1, len(batches), now - started,
-                                           self.state.num_updates - start_updates,
-                                           self.state.target_tokens - start_tokens)
                     if self._stop_agreed(stop_signal):
-                        self.state.stop_reason = "stopped by SIGTERM"
-                        self.save_checkpoint()
+                        self.save_checkpoint()  # state.stop_reason is still "": a restart carries on
+                        self.state.stop_reason = STOPPED_BY_SIGTERM
+                        if self.dist.is_main:
+                            log.info("stopped by SIGTERM at update %d; checkpoint saved to %s: a restarted job "
+                                     "resumes from it", self.state.num_updates, self.checkpoint_file)
                         return self.state
-                    if self.state.num_updates % hp.checkpoint_frequency_num_batches == 0:
-                        since_checkpoint = 0
-                        if self.checkpoint():
-                            break
+                    if (self.state.num_updates % hp.checkpoint_frequency_num_batches == 0
+                            and self._timed_checkpoint(progress)):
+                        break
                     if 0 < hp.max_num_batches <= self.state.num_updates:
                         self.state.stop_reason = f"max_num_batches={hp.max_num_batches} reached"
                         break
@@ -399,31 +409,115 @@ class Trainer:
                     self.state.batch_in_epoch = 0
                     if self.dist.is_main:
                         log.info("epoch %d done (%d updates)", self.state.epoch, self.state.num_updates)
-            if since_checkpoint or self.state.num_checkpoints == 0:
-                self.checkpoint()  # the updates after the last checkpoint count too
+            if self._updates_since_checkpoint() or self.state.num_checkpoints == 0:
+                self._timed_checkpoint(progress)  # the updates after the last checkpoint count too
         if self.dist.is_main:
             ckpt.save_metrics(self.model_dir, self.summary())
-            elapsed = time.monotonic() - started
-            log.info("training done: %s; %d updates, %.0f target tokens/s, best %s=%.4g at checkpoint %d",
+            train_s = progress.training_seconds if progress else 0.0
+            eval_s = progress.checkpoint_seconds if progress else 0.0
+            log.info("training done: %s; %d updates (%d in this process), %.0f target tokens/s over %s of training "
+                     "+ %s of checkpoints and validation; best %s=%.4g at checkpoint %d",
                      self.state.stop_reason, self.state.num_updates,
-                     (self.state.target_tokens - start_tokens) / max(elapsed, 1e-9), hp.optimized_metric,
+                     progress.updates_done if progress else 0,
+                     (progress.tokens_done if progress else 0) * self.dist.world_size / max(train_s, 1e-9),
+                     _duration(train_s), _duration(eval_s), hp.optimized_metric,
                      self.state.best_metric if self.state.best_metric is not None else math.nan,
                      self.state.best_checkpoint)
         return self.state
 
-    def _log_progress(self, batch: int, num_batches: int, elapsed: float, updates: int, tokens: int) -> None:
-        rate = updates / max(elapsed, 1e-9)
-        if self.hp.max_num_batches > 0:
-            remaining = self.hp.max_num_batches - self.state.num_updates
-            target = f"update {self.state.num_updates}/{self.hp.max_num_batches}"
+    def _timed_checkpoint(self, progress: Progress | None) -> bool:
+        if progress is None:
+            return self.checkpoint()
+        with progress.phase(f"checkpoint {self.state.num_checkpoints + 1}: validating"):
+            return self.checkpoint()
+
+
+class Progress:
+    """A progress line at least every `interval` seconds, from a daemon thread, so that neither a slow
+    batch nor a long validation leaves the task log silent. Rates are over the last window (since the
+    previous line), not since the start, so they show what the job does now; time spent in checkpoints
+    and validation is counted apart from training time."""
+
+    def __init__(self, trainer: Trainer, interval: float) -> None:
+        self.trainer = trainer
+        self.interval = interval
+        self.num_batches = 0
+        self.checkpoint_seconds = 0.0
+        self._started = time.monotonic()
+        self._phase: str | None = None
+        self._phase_started = 0.0
+        self._start_updates = trainer.state.num_updates
+        self._start_tokens = trainer.state.target_tokens
+        self._mark = (self._started, self._start_updates, self._start_tokens, 0.0)
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="training-progress", daemon=True)
+
+    @property
+    def updates_done(self) -> int:
+        return self.trainer.state.num_updates - self._start_updates
+
+    @property
+    def tokens_done(self) -> int:
+        return self.trainer.state.target_tokens - self._start_tokens
+
+    @property
+    def training_seconds(self) -> float:
+        return time.monotonic() - self._started - self.checkpoint_seconds - self._current_phase_seconds()
+
+    def _current_phase_seconds(self) -> float:
+        return time.monotonic() - self._phase_started if self._phase else 0.0
+
+    def __enter__(self) -> Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+    @contextlib.contextmanager
+    def phase(self, what: str) -> Any:
+        with self._lock:
+            self._phase, self._phase_started = what, time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.checkpoint_seconds += time.monotonic() - self._phase_started
+                self._phase = None
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval):
+            try:
+                self.log_line()
+            except Exception:  # progress must never take training down
+                log.debug("progress line failed", exc_info=True)
+
+    def log_line(self) -> None:
+        with self._lock:
+            phase, phase_started = self._phase, self._phase_started
+            now = time.monotonic()
+            state = self.trainer.state
+            t0, u0, k0, c0 = self._mark
+            self._mark = (now, state.num_updates, state.target_tokens, self.checkpoint_seconds)
+        if phase:
+            log.info("%s (%s so far; update %d)", phase, _duration(now - phase_started), state.num_updates)
+            return
+        hp = self.trainer.hp
+        window = max(now - t0 - (self.checkpoint_seconds - c0), 1e-9)
+        updates, tokens = state.num_updates - u0, state.target_tokens - k0
+        rate = updates / window
+        if hp.max_num_batches > 0:
+            remaining = hp.max_num_batches - state.num_updates
+            target = f"update {state.num_updates}/{hp.max_num_batches}"
         else:
-            remaining = num_batches - batch
-            target = f"update {self.state.num_updates}"
-        log.info("epoch %d batch %d/%d, %s, %.1f batches/s, %.0f target tokens/s, lr %.3g, ETA %s",
-                 self.state.epoch + 1, batch, num_batches, target, rate,
-                 tokens * self.dist.world_size / max(elapsed, 1e-9), self.schedule.current_lr,
-                 _duration(remaining / rate if rate else math.inf)
-                 + ("" if self.hp.max_num_batches > 0 else " (epoch)"))
+            remaining = self.num_batches - state.batch_in_epoch
+            target = f"update {state.num_updates}"
+        eta = _duration(remaining / rate if rate else math.inf) + ("" if hp.max_num_batches > 0 else " (epoch)")
+        log.info("epoch %d batch %d/%d, %s; last %s: %.2f updates/s, %.0f target tokens/s; lr %.3g, ETA %s",
+                 state.epoch + 1, state.batch_in_epoch, self.num_batches, target, _duration(window), rate,
+                 tokens * self.trainer.dist.world_size / window, self.trainer.schedule.current_lr, eta)
 
 
 def _duration(seconds: float) -> str:

@@ -259,25 +259,68 @@ def test_resume_refuses_a_checkpoint_of_another_architecture(tmp_path, monkeypat
     assert "different architecture hyperparameters (rnn_num_hidden)" in failure(root)
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, prepared_channels):
-    root = sagemaker_root(tmp_path, prepared_channels, {
-        **AWS_EXAMPLE_SCALED, "optimized_metric": "perplexity", "max_num_batches": "100000",
-        "checkpoint_frequency_num_batches": "5", "checkpoint_threshold": "100000"})
+RESUME_HP = {**AWS_EXAMPLE_SCALED, "optimized_metric": "perplexity", "max_num_batches": "300",
+             "checkpoint_frequency_num_batches": "10", "checkpoint_threshold": "100000"}
+
+
+def test_sigterm_then_a_restart_carries_on_to_the_uninterrupted_end_state(tmp_path, prepared_channels):
+    """A spot interruption: SIGTERM saves a checkpoint and exits 0; the restarted job resumes and trains to
+    its own stopping criterion, ending with the same weights and metrics as a job never interrupted."""
+    straight = sagemaker_root(tmp_path / "straight", prepared_channels, RESUME_HP)
+    done = run_train(straight)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    root = sagemaker_root(tmp_path / "stopped", prepared_channels, RESUME_HP)
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(root), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, str(TRAIN)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=ROOT)
     ckpt_file = root / "checkpoints" / "checkpoint.pt"
     deadline = time.monotonic() + 120
     while not ckpt_file.exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.02)
     assert ckpt_file.exists(), proc.communicate()[1][-2000:]
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-3000:]
-    assert "SIGTERM received" in err
-    state = torch.load(ckpt_file, weights_only=False)["state"]
-    assert state["stop_reason"] == "stopped by SIGTERM" and state["num_updates"] >= 5
+    assert "SIGTERM received" in err and "stopped by SIGTERM at update" in err
     assert not (root / "output" / "failure").exists()
+    stopped = torch.load(ckpt_file, weights_only=True)["state"]
+    assert 10 <= stopped["num_updates"] < 300, "the job finished before the SIGTERM landed"
+    assert stopped["stop_reason"] == ""  # the checkpoint does not record the job as finished
+
+    again = run_train(root)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{stopped['num_updates']} updates done" in again.stderr
+    assert "training done: max_num_batches=300 reached" in again.stderr
+    resumed = json.loads((root / "model" / "metrics.json").read_text())
+    expected = json.loads((straight / "model" / "metrics.json").read_text())
+    assert resumed["num_updates"] == 300 and resumed["stop_reason"] == expected["stop_reason"]
+    assert [h["updates"] for h in resumed["history"]] == list(range(10, 301, 10))
+    assert len(resumed["history"]) > stopped["num_checkpoints"]
+    assert [h["metrics"] for h in resumed["history"]] == [h["metrics"] for h in expected["history"]]
+    for name in ("model/params.pt", "checkpoints/checkpoint.pt"):
+        a = torch.load(straight / name, weights_only=True)
+        b = torch.load(root / name, weights_only=True)
+        a, b = (a["model"], b["model"]) if "model" in a else (a, b)
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"{name}: weights differ from the uninterrupted run"
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch, prepared_channels):
+    """Whoever can write the checkpoint prefix must not get code run with the job's role."""
+    root = sagemaker_root(tmp_path, prepared_channels, {**AWS_EXAMPLE_SCALED, "max_num_batches": "10"})
+    marker = tmp_path / "code-ran"
+
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (root / "checkpoints").mkdir(parents=True, exist_ok=True)
+    torch.save({"format_version": 1, "state": Exploit()}, root / "checkpoints" / "checkpoint.pt")
+    assert run_main(monkeypatch, root) == 1
+    assert not marker.exists()
+    text = failure(root)
+    assert "checkpoint.pt: refusing to load this training checkpoint" in text and "posix.system" in text
 
 
 def test_distributed_data_parallel_on_cpu_with_two_processes(tmp_path, prepared_channels):
