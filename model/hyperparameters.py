@@ -161,10 +161,16 @@ class _Spec:
 
 _DROPOUT = {"low": 0.0, "high": 1.0, "high_open": True}
 _POSITIVE = {"low": 1}
+# Upper bounds no real model reaches, so that a slip (1e9 for 1024) is named here, not found as an
+# allocation failure deep inside torch after the data was prepared.
+_SIZE = {"low": 1, "high": 16384}  # hidden, embedding and model sizes
+_LAYERS = {"low": 1, "high": 128}
+_LENGTH = {"low": 1, "high": 16384}  # tokens per sentence
+_WIDTH = {"low": 1, "high": 64}  # convolution kernels
 
 _SPECS: dict[str, _Spec] = {
-    "batch_size": _Spec("mini-batch size (sentences, or target tokens with batch_type=word)", **_POSITIVE),
-    "beam_size": _Spec("beam for BLEU during training and for inference", **_POSITIVE),
+    "batch_size": _Spec("mini-batch size (sentences, or target tokens with batch_type=word)", low=1, high=2**20),
+    "beam_size": _Spec("beam for BLEU during training and for inference", low=1, high=256),
     "bleu_sample_size": _Spec("validation sentences scored with BLEU at checkpoints; -1 = all, 0 = none", low=-1),
     "bucket_width": _Spec("width of the sentence-length buckets", **_POSITIVE),
     "bucketing_enabled": _Spec("batch sentences of similar length together"),
@@ -175,9 +181,9 @@ _SPECS: dict[str, _Spec] = {
         "activation of the convolutional layers", ("glu", "relu", "softrelu", "sigmoid", "tanh")
     ),
     "cnn_hidden_dropout": _Spec("dropout between convolutional layers", **_DROPOUT),
-    "cnn_kernel_width_decoder": _Spec("kernel width of the cnn decoder", **_POSITIVE),
-    "cnn_kernel_width_encoder": _Spec("kernel width of the cnn encoder", **_POSITIVE),
-    "cnn_num_hidden": _Spec("hidden size of the cnn layers", **_POSITIVE),
+    "cnn_kernel_width_decoder": _Spec("kernel width of the cnn decoder", **_WIDTH),
+    "cnn_kernel_width_encoder": _Spec("kernel width of the cnn encoder", **_WIDTH),
+    "cnn_num_hidden": _Spec("hidden size of the cnn layers", **_SIZE),
     "decoder_type": _Spec("decoder architecture", ("rnn", "cnn", "transformer"), ("transformer",)),
     "embed_dropout_source": _Spec("dropout on the source embeddings", **_DROPOUT),
     "embed_dropout_target": _Spec("dropout on the target embeddings", **_DROPOUT),
@@ -187,23 +193,23 @@ _SPECS: dict[str, _Spec] = {
         ("transformer",),
     ),
     "fixed_rate_lr_half_life": _Spec("checkpoints until the fixed_rate_* schedulers halve the rate", **_POSITIVE),
-    "learning_rate": _Spec("initial learning rate", low=0.0, low_open=True),
+    "learning_rate": _Spec("initial learning rate", low=0.0, high=10.0, low_open=True),
     "loss_type": _Spec("training loss", ("cross-entropy",)),
     "lr_scheduler_type": _Spec(
         "learning-rate schedule", ("plateau_reduce", "fixed_rate_inv_t", "fixed_rate_inv_sqrt_t")
     ),
     "max_num_batches": _Spec("stop after N batches; -1 = no limit", low=1, special=-1),
     "max_num_epochs": _Spec("stop after N epochs; none = no limit", low=1, accepts_none=True),
-    "max_seq_len_source": _Spec("longer source sentences are truncated", **_POSITIVE),
-    "max_seq_len_target": _Spec("longer target sentences are truncated", **_POSITIVE),
+    "max_seq_len_source": _Spec("longer source sentences are truncated", **_LENGTH),
+    "max_seq_len_target": _Spec("longer target sentences are truncated", **_LENGTH),
     "min_num_epochs": _Spec("do not stop early before this many epochs", low=0),
     "momentum": _Spec(
         "momentum of sgd (ignored by the other optimizers)", low=0.0, high=1.0, high_open=True, accepts_none=True
     ),
-    "num_embed_source": _Spec("source embedding size", **_POSITIVE),
-    "num_embed_target": _Spec("target embedding size", **_POSITIVE),
-    "num_layers_decoder": _Spec("decoder layers", **_POSITIVE),
-    "num_layers_encoder": _Spec("encoder layers", **_POSITIVE),
+    "num_embed_source": _Spec("source embedding size", **_SIZE),
+    "num_embed_target": _Spec("target embedding size", **_SIZE),
+    "num_layers_decoder": _Spec("decoder layers", **_LAYERS),
+    "num_layers_encoder": _Spec("encoder layers", **_LAYERS),
     "optimized_metric": _Spec(
         "validation metric that picks the best checkpoint and drives early stopping", ("perplexity", "accuracy", "bleu")
     ),
@@ -213,25 +219,26 @@ _SPECS: dict[str, _Spec] = {
     ),
     "plateau_reduce_lr_threshold": _Spec("checkpoints without improvement before plateau_reduce acts", **_POSITIVE),
     "rnn_attention_in_upper_layers": _Spec("feed the attention context to the upper decoder layers (like GNMT)"),
-    "rnn_attention_num_hidden": _Spec("hidden size of the mlp attention", **_POSITIVE, default_text="rnn_num_hidden"),
+    "rnn_attention_num_hidden": _Spec("hidden size of the mlp attention", **_SIZE, default_text="rnn_num_hidden"),
     "rnn_attention_type": _Spec("rnn decoder attention", ("dot", "fixed", "mlp", "bilinear")),
     "rnn_cell_type": _Spec("recurrent cell", ("lstm", "gru")),
     "rnn_decoder_hidden_dropout": _Spec("dropout on the decoder's hidden state with context", **_DROPOUT),
     "rnn_decoder_state_init": _Spec("how the decoder's state starts from the encoder's", ("last", "avg", "zero")),
     "rnn_first_residual_layer": _Spec("first rnn layer with a residual connection", **_POSITIVE),
-    "rnn_num_hidden": _Spec("rnn hidden size; even for an rnn encoder (its first layer is bidirectional)", **_POSITIVE),
+    "rnn_num_hidden": _Spec("rnn hidden size; even for an rnn encoder (its first layer is bidirectional)", **_SIZE),
     "rnn_residual_connections": _Spec("residual connections between stacked rnn layers"),
     "training_metric": _Spec("metric reported on the training data", ("perplexity", "accuracy")),
-    "weight_decay": _Spec("L2 weight decay", low=0.0),
-    "weight_init_scale": _Spec("xavier: the scale (> 0); uniform: values in ±scale"),
+    "weight_decay": _Spec("L2 weight decay", low=0.0, high=1.0),
+    "weight_init_scale": _Spec("xavier: the scale (> 0); uniform: values in ±scale", low=-100.0, high=100.0),
     "weight_init_type": _Spec("weight initialisation", ("uniform", "xavier")),
     "xavier_factor_type": _Spec("fan used by xavier", ("in", "out", "avg")),
     # --- extensions ---
-    "transformer_model_size": _Spec("transformer model (and embedding) size", **_POSITIVE, extension=True),
+    "transformer_model_size": _Spec("transformer model (and embedding) size", **_SIZE, extension=True),
     "transformer_attention_heads": _Spec(
-        "transformer attention heads; must divide transformer_model_size", **_POSITIVE, extension=True
+        "transformer attention heads; must divide transformer_model_size", low=1, high=256, extension=True
     ),
-    "transformer_feed_forward_num_hidden": _Spec("transformer feed-forward hidden size", **_POSITIVE, extension=True),
+    "transformer_feed_forward_num_hidden": _Spec("transformer feed-forward hidden size", low=1, high=65536,
+                                                 extension=True),
     "transformer_dropout": _Spec("transformer dropout (attention, feed-forward, residual)", **_DROPOUT, extension=True),
     "transformer_positional_embedding_type": _Spec(
         "fixed: sinusoidal; learned: trained position embeddings", ("fixed", "learned"), extension=True
@@ -305,7 +312,7 @@ def _allowed(name: str) -> str:
         text = "a positive integer"
     elif low is not None and high is not None:
         left, right = "(" if spec.low_open else "[", ")" if spec.high_open else "]"
-        text = f"a {noun} in {left}{_fmt_number(low)}, {_fmt_number(high)}{right}"
+        text = f"{'an' if kind is int else 'a'} {noun} in {left}{_fmt_number(low)}, {_fmt_number(high)}{right}"
     elif low is not None:
         text = f"{'an' if kind is int else 'a'} {noun} {'>' if spec.low_open else '>='} {_fmt_number(low)}"
     elif high is not None:

@@ -405,10 +405,30 @@ def test_describe_markdown_has_one_row_per_field():
     rows = {line.split("|")[1].strip().strip("`"): line for line in lines[2:]}
     assert list(rows) == FIELD_NAMES
     assert all(line.count("|") == lines[0].count("|") for line in lines)  # no stray pipes in cells
-    assert "| 64 | positive integer | built-in |" in rows["batch_size"]
+    assert "| 64 | integer in [1, 1048576] | built-in |" in rows["batch_size"]
     assert "one of lstm, gru" in rows["rnn_cell_type"]
     assert "| rnn_num_hidden |" in rows["rnn_attention_num_hidden"]
     assert "| none |" in rows["max_num_epochs"]
     assert "transformer: extension" in rows["encoder_type"]
     assert all("| extension |" in rows[name] for name in EXTENSIONS)
     assert all("| built-in" in rows[name] for name in BUILT_IN_DEFAULTS)
+
+
+@pytest.mark.parametrize("name,value", [
+    ("rnn_num_hidden", "1000000000"), ("num_embed_source", "100000"), ("transformer_model_size", "65536"),
+    ("num_layers_encoder", "1000"), ("max_seq_len_source", "1000000"), ("batch_size", "10000000"),
+    ("learning_rate", "1e300"), ("beam_size", "100000"), ("weight_decay", "5"),
+])
+def test_values_no_real_model_uses_are_named_before_torch_allocates(name, value):
+    """1e9 hidden units would surface as "can't allocate 256000000000 bytes" inside torch, minutes in."""
+    with pytest.raises(HyperparameterError, match=rf"^hyperparameter {name}=\"{value}\": must be an? \w+ in ") as e:
+        parse_hyperparameters({name: value})
+    assert e.value.name == name
+
+
+def test_the_aws_example_and_transformer_big_sizes_stay_allowed():
+    parse_hyperparameters({"rnn_num_hidden": "1024", "num_embed_source": "512", "batch_size": "64"})
+    parse_hyperparameters({"encoder_type": "transformer", "decoder_type": "transformer", "batch_type": "word",
+                           "batch_size": "32768", "transformer_model_size": "1024",
+                           "transformer_feed_forward_num_hidden": "4096", "transformer_attention_heads": "16",
+                           "learning_rate": "1.0", "optimizer_type": "sgd"})
