@@ -296,7 +296,8 @@ def make_channels(train_source: str, train_target: str, val_source: str, val_tar
     `tokenizer_dir` (the tokenize step's output) puts the tokenizer into the vocab channel beside the
     vocabularies: training copies it into the model, so that serving and batch transform can take raw
     text. The built-in algorithm reads only the two vocabulary files and is not bothered by it.
-    Everything is staged and published together, so a failure leaves `output` as it was.
+    Everything is staged and published together, so a failure leaves `output` as it was, and success
+    replaces it whole (training reads every .rec of a channel: no file of an earlier output may stay).
     """
     if tokenizer_dir is not None and not tokenizer_files(tokenizer_dir):
         raise FileNotFoundError(f"{tokenizer_dir}: no {TOKENIZER_CONFIG} (the tokenize step's output folder)")
@@ -309,7 +310,8 @@ def make_channels(train_source: str, train_target: str, val_source: str, val_tar
     workers = workers or default_workers()
     if total_bytes < _PARALLEL_MIN_BYTES:
         workers = 1
-    with staged_dir(output) as stage, WorkerPool(workers) as pool:
+    protected = [*inputs.values(), tokenizer_dir, vocab_cfg.source_json, vocab_cfg.target_json]
+    with staged_dir(output, protected) as stage, WorkerPool(workers) as pool:
         scratch = stage / ".scratch"
         scratch.mkdir()
         progress = Progress(log, "recordio scan", "files", total=len(inputs))

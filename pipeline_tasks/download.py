@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 import requests
 import urllib3
 
-from pipeline_tasks.atomic import staged_dir, staged_file
+from pipeline_tasks.atomic import check_output_dir, staged_dir, staged_file
 from pipeline_tasks.progress import Progress
 from pipeline_tasks.storage import sha256_file
 
@@ -281,15 +281,18 @@ def download(source: str, output: str | os.PathLike[str], cfg: DownloadConfig,
              session: requests.Session | None = None) -> dict:
     """Fetch every file of `source` (catalog name, URL or path) into `output`, atomically.
 
-    Returns {"output": dir, "files": [relative paths]}.
+    `output` is replaced whole (nothing of an earlier download stays in it). Returns {"output": dir,
+    "files": [relative paths]}.
     """
     out = Path(output)
     urls = resolve_source(source)
+    inputs = [cfg.cache_dir, *(_local_path(u) for u in urls if not is_url(u))]
+    check_output_dir(out, inputs)   # before any network work
     if source in CATALOG:
         cfg = DownloadConfig(cfg.cache_dir, {**CATALOG[source].sha256, **cfg.sha256}, cfg.extract, cfg.retry)
     fetched = [(u, fetch_cached(u, cfg, session)) for u in urls]
     files: list[str] = []
-    with staged_dir(out) as stage:
+    with staged_dir(out, inputs) as stage:
         for url, path in fetched:
             name = file_name(url)
             if cfg.extract:

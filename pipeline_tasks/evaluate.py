@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline_tasks.atomic import staged_dir
+from pipeline_tasks.atomic import check_output_dir, staged_dir
 from pipeline_tasks.progress import Progress
 from pipeline_tasks.textio import EmptyInputError, MisalignedError, TextStats, iter_lines
 
@@ -278,6 +278,7 @@ def evaluate(model_dir: str | os.PathLike[str], source: str | os.PathLike[str], 
     cfg = cfg or EvaluateConfig()
     started = time.monotonic()
     model_path, out = Path(model_dir), Path(output)
+    check_output_dir(out, [source, reference, model_path])   # before hours of decoding, not after
     sources, src_stats = read_text(source)
     references, ref_stats = read_text(reference)
     if src_stats.lines != ref_stats.lines:
@@ -322,7 +323,7 @@ def evaluate(model_dir: str | os.PathLike[str], source: str | os.PathLike[str], 
                      "device": str(translator.device), "torch": torch.__version__},
         **_recompute_commands(out),
     }
-    with staged_dir(out) as stage:
+    with staged_dir(out, [source, reference, model_path]) as stage:
         _write_lines(stage / HYPOTHESES_FILE, translated.hypotheses)
         _write_lines(stage / REFERENCE_FILE, references)
         _write_lines(stage / HYPOTHESES_TOK_FILE, translated.hypotheses_tok)

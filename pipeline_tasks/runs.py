@@ -62,10 +62,17 @@ class RunLayout:
 def put_tree(local_dir: str | os.PathLike[str], uri: str) -> list[str]:
     """Publish every file under `local_dir` at `uri` (same relative paths), then a ``_COMPLETE``
     marker last: a reader that finds the marker knows the folder is whole, one that does not (a task
-    killed half-way) treats it as absent and the retry writes it again."""
+    killed half-way) treats it as absent and the retry writes it again. Files already at `uri` that the
+    new folder does not have are deleted (after the marker, before the new files): get_tree fetches
+    everything under `uri`, so a stale file would otherwise become part of the new output."""
     local = Path(local_dir)
     names = sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file())
     storage.delete(storage.join(uri, COMPLETE_MARKER))
+    stale = sorted(set(storage.list_files(uri)) - set(names) - {COMPLETE_MARKER})
+    for name in stale:
+        storage.delete(storage.join(uri, *name.split("/")))
+    if stale:
+        log.info("removed %d file(s) of an earlier output from %s (first: %s)", len(stale), uri, stale[0])
     for name in names:
         storage.put_file(local / name, storage.join(uri, *name.split("/")))
     with tempfile.NamedTemporaryFile("w", suffix=".marker", delete=False) as f:

@@ -83,7 +83,8 @@ def tokenize_corpus(splits: dict[str, tuple[str, str]], output: str | os.PathLik
     """Tokenize every split (name -> (source file, target file)) into `output`/{split}.{lang}.
 
     The subword model is learned from the "train" split only. Returns a report; writes
-    `tokenizer.json` and the subword model(s) beside the text. All or nothing.
+    `tokenizer.json` and the subword model(s) beside the text. All or nothing, and `output` is replaced
+    whole: a subword model of an earlier run must not sit beside text it did not make.
     """
     if cfg.bpe_vocab_size and "train" not in splits:
         raise ValueError("a subword model needs a 'train' split to learn from")
@@ -93,7 +94,7 @@ def tokenize_corpus(splits: dict[str, tuple[str, str]], output: str | os.PathLik
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"{name}: input file not found: {p}")
     report: dict = {"config": asdict(cfg), "splits": {}}
-    with staged_dir(output) as stage:
+    with staged_dir(output, [p for pair in splits.values() for p in pair]) as stage:
         pre = stage / ".pretok" if cfg.bpe_vocab_size else stage
         pre.mkdir(exist_ok=True)
         for name, (s, t) in splits.items():

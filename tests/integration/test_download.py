@@ -293,13 +293,23 @@ def test_tgz_is_extracted_under_dev(server, tmp_path, cfg):
     assert not list(tmp_path.glob(".out.*"))   # no staging folder left beside the output
 
 
-def test_rerun_into_existing_output_replaces_files(server, tmp_path, cfg):
+def test_rerun_into_existing_output_replaces_the_folder_whole(server, tmp_path, cfg):
     out = tmp_path / "out"
     out.mkdir()
     (out / DE.name).write_text("stale\n")
-    (out / "other.txt").write_text("kept\n")
+    (out / "dev").mkdir()
+    (out / "dev" / "newstest2013.de").write_text("a file of an earlier download\n")
     download(server.url(f"/files/{DE.name}.gz"), out, cfg)
-    assert _tree(out) == {DE.name: DE.read_bytes(), "other.txt": b"kept\n"}
+    assert _tree(out) == {DE.name: DE.read_bytes()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "out", "served"]
+
+
+def test_output_holding_the_cache_is_refused_before_fetching(server, tmp_path):
+    out = tmp_path / "out"
+    cfg = DownloadConfig(cache_dir=str(out / "cache"), retry=RetryPolicy(attempts=1))
+    with pytest.raises(ValueError, match=rf"{out}.*holds the input {out / 'cache'}"):
+        download(server.url(f"/files/{DE.name}.gz"), out, cfg)
+    assert server.seen == []
 
 
 # ------------------------------------------------------------------------------------ resume / Range
@@ -672,9 +682,10 @@ def test_file_url_source_with_gz_and_tgz(tmp_path, cfg):
     tgz = tmp_path / "src dir" / "dev.tgz"
     tgz.write_bytes(_tgz({f"dev/{EN.name}": EN.read_bytes()}))
     assert "%20" in gz.as_uri()
-    download(gz.as_uri(), tmp_path / "out", cfg)
-    download(tgz.as_uri(), tmp_path / "out", cfg)
-    assert _tree(tmp_path / "out") == {DE.name: DE.read_bytes(), f"dev/{EN.name}": EN.read_bytes()}
+    download(gz.as_uri(), tmp_path / "gz", cfg)
+    download(tgz.as_uri(), tmp_path / "tgz", cfg)
+    assert _tree(tmp_path / "gz") == {DE.name: DE.read_bytes()}
+    assert _tree(tmp_path / "tgz") == {f"dev/{EN.name}": EN.read_bytes()}
 
 
 def test_local_checksum_mismatch_keeps_the_users_file(tmp_path, cfg):

@@ -271,6 +271,22 @@ def test_a_failure_leaves_no_output_folder(copy_model, tmp_path, monkeypatch):
     assert list((tmp_path / "eval").iterdir()) == []  # neither the folder nor its staging copy
 
 
+def test_rerun_without_report_leaves_no_report_of_the_earlier_model(copy_model, tmp_path):
+    """A report/ left from an earlier evaluation would show another model's curves beside these scores."""
+    lines = copy_lines(6)
+    src = tmp_path / "src.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "eval"
+    (out / "report").mkdir(parents=True)
+    (out / "report" / "index.html").write_text("<h1>an earlier model</h1>", encoding="utf-8")
+    (out / "hypotheses.txt").write_text("old\n", encoding="utf-8")
+    evaluate(copy_model, src, src, out, EvaluateConfig(report=False))
+    assert sorted(p.name for p in out.iterdir()) == ["hypotheses.tok.txt", "hypotheses.txt", "metrics.json",
+                                                      "reference.tok.txt", "reference.txt"]
+    assert read_lines(out / "hypotheses.txt") == lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "src.txt"]
+
+
 # --- the command line -------------------------------------------------------------------------------------
 
 def test_cli_evaluate_writes_the_files_and_prints_the_summary(wmt_model, newstest, tmp_path, capsys):

@@ -197,3 +197,24 @@ def test_cli_missing_input_is_one_line_error(tmp_path):
                         "--train-target", tmp_path / "nope.de", "--val-source", tmp_path / "a",
                         "--val-target", tmp_path / "b", "--output", tmp_path / "o"], capture_output=True, text=True)
     assert r.returncode == 1 and "error: input file not found" in r.stderr and "nope.en" in r.stderr
+
+
+def test_rerun_into_a_folder_with_a_stale_rec_leaves_only_the_new_records(small_corpus, tmp_path):
+    """Training loads every .rec of a channel: a stale one from an earlier output would be trained on too."""
+    out = tmp_path / "o"
+    _ours(small_corpus, out)
+    stale = out / "train" / "train-part-0.rec"   # e.g. an earlier conversion of the full corpus
+    stale.write_bytes((out / "validation" / "val.rec").read_bytes())
+    (out / "vocab" / "tokenizer.json").write_text("{}")   # a tokenizer the new output does not ship
+    report = _ours(small_corpus, out)
+    assert sorted(p.name for p in (out / "train").iterdir()) == ["train.rec"]
+    assert sum(len(_pairs(p)) for p in (out / "train").glob("*.rec")) == report["train"]["records"] == 300
+    assert sorted(p.name for p in (out / "vocab").iterdir()) == ["vocab.src.json", "vocab.trg.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus", "o"]   # no staging or old folder beside it
+
+
+def test_output_folder_holding_the_input_is_refused_before_any_work(small_corpus, tmp_path):
+    corpus = small_corpus["train.en"].parent
+    with pytest.raises(ValueError, match=rf"{corpus}.*holds the input"):
+        _ours(small_corpus, corpus)
+    assert sorted(p.name for p in corpus.iterdir()) == ["train.de", "train.en", "val.de", "val.en"]

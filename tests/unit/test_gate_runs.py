@@ -93,6 +93,21 @@ def test_put_tree_publishes_whole_and_get_tree_refuses_incomplete(tmp_path: Path
         get_tree(dest, tmp_path / "copy2")
 
 
+def test_put_tree_over_an_earlier_output_leaves_none_of_its_files(tmp_path: Path) -> None:
+    """A try killed after publishing some files, or an earlier output, must not leave a file get_tree fetches."""
+    dest = str(tmp_path / "recordio")
+    (tmp_path / "recordio" / "train").mkdir(parents=True)
+    (tmp_path / "recordio" / "train" / "stale.rec").write_bytes(b"old records")
+    src = tmp_path / "src"
+    (src / "train").mkdir(parents=True)
+    (src / "train" / "train.rec").write_bytes(b"new records")
+    assert put_tree(src, dest) == ["train/train.rec"]
+    assert sorted(str(p.relative_to(dest)) for p in Path(dest).rglob("*") if p.is_file()) == \
+        [COMPLETE_MARKER, "train/train.rec"]
+    got = get_tree(dest, tmp_path / "copy")
+    assert sorted(p.name for p in (got / "train").iterdir()) == ["train.rec"]
+
+
 def test_corpus_layout_and_split_lookup(tmp_path: Path) -> None:
     assert CorpusConfig("wmt17-de-en-preprocessed").files()["train"] == "corpus.tc.{lang}"
     assert CorpusConfig("https://example.org/x.tgz", layout={"test": "nt.{lang}"}).files()["test"] == "nt.{lang}"

@@ -66,3 +66,116 @@ def test_staged_dir_replaces_files_and_cleans_up(tmp_path):
         (s / "sub").mkdir()
         (s / "sub" / "b").write_text("4")
     assert (target / "a").read_text() == "3" and (target / "sub" / "b").read_text() == "4"
+
+
+# --- staged_dir: a re-run replaces the folder whole; staging of dead runs is removed ------------------------
+
+def _siblings(folder) -> list[str]:
+    return sorted(p.name for p in folder.parent.iterdir() if p != folder)
+
+
+def test_staged_dir_rerun_leaves_nothing_of_the_old_output(tmp_path):
+    """A stale file of an earlier output (a .rec training would also load) must not survive a re-run."""
+    target = tmp_path / "out"
+    with staged_dir(target) as s:
+        (s / "train").mkdir()
+        (s / "train" / "old.rec").write_bytes(b"old records")
+        (s / "report.json").write_text("{}")
+    with staged_dir(target) as s:
+        (s / "train").mkdir()
+        (s / "train" / "train.rec").write_bytes(b"new records")
+    assert sorted(str(p.relative_to(target)) for p in target.rglob("*")) == ["train", "train/train.rec"]
+    assert (target / "train" / "train.rec").read_bytes() == b"new records"
+    assert _siblings(target) == []   # neither the staging folder nor the old output left beside it
+
+
+def test_staged_dir_rerun_without_an_atomic_exchange_still_replaces_whole(tmp_path, monkeypatch):
+    import errno
+
+    from pipeline_tasks import atomic
+
+    def unsupported(a, b):
+        raise OSError(errno.EINVAL, "renameat2 not supported here")
+
+    monkeypatch.setattr(atomic, "_exchange", unsupported)
+    target = tmp_path / "out"
+    with staged_dir(target) as s:
+        (s / "stale.txt").write_text("old")
+    with staged_dir(target) as s:
+        (s / "a").write_text("new")
+    assert sorted(os.listdir(target)) == ["a"] and _siblings(target) == []
+
+
+def test_staged_dir_refuses_a_file_destination_before_any_work(tmp_path):
+    target = tmp_path / "out"
+    target.write_text("a file the user keeps")
+    ran = []
+    with pytest.raises(NotADirectoryError, match=rf"{target}.*is a file"), staged_dir(target):
+        ran.append(1)
+    assert ran == [] and target.read_text() == "a file the user keeps" and _siblings(target) == []
+
+
+def test_staged_dir_refuses_a_parent_that_is_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NotADirectoryError, match=rf"{tmp_path / 'f'}.*not a folder"), \
+            staged_dir(tmp_path / "f" / "out"):
+        pass
+
+
+def test_staged_dir_refuses_a_folder_holding_an_input(tmp_path):
+    """Replacing it would delete the input it was made from."""
+    target = tmp_path / "data"
+    target.mkdir()
+    (target / "train.en").write_text("Resumption of the session\n")
+    with pytest.raises(ValueError, match=rf"{target}.*holds the input {target / 'train.en'}"), \
+            staged_dir(target, inputs=[target / "train.en"]):
+        pass
+    assert (target / "train.en").read_text() == "Resumption of the session\n"
+
+
+def test_staged_dir_refuses_the_current_folder_and_its_ancestors(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    (work / "sub").mkdir(parents=True)
+    monkeypatch.chdir(work / "sub")
+    for target in (work / "sub", work, "."):
+        with pytest.raises(ValueError, match="current folder"), staged_dir(target):
+            pass
+    assert (work / "sub").is_dir()
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_staging_of_a_dead_run_is_removed_and_a_live_ones_kept(tmp_path, caplog):
+    import subprocess
+    import sys
+
+    from pipeline_tasks import atomic
+
+    target = tmp_path / "recordio"
+    dead = tmp_path / f".recordio.{atomic.owner_tag(_dead_pid())}.abcd1234.staging"
+    (dead / ".scratch").mkdir(parents=True)
+    (dead / ".scratch" / "train.src.ids").write_bytes(b"\0" * 1000)
+    live_proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f".recordio.{atomic.owner_tag(live_proc.pid)}.efgh5678.staging"
+        mine = tmp_path / f".recordio.{atomic.owner_tag(os.getpid())}.ijkl9012.staging"
+        unknown = tmp_path / ".recordio.mnop3456.staging"   # written before staging folders named their owner
+        other_step = tmp_path / f".tok.{atomic.owner_tag(_dead_pid())}.qrst7890.staging"
+        for d in (live, mine, unknown, other_step):
+            d.mkdir()
+        with caplog.at_level("WARNING"), staged_dir(target) as s:
+            (s / "a").write_text("1")
+        assert not dead.exists()
+        assert live.is_dir() and mine.is_dir() and unknown.is_dir()
+        assert other_step.is_dir()   # only the staging of this destination is looked at
+        assert any(str(unknown) in r.getMessage() and "no owner" in r.getMessage() for r in caplog.records)
+    finally:
+        live_proc.kill()
+        live_proc.wait()

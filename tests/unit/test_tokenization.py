@@ -101,3 +101,23 @@ def test_cli_tokenize_and_detokenize(raw_corpus, tmp_path):
                         "--input", tmp_path / "o/train.de"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert len(r.stdout.splitlines()) == 150
+
+
+def test_rerun_without_bpe_leaves_no_subword_model_of_the_earlier_output(raw_corpus, tmp_path):
+    out = tmp_path / "o"
+    tokenize_corpus(raw_corpus, out, TokenizerConfig(mode="moses", bpe_vocab_size=200))
+    assert (out / "spm.en.model").is_file()
+    tokenize_corpus(raw_corpus, out, TokenizerConfig(mode="moses"))
+    assert sorted(p.name for p in out.iterdir()) == ["tokenizer.json", "train.de", "train.en"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "raw"]
+
+
+def test_output_that_is_a_file_fails_before_tokenizing(raw_corpus, tmp_path, monkeypatch):
+    from pipeline_tasks import tokenization
+
+    out = tmp_path / "o"
+    out.write_text("not a folder\n")
+    monkeypatch.setattr(tokenization, "_pretokenize_file", lambda *a: pytest.fail("tokenized before checking"))
+    with pytest.raises(NotADirectoryError, match=rf"{out}.*is a file"):
+        tokenize_corpus(raw_corpus, out, TokenizerConfig())
+    assert out.read_text() == "not a folder\n"
