@@ -28,7 +28,7 @@ from pathlib import Path
 
 from model.atomic import current_umask, staged_file
 
-__all__ = ["check_output_dir", "owner_tag", "staged_dir", "staged_file", "staged_files"]
+__all__ = ["check_output_dir", "check_output_files", "owner_tag", "staged_dir", "staged_file", "staged_files"]
 
 log = logging.getLogger(__name__)
 
@@ -222,25 +222,10 @@ def staged_dir(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[
 
 # --- publishing several files together ---------------------------------------------------------------------
 
-def _check_output_file(path: Path) -> None:
-    if path.is_dir():
-        raise IsADirectoryError(f"{path}: is a folder; the output file cannot be written there")
-    for parent in path.absolute().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise NotADirectoryError(f"{path}: {parent} is not a folder, so the output cannot be written")
-            break
-
-
-@contextlib.contextmanager
-def staged_files(paths: Iterable[str | os.PathLike[str]], inputs: Iterable[str | os.PathLike[str]] = (),
-                 mode: str = "w", **kwargs) -> Iterator[list]:
-    """Open temporary siblings of all `paths`; on success they replace the targets together, else none does.
-
-    Every destination is checked before the block runs (not a folder, parent a folder, none the same
-    as another or as an input), so a bad second path never costs the work of writing the first. At the
-    end the old files are moved aside first, so a failing rename puts every old file back.
-    """
+def check_output_files(paths: Iterable[str | os.PathLike[str]], inputs: Iterable[str | os.PathLike[str]] = ()
+                       ) -> list[Path]:
+    """Refuse, before any work, output files that cannot all be written: a folder in the way, a parent
+    that is a file, two outputs that are one file, an output that is an input (it would be replaced)."""
     targets = [Path(p) for p in paths]
     resolved = [t.resolve() for t in targets]
     if len(set(resolved)) != len(resolved):
@@ -248,8 +233,28 @@ def staged_files(paths: Iterable[str | os.PathLike[str]], inputs: Iterable[str |
     for item in inputs:
         if Path(item).resolve() in resolved:
             raise ValueError(f"{item}: is an input and an output; writing the output would replace the input")
-    for t in targets:
-        _check_output_file(t)
+    for path in targets:
+        if path.is_dir():
+            raise IsADirectoryError(f"{path}: is a folder; the output file cannot be written there")
+        for parent in path.absolute().parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise NotADirectoryError(f"{path}: {parent} is not a folder, so the output cannot be written")
+                break
+    return targets
+
+
+@contextlib.contextmanager
+def staged_files(paths: Iterable[str | os.PathLike[str]], inputs: Iterable[str | os.PathLike[str]] = (),
+                 mode: str = "w", **kwargs) -> Iterator[list]:
+    """Open temporary siblings of all `paths`; on success they replace the targets together, else none does.
+
+    Every destination is checked before the block runs (check_output_files), so a bad second path
+    never costs the work of writing the first. At the end the old files are moved aside first, so a
+    failing rename puts every old file back. (A crash between the renames can still leave one new and
+    one old file: two files cannot be swapped in one step.)
+    """
+    targets = check_output_files(paths, inputs)
     for t in targets:
         t.parent.mkdir(parents=True, exist_ok=True)
     temps: list[Path] = []

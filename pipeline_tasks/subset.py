@@ -15,7 +15,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 
-from pipeline_tasks.atomic import staged_file
+from pipeline_tasks.atomic import check_output_files, staged_files
 from pipeline_tasks.progress import Progress
 from pipeline_tasks.textio import TextStats, decode_lines, iter_pair_blocks
 
@@ -102,10 +102,16 @@ def _candidates(source: str, target: str, cfg: SubsetConfig, stats: SubsetStats,
 
 def subset(source: str, target: str, out_source: str | os.PathLike[str], out_target: str | os.PathLike[str],
            cfg: SubsetConfig) -> dict:
-    """Write the chosen pairs to `out_source`/`out_target` (both or neither); returns the counts."""
+    """Write the chosen pairs to `out_source`/`out_target` (both or neither); returns the counts.
+
+    Both destinations are checked before the corpus is read, so an unusable second
+    path fails at once instead of after a pass over millions of lines, and never after the first file
+    has been published."""
     for p in (source, target):
         if not os.path.isfile(p):
             raise FileNotFoundError(f"input file not found: {p}")
+    outputs, inputs = [out_source, out_target], [source, target]
+    check_output_files(outputs, inputs)   # now, not after random mode's counting pass
     stats = SubsetStats()
     src_text, trg_text = TextStats(source), TextStats(target)
     chosen: set[int] | None = None
@@ -117,7 +123,7 @@ def subset(source: str, target: str, out_source: str | os.PathLike[str], out_tar
     def enough() -> bool:
         return chosen is None and cfg.size is not None and stats.pairs_written >= cfg.size
 
-    with staged_file(out_source, "w", encoding="utf-8") as fs, staged_file(out_target, "w", encoding="utf-8") as ft:
+    with staged_files(outputs, inputs, encoding="utf-8") as (fs, ft):
         for idx, (s, t) in enumerate(_candidates(source, target, cfg, stats, src_text, trg_text, enough)):
             if enough() or (chosen is not None and idx not in chosen):
                 continue

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -97,3 +98,58 @@ def test_cli(sample_dir, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["pairs_written"] == 20 and len(_lines(tmp_path / "o.de")) == 20
+
+
+def _run(sample_dir, out_src, out_trg, **kw):
+    return subset(str(sample_dir / "val.en"), str(sample_dir / "val.de"), out_src, out_trg, SubsetConfig(size=5, **kw))
+
+
+@pytest.mark.parametrize("bad", ["source", "target"])
+def test_output_that_is_a_folder_fails_before_either_file_is_written(sample_dir, tmp_path, bad):
+    out = {"source": tmp_path / "o.en", "target": tmp_path / "o.de"}
+    out[bad].mkdir()
+    other = out["target" if bad == "source" else "source"]
+    with pytest.raises(IsADirectoryError, match=rf"{out[bad]}: is a folder"):
+        _run(sample_dir, out["source"], out["target"])
+    assert not other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out[bad].name]   # no temporary file either
+
+
+def test_output_whose_parent_is_a_file_fails_before_either_file_is_written(sample_dir, tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NotADirectoryError, match=rf"{tmp_path / 'f'} is not a folder"):
+        _run(sample_dir, tmp_path / "o.en", tmp_path / "f" / "o.de")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_output_that_is_an_input_or_the_other_output_is_refused(sample_dir, tmp_path):
+    src = tmp_path / "val.en"
+    src.write_bytes((sample_dir / "val.en").read_bytes())
+    with pytest.raises(ValueError, match=rf"{src}: is an input and an output"):
+        subset(str(src), str(sample_dir / "val.de"), src, tmp_path / "o.de", SubsetConfig(size=5))
+    assert src.read_bytes() == (sample_dir / "val.en").read_bytes()
+    with pytest.raises(ValueError, match="output files must differ"):
+        _run(sample_dir, tmp_path / "o", tmp_path / "o")
+
+
+def test_a_failing_publish_restores_both_earlier_outputs(sample_dir, tmp_path, monkeypatch):
+    """Both or neither, even when the second rename fails at the very end."""
+    from pipeline_tasks import atomic
+
+    out_en, out_de = tmp_path / "o.en", tmp_path / "o.de"
+    _run(sample_dir, out_en, out_de)
+    before = out_en.read_bytes(), out_de.read_bytes()
+    real_rename, calls = os.rename, []
+
+    def rename(a, b):
+        calls.append(b)
+        if str(b) == str(out_de) and not str(a).endswith(".old"):
+            raise OSError(28, "No space left on device", str(b))
+        real_rename(a, b)
+
+    monkeypatch.setattr(atomic.os, "rename", rename)
+    with pytest.raises(OSError, match="No space left"):
+        _run(sample_dir, out_en, out_de, mode="random", seed=3)
+    monkeypatch.undo()
+    assert (out_en.read_bytes(), out_de.read_bytes()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.de", "o.en"]
