@@ -22,7 +22,6 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, Param, TriggerRule, dag, task
 
-from model.hyperparameters import hyperparameter_names  # the accepted names; the module imports no torch
 from seq2seq_airflow.operators import DEFERRABLE, JOB_PREFIX_KEY, Seq2SeqTrainingOperator, Seq2SeqTransformOperator
 
 DAG_ID = "wmt_seq2seq"
@@ -85,16 +84,18 @@ PARAMS = {
     "hyperparameters": Param(AWS_EXAMPLE_HYPERPARAMETERS, type="object", title="Hyperparameters",
                              description="The built-in seq2seq algorithm's hyperparameters (and our extensions); "
                                          "defaults: the AWS example's.",
-                             propertyNames={"enum": hyperparameter_names()},
-                             additionalProperties={"type": ["string", "number", "boolean"]}),
+                             # Names and values are checked by plan with the container's parser, whose
+                             # message names the bad one and suggests the nearest.
+                             propertyNames={"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
+                             additionalProperties={"type": ["string", "number", "boolean", "null"]}),
     "backend": Param("local", enum=["local", "docker", "sagemaker"], title="Training backend",
                      description="local: a process here; docker: the built image; sagemaker: training and "
                                  "transform jobs (artifact root must be s3://)."),
     "image": Param("wmt-seq2seq:latest", type="string", minLength=1, title="Image",
                    description="Our image (ECR URI for sagemaker, a local tag for docker) or the built-in "
                                "seq2seq image URI for the region."),
-    "role_arn": Param("", type="string", title="SageMaker execution role",
-                      description="IAM role ARN (or name) for the sagemaker backend."),
+    "role_arn": Param(None, type=["string", "null"], title="SageMaker execution role",
+                      description="IAM role ARN (or name) for the sagemaker backend; null for local and docker."),
     "instance_type": Param("ml.p3.2xlarge", type="string", pattern="^ml\\.", title="Training instance type",
                            description="SageMaker instance type for training (sagemaker backend)."),
     "instance_count": Param(1, type="integer", minimum=1, title="Training instances",
@@ -152,20 +153,17 @@ def _corpus(params):
 )
 def wmt_seq2seq():
     @task
-    def plan(params=None, run_id=None) -> dict:
-        """Checks what JSON schema cannot (hyperparameter values, backend needs) before any work."""
-        from pipeline_tasks.gate import GateRule
-        from pipeline_tasks.training_job import hyperparameter_strings
+    def plan(params=None, run_id=None, dag_run=None) -> dict:
+        """Checks what JSON schema cannot (conf keys, hyperparameter values, backend needs) in seconds,
+        before any work; a bad value fails the run at once, without retries."""
+        from airflow.sdk.exceptions import AirflowFailException
 
-        hyperparameter_strings(params["hyperparameters"])
-        GateRule.from_dict(params["gate"])
-        if params["source_lang"] == params["target_lang"]:
-            raise ValueError("source_lang and target_lang are the same")
-        if params["backend"] == "sagemaker":
-            if not params["artifact_root"].startswith("s3://"):
-                raise ValueError("backend=sagemaker needs an s3:// artifact_root (SageMaker reads channels from S3)")
-            if not params["role_arn"]:
-                raise ValueError("backend=sagemaker needs role_arn")
+        from pipeline_tasks.plan import PlanError, check_training_run
+
+        try:
+            check_training_run(params, dag_run.conf if dag_run else None, PARAMS)
+        except PlanError as e:
+            raise AirflowFailException(str(e)) from None
         return _layout(params, run_id).as_dict()
 
     @task

@@ -33,16 +33,27 @@ PARAMS = {
     "transform_input": Param(DEFAULT_INPUT, type=["string", "null"], title="Input",
                              description="JSON Lines {\"source\": …} prefix or object (path or s3://); null: the "
                                          "promoting run's test input."),
-    "backend": Param("local", enum=["local", "docker", "sagemaker"], title="Backend"),
-    "image": Param("wmt-seq2seq:latest", type="string", minLength=1, title="Image"),
-    "role_arn": Param("", type="string", title="SageMaker execution role"),
-    "instance_type": Param("ml.m5.xlarge", type="string", pattern="^ml\\.", title="Transform instance type"),
-    "instance_count": Param(1, type="integer", minimum=1, title="Transform instances"),
-    "beam_size": Param(5, type="integer", minimum=1, title="Beam size"),
-    "batch_size": Param(32, type="integer", minimum=1, title="Sentences per decoder batch"),
+    "backend": Param("local", enum=["local", "docker", "sagemaker"], title="Backend",
+                     description="local: container/serve as a process here; docker: the built image; sagemaker: "
+                                 "a SageMaker batch transform job (artifact root must be s3://)."),
+    "image": Param("wmt-seq2seq:latest", type="string", minLength=1, title="Image",
+                   description="Our image (ECR URI for sagemaker, a local tag for docker) or the built-in "
+                               "seq2seq image URI for the region."),
+    "role_arn": Param(None, type=["string", "null"], title="SageMaker execution role",
+                      description="IAM role ARN (or name) for the sagemaker backend; null for local and docker."),
+    "instance_type": Param("ml.m5.xlarge", type="string", pattern="^ml\\.", title="Transform instance type",
+                           description="SageMaker instance type of the transform job (sagemaker backend)."),
+    "instance_count": Param(1, type="integer", minimum=1, title="Transform instances",
+                            description="SageMaker transform instances; the input objects are split among them."),
+    "beam_size": Param(5, type="integer", minimum=1, title="Beam size",
+                       description="Beam width of the decoder; 1 is greedy (fastest)."),
+    "batch_size": Param(32, type="integer", minimum=1, title="Sentences per decoder batch",
+                        description="Sentences decoded together (sorted by length within a request)."),
     "on_error": Param("fail", enum=["fail", "record"], title="Bad lines",
                       description="fail: the job fails naming the line; record: the line gets {\"error\": …}."),
-    "max_payload_mb": Param(6, type="integer", minimum=1, maximum=100, title="MaxPayloadInMB"),
+    "max_payload_mb": Param(6, type="integer", minimum=1, maximum=100, title="MaxPayloadInMB",
+                            description="Largest mini-batch the job sends to the container, in MB (SageMaker's "
+                                        "MaxPayloadInMB)."),
 }
 
 
@@ -59,12 +70,19 @@ PARAMS = {
 )
 def wmt_seq2seq_batch_transform():
     @task
-    def transform_request(params=None, run_id=None) -> dict:
+    def transform_request(params=None, run_id=None, dag_run=None) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
         from pipeline_tasks.gate import read_pointer
+        from pipeline_tasks.plan import PlanError, check_conf
         from pipeline_tasks.runs import RunLayout
         from pipeline_tasks.training_job import job_name
         from pipeline_tasks.transform import TransformConfig, transform_job_config
 
+        try:
+            check_conf(dag_run.conf if dag_run else None, PARAMS)
+        except PlanError as e:
+            raise AirflowFailException(str(e)) from None
         root = params["artifact_root"]
         pointer = read_pointer(RunLayout(root, TRAINING_DAG_ID, "x").pointer)
         if pointer is None:

@@ -192,8 +192,72 @@ def test_local_backend_end_to_end_with_s3_on_moto(airflow_env: dict[str, str], t
 def test_a_bad_param_fails_at_trigger_time(airflow_env: dict[str, str], tmp_path: Path) -> None:
     result = run_dag(airflow_env, {**TINY, "backend": "cloud"}, tmp_path / "bad")
     assert result["state"] is None and "ParamValidationError" in result["error"] and "backend" in result["error"]
-    result = run_dag(airflow_env, {**TINY, "hyperparameters": {"rnn_num_hiden": 32}}, tmp_path / "bad2")
-    assert result["state"] is None and "rnn_num_hiden" in result["error"]
+
+
+def _failed_in_plan(result: dict) -> None:
+    assert result["state"] == "failed", result["log"][-3000:]
+    assert result["tasks"]["plan"] == "failed"
+    assert result["tasks"]["download"] == "upstream_failed" and result["tasks"]["upload"] == "upstream_failed"
+
+
+def test_plan_fails_a_bad_value_in_seconds_before_download_and_without_retries(airflow_env: dict[str, str],
+                                                                                tmp_path: Path) -> None:
+    """The container's own parser runs in plan; a value error is final (AirflowFailException), so the run
+    neither prepares data for minutes nor retries three times."""
+    root = tmp_path / "artifacts"
+    env = {**airflow_env, "AIRFLOW_VAR_WMT_SEQ2SEQ_RETRIES": "2"}
+    for i, (bad, needle) in enumerate([
+            ({"rnn_num_hidden": -3}, 'hyperparameter rnn_num_hidden="-3": must be an integer in [1, 16384]'),
+            ({"optimizer_type": "adamw"}, 'hyperparameter optimizer_type="adamw": must be one of adam, sgd, rmsprop'),
+            ({"rnn_num_hiden": 32}, "unknown hyperparameter(s): rnn_num_hiden (did you mean rnn_num_hidden?)")]):
+        conf = {**TINY, "artifact_root": str(root), "hyperparameters": {**TINY_HP, **bad}}
+        result = run_dag(env, conf, tmp_path / f"run{i}")
+        _failed_in_plan(result)
+        assert needle in result["log"]
+        assert result["log"].count("checkpoint_frequency_num_batches") <= 2  # no list of every name
+        assert result["seconds"] < 60
+    assert not any(root.rglob("raw"))
+
+
+def test_an_unknown_conf_key_is_refused_with_a_suggestion(airflow_env: dict[str, str], tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    result = run_dag(airflow_env, {**TINY, "artifact_root": str(root), "subset_sise": 10}, tmp_path / "run")
+    _failed_in_plan(result)
+    assert "unknown conf key subset_sise (did you mean subset_size?)" in result["log"]
+    batch = run_dag(airflow_env, {"artifact_root": str(root), "beam_sise": 1}, tmp_path / "batch",
+                    dag_id="wmt_seq2seq_batch_transform")
+    assert batch["state"] == "failed" and batch["tasks"]["transform_request"] == "failed"
+    assert "unknown conf key beam_sise (did you mean beam_size?)" in batch["log"]
+
+
+def test_every_param_default_is_one_the_trigger_form_accepts(airflow_env: dict[str, str]) -> None:
+    """The UI's trigger form sends an empty field as null and keeps Trigger disabled while any field is
+    invalid: every default must validate against its own schema, none may be an empty string, and every
+    param says what it is for (both DAGs)."""
+    code = """
+import json, sys
+from airflow.dag_processing.dagbag import DagBag
+bag = DagBag(dag_folder=sys.argv[1])
+out = {}
+for dag_id, dag in sorted(bag.dags.items()):
+    out[dag_id] = {k: {"schema": dag.params.get_param(k).schema, "default": dag.params.get_param(k).value,
+                       "description": dag.params.get_param(k).description} for k in dag.params}
+print(json.dumps(out))
+"""
+    import jsonschema
+
+    done = subprocess.run([sys.executable, "-c", code, str(DAGS)], env=airflow_env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    dags = json.loads(done.stdout.strip().splitlines()[-1])
+    assert set(dags) == {"wmt_seq2seq", "wmt_seq2seq_batch_transform"}
+    for dag_id, params in dags.items():
+        for name, p in params.items():
+            jsonschema.validate(p["default"], p["schema"])
+            assert p["default"] != "", f"{dag_id}.{name}: an empty default reads as null in the form"
+            assert p["schema"].get("title") and p["description"], f"{dag_id}.{name} needs a title and description"
+    assert dags["wmt_seq2seq"]["role_arn"]["default"] is None
+    assert dags["wmt_seq2seq_batch_transform"]["role_arn"]["default"] is None
 
 
 def test_a_failing_step_publishes_nothing_a_retry_could_mistake(airflow_env: dict[str, str], tmp_path: Path) -> None:

@@ -1,0 +1,75 @@
+"""What a DAG run's ``plan`` task checks before any work: everything a JSON schema on the trigger form
+cannot say, with messages that name the one thing at fault.
+
+A run that downloads, tokenizes and uploads for minutes before a typo stops it wastes those minutes on
+every try; these checks take milliseconds, so a bad run fails in seconds and (the DAG marks it so) is
+not retried. Nothing here imports Airflow or torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from model.hyperparameters import HyperparameterError, parse_hyperparameters
+
+
+class PlanError(ValueError):
+    """A run's parameters cannot work; retrying will not change that."""
+
+
+def unknown_keys(given: Iterable[str], known: Iterable[str], what: str) -> str | None:
+    """"unknown conf key subset_sise (did you mean subset_size?)", or None when every key is known.
+
+    Airflow accepts any key in a run's conf and the run quietly uses the param's default for the one a
+    user misspelt, so the misspelling has to be caught by us."""
+    known = sorted(known)
+    bad = sorted(k for k in given if k not in known)
+    if not bad:
+        return None
+    parts = []
+    for key in bad:
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+        parts.append(f"{key} (did you mean {close[0]}?)" if close else str(key))
+    return f"unknown {what}{'s' if len(bad) > 1 else ''} {', '.join(parts)}"
+
+
+def check_hyperparameters(hyperparameters: Mapping[str, Any]) -> None:
+    """The container's own parser on the values the job will get, so that its message (naming the
+    hyperparameter, the value and what is allowed) reaches the user before the data is prepared."""
+    from pipeline_tasks.training_job import hyperparameter_strings
+
+    try:
+        parse_hyperparameters(hyperparameter_strings(hyperparameters))
+    except HyperparameterError as e:
+        raise PlanError(str(e)) from None
+    except ValueError as e:  # a value that cannot be passed as a string at all
+        raise PlanError(str(e)) from None
+
+
+def check_conf(conf: Mapping[str, Any] | None, params: Iterable[str]) -> None:
+    """Refuse top-level conf keys that are not params of the DAG."""
+    problem = unknown_keys(conf or {}, params, "conf key")
+    if problem:
+        raise PlanError(f"{problem}: the run would quietly use the default instead")
+
+
+def check_training_run(params: Mapping[str, Any], conf: Mapping[str, Any] | None, known: Iterable[str]) -> None:
+    """Every check of the wmt_seq2seq DAG's plan task; the first problem found is raised. `known` is the
+    DAG's declared params (the run's resolved params also hold any unknown key of the conf)."""
+    from pipeline_tasks.gate import GateRule
+
+    check_conf(conf, known)
+    check_hyperparameters(params["hyperparameters"])
+    try:
+        GateRule.from_dict(params["gate"])
+    except ValueError as e:
+        raise PlanError(f"gate: {e}") from None
+    if params["source_lang"] == params["target_lang"]:
+        raise PlanError(f"source_lang and target_lang are the same ({params['source_lang']!r})")
+    if params["backend"] == "sagemaker":
+        if not str(params["artifact_root"]).startswith("s3://"):
+            raise PlanError("backend=sagemaker needs an s3:// artifact_root (SageMaker reads channels from S3)")
+        if not params.get("role_arn"):
+            raise PlanError("backend=sagemaker needs role_arn (the SageMaker execution role)")

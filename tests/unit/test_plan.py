@@ -1,0 +1,46 @@
+"""plan's checks: what the trigger form's JSON schema cannot say, named precisely, in milliseconds."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline_tasks.plan import PlanError, check_conf, check_hyperparameters, check_training_run, unknown_keys
+
+PARAMS = {"source_lang": "en", "target_lang": "de", "backend": "local", "artifact_root": "/tmp/x",
+          "role_arn": None, "gate": {"metric": "test:bleu"}, "hyperparameters": {"rnn_num_hidden": 64},
+          "subset_size": 10}
+
+
+@pytest.mark.parametrize("hp,needle", [
+    ({"rnn_num_hidden": -3}, 'rnn_num_hidden="-3": must be an integer in [1, 16384]'),
+    ({"rnn_num_hidden": 1_000_000_000}, 'rnn_num_hidden="1000000000": must be an integer in [1, 16384]'),
+    ({"learning_rate": 1e300}, 'learning_rate="1e+300": must be a float in (0, 10]'),
+    ({"optimizer_type": "adamw"}, 'optimizer_type="adamw": must be one of adam, sgd, rmsprop'),
+    ({"rnn_num_hiden": 64}, "unknown hyperparameter(s): rnn_num_hiden (did you mean rnn_num_hidden?)"),
+    ({"batch_size": [64]}, "hyperparameter batch_size: list value [64] cannot be passed"),
+])
+def test_bad_hyperparameters_are_named_with_the_containers_message(hp, needle):
+    with pytest.raises(PlanError) as e:
+        check_hyperparameters(hp)
+    assert needle in str(e.value)
+    assert len(str(e.value)) < 200  # names the bad one, never the list of every name
+
+
+def test_unknown_conf_keys_get_the_nearest_param():
+    assert unknown_keys({"subset_size": 1}, PARAMS, "conf key") is None
+    assert unknown_keys({"subset_sise": 1, "zzz": 2}, PARAMS, "conf key") == (
+        "unknown conf keys subset_sise (did you mean subset_size?), zzz")
+    with pytest.raises(PlanError, match=r"unknown conf key subset_sise \(did you mean subset_size\?\)"):
+        check_conf({"subset_sise": 10}, PARAMS)
+
+
+def test_a_whole_run_and_the_backend_needs():
+    check_training_run(PARAMS, {"subset_size": 5}, PARAMS)
+    with pytest.raises(PlanError, match="are the same"):
+        check_training_run({**PARAMS, "target_lang": "en"}, None, PARAMS)
+    with pytest.raises(PlanError, match="s3:// artifact_root"):
+        check_training_run({**PARAMS, "backend": "sagemaker"}, None, PARAMS)
+    with pytest.raises(PlanError, match="needs role_arn"):
+        check_training_run({**PARAMS, "backend": "sagemaker", "artifact_root": "s3://b/p"}, None, PARAMS)
+    with pytest.raises(PlanError, match=r"^gate: "):
+        check_training_run({**PARAMS, "gate": {"metric": "test:bleu", "min_delt": 1}}, None, PARAMS)
