@@ -2,12 +2,22 @@
 
 `ProcessPoolExecutor.map` and `Pool.imap` both read their whole input ahead, which would put a
 corpus in memory; here at most `max_in_flight` blocks exist at once, so memory stays flat.
+
+Workers die with the process that started them: a step killed with SIGKILL (an Airflow task timeout,
+the OOM killer, kill -9) cannot clean up, and orphaned workers would go on writing into its staging
+folder, or wait forever on a queue nobody feeds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import multiprocessing
 import os
+import signal
+import sys
+import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
@@ -15,6 +25,33 @@ from typing import TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+PR_SET_PDEATHSIG = 1
+PARENT_POLL_S = 0.5
+
+
+def watch_parent(parent_pid: int, interval_s: float = PARENT_POLL_S,
+                 exit: Callable[[int], object] = os._exit) -> None:
+    """Exit as soon as `parent_pid` is no longer our parent (it died and we were re-parented).
+
+    The portable fallback for PR_SET_PDEATHSIG; loops in a daemon thread of each worker."""
+    while os.getppid() == parent_pid:
+        time.sleep(interval_s)
+    exit(1)
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Worker initializer: SIGKILL on the parent's death (Linux), a watching thread everywhere.
+
+    PR_SET_PDEATHSIG fires when the *thread* that started the worker ends; the pool's processes are
+    started by the thread that submits work, which stays inside the `with WorkerPool` block."""
+    if sys.platform.startswith("linux"):
+        # no prctl (an odd libc): the thread below still works
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:   # the parent died before prctl took effect
+        os._exit(1)
+    threading.Thread(target=watch_parent, args=(parent_pid,), name="watch-parent", daemon=True).start()
 
 
 def default_workers() -> int:
@@ -29,7 +66,8 @@ class WorkerPool:
     """Worker processes for CPU-bound steps, or this process alone when `workers` <= 1.
 
     Workers are started with `spawn` (not fork): safe inside a multi-threaded Airflow task process.
-    Scripts that use it need the usual `if __name__ == "__main__":` guard.
+    Scripts that use it need the usual `if __name__ == "__main__":` guard. Workers exit when this
+    process dies, however it dies (see _die_with_parent).
     """
 
     def __init__(self, workers: int) -> None:
@@ -38,7 +76,8 @@ class WorkerPool:
 
     def __enter__(self) -> WorkerPool:
         if self.workers > 1:
-            self._ex = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            self._ex = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_die_with_parent, initargs=(os.getpid(),))
         return self
 
     def __exit__(self, *exc: object) -> None:
