@@ -15,6 +15,21 @@ from collections.abc import Sequence
 log = logging.getLogger("pipeline_tasks")
 
 
+_SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 1 << 10, "m": 10**6, "mb": 10**6, "mib": 1 << 20,
+               "g": 10**9, "gb": 10**9, "gib": 1 << 30, "t": 10**12, "tb": 10**12, "tib": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """A byte count as people write it: 1000000, 500MB, 64GiB, 1.5T (0: no limit)."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]*)?)\s*([A-Za-z]*)\s*", text)
+    unit = m and _SIZE_UNITS.get(m[2].lower())
+    if not m or unit is None:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (bytes, or a number with kB, MB, GB, KiB, MiB, GiB…)")
+    return int(float(m[1]) * unit)
+
+
 def _print_json(obj: object) -> None:
     json.dump(obj, sys.stdout, indent=2, ensure_ascii=False)
     sys.stdout.write("\n")
@@ -35,7 +50,9 @@ def cmd_download(a: argparse.Namespace) -> None:
             url, digest = a.source, item
         sha[url] = digest
     cfg = DownloadConfig(cache_dir=a.cache_dir, sha256=sha, extract=not a.no_extract,
-                         retry=RetryPolicy(attempts=a.retries + 1, timeout_s=a.timeout))
+                         retry=RetryPolicy(attempts=a.retries + 1, timeout_s=a.timeout),
+                         max_expansion_ratio=a.max_expansion_ratio or None,
+                         max_decompressed_bytes=a.max_decompressed_size or None)
     _print_json(download(a.source, a.output, cfg))
 
 
@@ -132,6 +149,8 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pipeline_tasks.inflate import DEFAULT_MAX_RATIO, DEFAULT_MAX_TOTAL
+
     p = argparse.ArgumentParser(prog="python -m pipeline_tasks", description=__doc__.split("\n")[0])
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = p.add_subparsers(dest="step", required=True, metavar="STEP")
@@ -144,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-extract", action="store_true", help="keep .gz/.tgz files as they are")
     d.add_argument("--retries", type=int, default=5, help="retries after a failed attempt (default: %(default)s)")
     d.add_argument("--timeout", type=float, default=60.0, help="socket timeout in seconds (default: %(default)s)")
+    d.add_argument("--max-expansion-ratio", type=float, default=DEFAULT_MAX_RATIO, metavar="R",
+                   help="refuse a compressed file that expands more than R times its size (a decompression bomb; "
+                   "text compresses 10-20x); 0: no limit (default: %(default)g)")
+    d.add_argument("--max-decompressed-size", type=parse_size, default=DEFAULT_MAX_TOTAL, metavar="SIZE",
+                   help="refuse to decompress more than SIZE in total, e.g. 64GiB; 0: no limit (default: 64GiB)")
     d.add_argument("--list", action="store_true", help="list the catalog and exit")
     d.set_defaults(fn=cmd_download)
 

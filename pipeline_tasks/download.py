@@ -6,12 +6,20 @@
 - optional sha256 check (a mismatch deletes the file: a corrupt download is never cached);
 - a cache keyed by URL, so a re-run downloads nothing;
 - gunzip / untar into the output folder, refusing archive members that would land outside it
-  (absolute paths, `..`, links, devices);
+  (absolute paths, `..`, links, devices, sparse files);
+- decompression bombs refused at a limit, never inflated in full (pipeline_tasks/inflate.py): an
+  expansion ratio per file (default 200x: text compresses 10-20x) and a total per download (default
+  64 GiB: the WMT17 corpus is ~1 GB unpacked), both raisable;
 - everything streams: no file is read into memory whole.
+
+HTTP bodies are stored exactly as served (`Accept-Encoding: identity`, and the raw stream read with
+`decode_content=False`): nothing is decompressed on the wire, so the limits above see every byte
+that is ever inflated here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -29,6 +37,16 @@ import requests
 import urllib3
 
 from pipeline_tasks.atomic import check_output_dir, staged_dir, staged_file
+from pipeline_tasks.inflate import (
+    DEFAULT_MAX_RATIO,
+    DEFAULT_MAX_TOTAL,
+    Budget,
+    CorruptCompressedError,
+    DecompressionLimitError,
+    LimitedReader,
+    compression_of,
+    ratio_limit,
+)
 from pipeline_tasks.progress import Progress
 from pipeline_tasks.storage import sha256_file
 
@@ -74,6 +92,10 @@ class ChecksumError(DownloadError):
     """The downloaded bytes do not have the expected sha256."""
 
 
+RATIO_HINT = "; if the file is genuine, raise the limit with --max-expansion-ratio (DownloadConfig.max_expansion_ratio)"
+TOTAL_HINT = "; raise it with --max-decompressed-size (DownloadConfig.max_decompressed_bytes)"
+
+
 class UnsafeArchiveError(ValueError):
     """An archive member would be written outside the extraction folder, or is a link/device."""
 
@@ -94,12 +116,20 @@ class RetryPolicy:
 
 @dataclass
 class DownloadConfig:
-    """Where the cache lives, what to verify and whether to extract."""
+    """Where the cache lives, what to verify, whether to extract, and how far extraction may inflate."""
 
     cache_dir: str
     sha256: dict[str, str] = field(default_factory=dict)   # url -> expected digest
     extract: bool = True
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    max_expansion_ratio: float | None = DEFAULT_MAX_RATIO          # per compressed file; None/0: no limit
+    max_decompressed_bytes: int | None = DEFAULT_MAX_TOTAL         # over the whole download; None: no limit
+
+    def __post_init__(self) -> None:
+        if self.max_expansion_ratio is not None and self.max_expansion_ratio < 0:
+            raise ValueError(f"max_expansion_ratio must be >= 0, got {self.max_expansion_ratio}")
+        if self.max_decompressed_bytes is not None and self.max_decompressed_bytes < 0:
+            raise ValueError(f"max_decompressed_bytes must be >= 0, got {self.max_decompressed_bytes}")
 
 
 def resolve_source(source: str) -> list[str]:
@@ -252,24 +282,69 @@ def check_member(member: tarfile.TarInfo, archive: str) -> None:
         raise UnsafeArchiveError(f"{archive}: member {name!r} is a link (to {member.linkname!r}); links are refused")
     if not (member.isfile() or member.isdir()):
         raise UnsafeArchiveError(f"{archive}: member {name!r} is not a regular file or folder")
+    if member.type == tarfile.GNUTYPE_SPARSE or member.sparse is not None:
+        # its holes would be written out in full without passing through the decompression limits
+        raise UnsafeArchiveError(f"{archive}: member {name!r} is a sparse file; sparse files are refused")
 
 
-def extract_into(path: Path, out_dir: Path, name: str) -> list[Path]:
-    """Place one fetched file in `out_dir`: untar archives, gunzip .gz, copy anything else."""
+def _check_member_size(member: tarfile.TarInfo, archive: str, archive_size: int, stream: LimitedReader,
+                       max_ratio: float | None, budget: Budget | None) -> None:
+    """Refuse a member whose declared size is already over a limit, before a byte of it is written."""
+    allowed = ratio_limit(archive_size, max_ratio)
+    if allowed is not None and member.size > allowed:
+        raise DecompressionLimitError(
+            f"{archive}: member {member.name!r} is {member.size} bytes, more than {max_ratio:g}x the archive's "
+            f"{archive_size} bytes: a decompression bomb, or not text{RATIO_HINT}", archive, stream.written)
+    remaining = budget.remaining() if budget is not None else None
+    if remaining is not None and member.size > remaining:
+        raise budget.refuse(archive, stream.written, f"member {member.name!r} ({member.size} bytes)")  # type: ignore[union-attr]
+
+
+def _untar(path: Path, out_dir: Path, name: str, max_ratio: float | None, budget: Budget | None) -> list[Path]:
+    """Extract member by member from one decompressing stream (tarfile's stream mode), so that every
+    decompressed byte is counted once and a bomb stops at the limit; members are checked one by one
+    before they are written (a refused archive leaves only the staging folder, which is removed)."""
+    size = path.stat().st_size
+    placed: list[Path] = []
+    with open(path, "rb") as raw:
+        opener = compression_of(raw)
+        stream = LimitedReader(opener(raw) if opener else raw, name, size, max_ratio if opener else None,
+                               budget if opener else None, RATIO_HINT)
+        try:
+            with stream, tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+                for m in tar:
+                    check_member(m, name)
+                    target = out_dir / m.name
+                    if m.isdir():
+                        target.mkdir(parents=True, exist_ok=True)
+                        continue
+                    if opener:
+                        _check_member_size(m, name, size, stream, max_ratio, budget)
+                    if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: a second line of defence
+                        tar.extract(m, out_dir, filter="data")
+                    else:  # pragma: no cover
+                        tar.extract(m, out_dir)
+                    placed.append(target)
+        except tarfile.TarError as e:
+            raise CorruptCompressedError(f"{name}: not a valid tar archive ({e})") from e
+    return placed
+
+
+def extract_into(path: Path, out_dir: Path, name: str, max_ratio: float | None = DEFAULT_MAX_RATIO,
+                 budget: Budget | None = None) -> list[Path]:
+    """Place one fetched file in `out_dir`: untar archives, gunzip .gz, copy anything else.
+
+    Decompression stops with DecompressionLimitError once the file expands past `max_ratio` times its
+    compressed size, or `budget` (shared by all files of one download) is spent."""
     lower = name.lower()
     if lower.endswith((".tgz", ".tar.gz", ".tar")):
-        with tarfile.open(path, "r:*") as tar:
-            members = tar.getmembers()
-            for m in members:
-                check_member(m, name)
-            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: a second line of defence
-                tar.extractall(out_dir, members=members, filter="data")
-            else:  # pragma: no cover
-                tar.extractall(out_dir, members=members)
-        return [out_dir / m.name for m in members if m.isfile()]
+        return _untar(path, out_dir, name, max_ratio, budget)
     if lower.endswith(".gz"):
         target = out_dir / name[:-3]
-        with gzip.open(path, "rb") as src, open(target, "wb") as dst:
+        raw = open(path, "rb")  # noqa: SIM115 -- closed by the LimitedReader
+        src = LimitedReader(gzip.GzipFile(fileobj=raw, mode="rb"), name, path.stat().st_size,  # type: ignore[arg-type]
+                            max_ratio, budget, RATIO_HINT, also_close=(raw,))
+        with src, open(target, "wb") as dst:
             shutil.copyfileobj(src, dst, CHUNK)
         return [target]
     target = out_dir / name
@@ -289,14 +364,15 @@ def download(source: str, output: str | os.PathLike[str], cfg: DownloadConfig,
     inputs = [cfg.cache_dir, *(_local_path(u) for u in urls if not is_url(u))]
     check_output_dir(out, inputs)   # before any network work
     if source in CATALOG:
-        cfg = DownloadConfig(cfg.cache_dir, {**CATALOG[source].sha256, **cfg.sha256}, cfg.extract, cfg.retry)
+        cfg = dataclasses.replace(cfg, sha256={**CATALOG[source].sha256, **cfg.sha256})
     fetched = [(u, fetch_cached(u, cfg, session)) for u in urls]
     files: list[str] = []
+    budget = Budget(cfg.max_decompressed_bytes or None, how_to_raise=TOTAL_HINT)
     with staged_dir(out, inputs) as stage:
         for url, path in fetched:
             name = file_name(url)
             if cfg.extract:
-                placed = extract_into(path, stage, name)
+                placed = extract_into(path, stage, name, cfg.max_expansion_ratio, budget)
             else:
                 placed = [stage / name]
                 shutil.copyfile(path, placed[0])

@@ -2,12 +2,15 @@
 
 Lines are split on '\\n' only (what `wc -l` and `head -n` count), so a stray '\\r' inside a line never
 shifts the alignment between the two sides; a trailing '\\r\\n' is treated as one line end. Files
-ending in .gz (or starting with the gzip magic) are decompressed on the fly.
+ending in .gz (or starting with the gzip magic) are decompressed on the fly, streaming, and refused
+once they expand more than 200x (pipeline_tasks/inflate.py): streaming keeps memory flat, but a
+bomb's endless "line" would still be read into memory whole, and a bomb of short lines would make
+every step downstream write gigabytes. `WMT_PIPELINE_MAX_EXPANSION_RATIO` raises the limit (0: none).
 """
 
 from __future__ import annotations
 
-import gzip
+import io
 import logging
 import os
 from collections.abc import Iterator
@@ -15,7 +18,13 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import BinaryIO
 
+from pipeline_tasks.inflate import DEFAULT_MAX_RATIO, open_limited
+from pipeline_tasks.inflate import DecompressionLimitError as DecompressionLimitError  # raised by the readers
+
 log = logging.getLogger(__name__)
+
+RATIO_ENV = "WMT_PIPELINE_MAX_EXPANSION_RATIO"
+_READ_BUFFER = 1 << 20
 
 REPLACEMENT_CHAR = "\ufffd"
 _REPLACEMENT_BYTES = REPLACEMENT_CHAR.encode("utf-8")
@@ -66,13 +75,30 @@ class TextStats:
                 "bad_lines": list(self.bad_lines)}
 
 
+def max_expansion_ratio() -> float | None:
+    """The ratio limit for gzip input: WMT_PIPELINE_MAX_EXPANSION_RATIO, else 200 (0: no limit)."""
+    text = os.environ.get(RATIO_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_RATIO
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{RATIO_ENV}={text!r}: not a number") from None
+    if value < 0:
+        raise ValueError(f"{RATIO_ENV}={text!r}: must be >= 0 (0: no limit)")
+    return value or None
+
+
 def open_binary(path: str | os.PathLike[str]) -> BinaryIO:
-    """Open for binary reading, transparently gunzipping gzip files (detected by magic bytes)."""
+    """Open for binary reading, transparently gunzipping gzip files (detected by magic bytes), with the
+    expansion-ratio limit (DecompressionLimitError naming the file once it is passed)."""
     p = os.fspath(path)
-    f = open(p, "rb")  # noqa: SIM115 -- returned to the caller
-    if f.peek(2)[:2] == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
-    return f
+    stream, compressed = open_limited(p, max_ratio=max_expansion_ratio(), formats="gzip",
+                                      how_to_raise=f"; if the file is genuine, raise the limit with the environment "
+                                                   f"variable {RATIO_ENV}=N (0: no limit)")
+    if compressed:
+        return io.BufferedReader(stream, _READ_BUFFER)  # type: ignore[arg-type, return-value]
+    return stream
 
 
 def _strip_eol(line: str) -> str:

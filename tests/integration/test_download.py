@@ -654,6 +654,19 @@ def test_unsafe_archive_members_are_refused(server, tmp_path, cfg, kind, why):
     assert not (tmp_path / "evil").exists()
 
 
+def test_sparse_archive_member_is_refused(server, tmp_path, cfg):
+    """A sparse member's holes would be written out without passing through the decompression limits."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", format=tarfile.GNU_FORMAT) as tar:
+        info = tarfile.TarInfo("dev/holes")
+        info.type = tarfile.GNUTYPE_SPARSE
+        tar.addfile(info)
+    url = server.serve("/files/sparse.tgz", buf.getvalue())
+    with pytest.raises(UnsafeArchiveError, match=r"sparse\.tgz: member 'dev/holes' is a sparse file"):
+        download(url, tmp_path / "out", cfg)
+    assert not (tmp_path / "out").exists()
+
+
 def test_unsafe_local_archive_is_refused_too(tmp_path, cfg):
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -793,3 +806,139 @@ def test_file_names_of_sources():
     assert file_name("file:///tmp/my%20file.txt") == "my file.txt"
     assert file_name("/tmp/x/train.en") == "train.en"
     assert cache_key("http://h/a/x.gz") != cache_key("http://other/a/x.gz")
+
+
+# ----------------------------------------------------------------------------- decompression bombs
+
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def bomb_10m() -> bytes:
+    """10 MiB of zeros gzipped: about 10 kB, an expansion of ~1000x (text manages 10-20x)."""
+    return gzip.compress(bytes(10 * MiB), mtime=0)
+
+
+@pytest.fixture(scope="module")
+def bomb_64m() -> bytes:
+    return gzip.compress(bytes(64 * MiB), mtime=0)
+
+
+def test_gunzip_bomb_is_refused_at_the_ratio_limit(server, tmp_path, cfg, bomb_10m):
+    url = server.serve("/files/zeros.txt.gz", bomb_10m)
+    cfg.max_expansion_ratio = 50
+    out = tmp_path / "work" / "out"
+    with pytest.raises(dl.DecompressionLimitError) as e:
+        download(url, out, cfg)
+    msg = str(e.value)
+    assert "zeros.txt.gz" in msg and "50" in msg and "--max-expansion-ratio" in msg
+    assert e.value.written <= max(50 * len(bomb_10m), MiB) + dl.CHUNK   # stopped there, not at 10 MiB
+    assert not out.exists() and list((tmp_path / "work").iterdir()) == []   # nothing half-written
+
+
+def test_the_default_ratio_stops_a_bomb_long_before_it_is_inflated(server, tmp_path, cfg, bomb_64m):
+    assert dl.DownloadConfig(cache_dir="x").max_expansion_ratio == 200
+    assert dl.DownloadConfig(cache_dir="x").max_decompressed_bytes == 64 << 30
+    url = server.serve("/files/corpus.tc.de.gz", bomb_64m)
+    with pytest.raises(dl.DecompressionLimitError, match=r"corpus\.tc\.de\.gz.*200") as e:
+        download(url, tmp_path / "out", cfg)
+    assert e.value.written <= 200 * len(bomb_64m) + dl.CHUNK < 16 * MiB   # 64 MiB were never written
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_ratio_can_be_raised_for_a_genuine_file(server, tmp_path, cfg, bomb_10m):
+    url = server.serve("/files/zeros.txt.gz", bomb_10m)
+    cfg.max_expansion_ratio = 2000
+    download(url, tmp_path / "out", cfg)
+    assert (tmp_path / "out" / "zeros.txt").stat().st_size == 10 * MiB
+
+
+def test_total_decompressed_size_limit_names_the_file_and_the_setting(server, tmp_path, cfg):
+    cfg.max_decompressed_bytes = 10_000   # the real newstest file is 21 kB
+    url = server.url(f"/files/{DE.name}.gz")
+    with pytest.raises(dl.DecompressionLimitError) as e:
+        download(url, tmp_path / "out", cfg)
+    msg = str(e.value)
+    assert f"{DE.name}.gz" in msg and "10000" in msg and "--max-decompressed-size" in msg
+    assert not (tmp_path / "out").exists()
+
+
+def test_tgz_member_bigger_than_the_limit_is_refused_from_its_header(server, tmp_path, cfg):
+    url = server.serve("/files/dev.tgz", _tgz({f"dev/{EN.name}": EN.read_bytes(), "dev/zeros": bytes(20 * MiB)}))
+    cfg.max_expansion_ratio = 50
+    with pytest.raises(dl.DecompressionLimitError, match=r"dev\.tgz: member 'dev/zeros'.*20971520 bytes") as e:
+        download(url, tmp_path / "out", cfg)
+    assert e.value.written < 2 * MiB
+    assert list(tmp_path.glob("*out*")) == []
+
+
+def test_tgz_of_many_small_members_is_stopped_by_the_stream_limit(server, tmp_path, cfg):
+    members = {f"dev/part{i:02d}": bytes(MiB) for i in range(40)}   # each alone passes, together 40 MiB
+    url = server.serve("/files/parts.tgz", _tgz(members))
+    cfg.max_expansion_ratio = 50
+    with pytest.raises(dl.DecompressionLimitError, match=r"parts\.tgz.*50") as e:
+        download(url, tmp_path / "out", cfg)
+    assert e.value.written <= max(50 * len(server.state.files["/files/parts.tgz"]), MiB) + dl.CHUNK + MiB
+    assert list(tmp_path.glob("*out*")) == []
+
+
+def test_tgz_total_limit_is_checked_against_member_headers(server, tmp_path, cfg):
+    url = server.serve("/files/dev.tgz", _tgz({f"dev/{EN.name}": EN.read_bytes(), "dev/big": bytes(5 * MiB)}))
+    cfg.max_expansion_ratio = 0   # no ratio limit: the total one must still hold
+    cfg.max_decompressed_bytes = 100_000
+    with pytest.raises(dl.DecompressionLimitError,
+                       match=r"dev\.tgz: member 'dev/big' \(5242880 bytes\) passes the limit of 100000") as e:
+        download(url, tmp_path / "out", cfg)
+    assert e.value.written < 100_000
+    assert not (tmp_path / "out").exists()
+
+
+def test_tgz_total_limit_counts_every_member(server, tmp_path, cfg):
+    cfg.max_decompressed_bytes = 30_000   # dev.tgz holds 19.2 kB + 21.3 kB
+    with pytest.raises(dl.DecompressionLimitError, match=r"dev\.tgz: .*30000 decompressed bytes.*--max-decompressed"):
+        download(server.url("/files/dev.tgz"), tmp_path / "out", cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_content_encoding_gzip_bomb_is_stored_as_served_and_readers_refuse_it(server, tmp_path, cfg, bomb_10m):
+    """requests would decode `Content-Encoding: gzip`; fetch_url reads the raw stream undecoded, so nothing is
+    inflated here. The file stays gzip bytes; the text readers (subset etc.) decompress it, with a ratio limit."""
+    from pipeline_tasks.subset import SubsetConfig, subset
+    from pipeline_tasks.textio import RATIO_ENV
+
+    url = server.serve("/files/train.en", bomb_10m)
+    server.serve("/files/train.de", _gz(DE.read_bytes()))
+    server.state.encoding_gzip.add("/files/train.en")
+    download(url, tmp_path / "en", cfg)
+    assert (tmp_path / "en" / "train.en").read_bytes() == bomb_10m
+    download(server.url("/files/train.de"), tmp_path / "de", cfg)
+    with pytest.raises(dl.DecompressionLimitError) as e:
+        subset(str(tmp_path / "en" / "train.en"), str(tmp_path / "de" / "train.de"), tmp_path / "s.en",
+               tmp_path / "s.de", SubsetConfig())
+    assert str(tmp_path / "en" / "train.en") in str(e.value) and RATIO_ENV in str(e.value)
+    assert e.value.written <= max(200 * len(bomb_10m), MiB) + dl.CHUNK
+    assert not (tmp_path / "s.en").exists() and not (tmp_path / "s.de").exists()
+
+
+def test_truncated_gz_is_a_clear_error_naming_the_file(server, tmp_path, cfg):
+    url = server.serve("/files/cut.de.gz", _gz(DE.read_bytes())[:-100])
+    with pytest.raises(ValueError, match=r"cut\.de\.gz: .*(truncated|corrupt)"):
+        download(url, tmp_path / "out", cfg)
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_bomb_is_a_one_line_error_and_the_flag_raises_the_limit(server, tmp_path, bomb_10m):
+    url = server.serve("/files/zeros.txt.gz", bomb_10m)
+    cache = str(tmp_path / "cache")
+    p = _cli("download", url, "--output", str(tmp_path / "out"), "--cache-dir", cache)
+    assert p.returncode == 1
+    last = p.stderr.splitlines()[-1]
+    assert last.startswith("error: ") and "zeros.txt.gz" in last and "--max-expansion-ratio" in last
+    assert "Traceback" not in p.stderr and not (tmp_path / "out").exists()
+    p = _cli("download", url, "--output", str(tmp_path / "out"), "--cache-dir", cache,
+             "--max-expansion-ratio", "5000", "--max-decompressed-size", "11MiB")
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "out" / "zeros.txt").stat().st_size == 10 * MiB
+    p = _cli("download", url, "--output", str(tmp_path / "out2"), "--cache-dir", cache,
+             "--max-expansion-ratio", "5000", "--max-decompressed-size", "1MiB")
+    assert p.returncode == 1 and "1048576" in p.stderr.splitlines()[-1]

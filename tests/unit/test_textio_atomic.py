@@ -179,3 +179,33 @@ def test_staging_of_a_dead_run_is_removed_and_a_live_ones_kept(tmp_path, caplog)
     finally:
         live_proc.kill()
         live_proc.wait()
+
+
+# --- gzip input: streamed, with a limit on how far it may expand ---------------------------------------------
+
+def test_a_gzip_bomb_read_as_text_stops_at_the_ratio_limit(tmp_path, monkeypatch):
+    from pipeline_tasks.textio import RATIO_ENV, DecompressionLimitError
+
+    p = tmp_path / "train.en.gz"
+    p.write_bytes(gzip.compress(b"Resumption of the session\n" + b"0" * (20 << 20), mtime=0))   # one 20 MB "line"
+    with pytest.raises(DecompressionLimitError) as e:
+        list(iter_lines(p))
+    msg = str(e.value)
+    assert str(p) in msg and "200" in msg and RATIO_ENV in msg
+    assert e.value.written <= max(200 * p.stat().st_size, 1 << 20) + (1 << 20)   # the line was not read whole
+    monkeypatch.setenv(RATIO_ENV, "100000")
+    lines = list(iter_lines(p))
+    assert lines[0] == "Resumption of the session" and len(lines[1]) == 20 << 20
+
+
+def test_real_gzip_text_is_well_within_the_limit(tmp_path, sample_dir):
+    p = tmp_path / "train.de.gz"
+    p.write_bytes(gzip.compress((sample_dir / "train.de").read_bytes()))
+    assert list(iter_lines(p)) == (sample_dir / "train.de").read_text("utf-8").splitlines()
+
+
+def test_truncated_gzip_input_names_the_file(tmp_path, sample_dir):
+    p = tmp_path / "val.en.gz"
+    p.write_bytes(gzip.compress((sample_dir / "val.en").read_bytes())[:-50])
+    with pytest.raises(ValueError, match=rf"{p}: .*truncated"):
+        list(iter_lines(p))
