@@ -37,17 +37,16 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from functools import partial
 from numbers import Integral, Real
 from pathlib import Path
 from typing import IO, Any
 
 from model.hyperparameters import parse_hyperparameters
 from model.metrics import METRIC_DEFINITIONS
-from pipeline_tasks import storage
+from pipeline_tasks import process, storage
 
 _LOG = logging.getLogger(__name__)
 Logger = logging.Logger | logging.LoggerAdapter
@@ -65,6 +64,7 @@ MODEL_ARCHIVE = "model.tar.gz"
 DESCRIBE_FILE = "describe.json"
 FAILURE_REASON_CHARS = 1024                   # what SageMaker shows of /opt/ml/output/failure
 STOP_GRACE_S = 120.0                          # SageMaker's delay between SIGTERM and the end of the job
+CHECKPOINT_SYNC_S = float(os.environ.get("SEQ2SEQ_CHECKPOINT_SYNC_S", "30"))  # while training
 MAX_RUNTIME_LIMIT_S = 28 * 24 * 3600          # SageMaker's cap on MaxRuntimeInSeconds
 MAX_HYPERPARAMETER_VALUE_CHARS = 2500         # the API's limit per value
 
@@ -450,11 +450,45 @@ def _download_checkpoints(uri: str, local: Path, logger: Logger) -> None:
         raise _JobFailed(f'ClientError: cannot fetch checkpoints from "{uri}": {type(e).__name__}: {e}') from e
 
 
-def _upload_checkpoints(uri: str, local: Path, logger: Logger) -> None:
-    files = [p for p in sorted(local.rglob("*")) if p.is_file()] if local.is_dir() else []
+def sync_checkpoints(uri: str, local: Path, logger: Logger) -> None:
+    """/opt/ml/checkpoints to CheckpointConfig.S3Uri, as SageMaker copies them; unchanged objects are
+    skipped, and the temporary files of a checkpoint being written are not checkpoints."""
+    files = [p for p in sorted(local.rglob("*")) if p.is_file() and not _is_partial(p)] if local.is_dir() else []
     written = sum(storage.put_file(p, storage.join(uri, *p.relative_to(local).parts)) for p in files)
-    if files:
+    if written:
         logger.info("checkpoints: %d file(s) synced to %s (%d changed)", len(files), uri, written)
+
+
+def _is_partial(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(".tmp")  # model/atomic.py's staged files
+
+
+class _CheckpointSync:
+    """Syncs the checkpoints every `interval_s` while the job trains, as SageMaker does during
+    training: a task killed outright (no time to sync at the end) still leaves a recent checkpoint
+    for the next try."""
+
+    def __init__(self, uri: str, local: Path, logger: Logger, interval_s: float | None = None) -> None:
+        self.uri, self.local, self.logger = uri, local, logger
+        self.interval_s = CHECKPOINT_SYNC_S if interval_s is None else interval_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="checkpoint-sync", daemon=True)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval_s):
+            try:
+                sync_checkpoints(self.uri, self.local, self.logger)
+            except Exception as e:  # the final sync reports a lasting problem; this one only retries
+                self.logger.warning("checkpoint sync to %s failed (retrying): %s: %s", self.uri,
+                                    type(e).__name__, e)
+
+    def __enter__(self) -> _CheckpointSync:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=60)
 
 
 def _tar_model(model_dir: Path, archive: Path) -> None:
@@ -495,53 +529,40 @@ class _Stream:
                 for name, (value, stamp) in sorted(self.final.items())]
 
 
-def _signal_group(proc: subprocess.Popen, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
-
-
-def _stop(proc: subprocess.Popen, grace_s: float, logger: Logger,
-          kill_extra: Callable[[], None] | None) -> None:
-    """SIGTERM (the container checkpoints and exits), then SIGKILL after the grace period, as SageMaker does."""
-    if proc.poll() is not None:
-        return
-    _signal_group(proc, signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace_s)
-    except subprocess.TimeoutExpired:
-        logger.warning("train did not exit within %.0fs of SIGTERM: killing it", grace_s)
-        _signal_group(proc, signal.SIGKILL)
-        if kill_extra:
-            kill_extra()
-        proc.wait()
-
-
 def _run_process(cmd: list[str], env: dict[str, str], cwd: Path, max_runtime_s: float, grace_s: float,
-                 stream: _Stream, logger: Logger,
-                 kill_extra: Callable[[], None] | None = None) -> tuple[int, bool]:
-    """(exit status, stopped for MaxRuntime); the process gets its own session so that signals reach
-    every process it starts (torchrun's workers)."""
+                 stream: _Stream, logger: Logger, docker_name: str | None = None,
+                 checkpoints: tuple[Path, str] | None = None) -> tuple[int, bool]:
+    """(exit status, stopped for MaxRuntime). The process gets its own session, so that signals reach
+    every process it starts (torchrun's workers), and dies with this one (pipeline_tasks/process.py).
+    When this task is stopped (Airflow's SIGTERM, a timeout, Ctrl-C) the job is stopped as SageMaker
+    stops one — SIGTERM, `grace_s` for its checkpoint, SIGKILL — and its `checkpoints` (local folder,
+    URI) are synced afterwards, by a detached reaper since the task has only seconds left."""
     logger.info("running %s", shlex.join(cmd))
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = process.start(cmd, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    logger.info("train started: pid %d (process group %d)", proc.pid, proc.pid)
     pumps = [threading.Thread(target=stream.pump, args=(pipe,), daemon=True) for pipe in (proc.stdout, proc.stderr)]
     for t in pumps:
         t.start()
     timed_out = False
     try:
-        try:
-            proc.wait(timeout=max_runtime_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            logger.warning("MaxRuntimeInSeconds (%.0fs) exceeded: sending SIGTERM to train", max_runtime_s)
-            _stop(proc, grace_s, logger, kill_extra)
-    except BaseException:
-        # The task itself is being stopped (Airflow's SIGTERM, Ctrl-C): never leave training running behind it.
-        _stop(proc, min(grace_s, 30.0), logger, kill_extra)
+        with process.stop_on_sigterm():
+            try:
+                proc.wait(timeout=max_runtime_s)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                logger.warning("MaxRuntimeInSeconds (%.0fs) exceeded: sending SIGTERM to train", max_runtime_s)
+                process.stop(proc, grace_s, logger, "train", docker_name)
+    except BaseException as e:
+        # The task itself is being stopped: never leave training running behind it.
+        logger.warning("the task is stopping (%s): stopping the training job", type(e).__name__)
+        sync_from, sync_to = checkpoints if checkpoints else (None, None)
+        process.stop_detached(proc, grace_s, logger, "train", docker_name=docker_name, sync_from=sync_from,
+                              sync_to=sync_to)
         raise
     finally:
         for t in pumps:
-            t.join(timeout=10)
+            t.join(timeout=10 if proc.poll() is not None else 0.1)
     return proc.returncode, timed_out
 
 
@@ -604,23 +625,16 @@ class _Transitions:
         self.result["SecondaryStatus"] = status
 
 
-def _docker_kill(name: str) -> None:
-    """Killing the docker client does not stop its container; this does."""
-    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        subprocess.run(["docker", "kill", name], capture_output=True, timeout=60)
-
-
 def _train_command(backend: str, name: str, root: Path, image: str | None, gpus: bool
-                   ) -> tuple[list[str], dict[str, str], Callable[[], None] | None]:
-    """(command, environment, extra kill step) that runs the container's ``train`` on `root`."""
+                   ) -> tuple[list[str], dict[str, str], str | None]:
+    """(command, environment, docker container name) that runs the container's ``train`` on `root`."""
     if backend == "docker":
         assert image is not None
         user = f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else None
         env = {"TRAINING_JOB_NAME": name, **({"HOME": "/tmp"} if user else {})}
         with contextlib.suppress(OSError, subprocess.TimeoutExpired):  # a container left by a crashed attempt
             subprocess.run(["docker", "rm", "-f", name], capture_output=True, timeout=60)
-        return docker_train_command(image, root, gpus, name=name, user=user, env=env), dict(os.environ), \
-            partial(_docker_kill, name)
+        return docker_train_command(image, root, gpus, name=name, user=user, env=env), dict(os.environ), name
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "TRAINING_JOB_NAME": name, "SAGEMAKER_BASE_DIR": str(root), "PYTHONPATH": pythonpath,
            "PYTHONUNBUFFERED": "1"}
@@ -705,21 +719,24 @@ def run_training_job(config: dict[str, Any], backend: str = "local", workdir: st
         _write_configs(config, root)
 
         transitions.enter("Training", "Training in progress")
-        cmd, env, kill_extra = _train_command(backend, name, root, image, use_gpus)
+        cmd, env, docker_name = _train_command(backend, name, root, image, use_gpus)
         t0 = time.monotonic()
+        syncer = _CheckpointSync(checkpoint_uri, root / "checkpoints", jlog) if checkpoint_uri else None
         try:
-            code, timed_out = _run_process(cmd, env, root, float(config["StoppingCondition"]["MaxRuntimeInSeconds"]),
-                                           stop_grace_s, stream, jlog, kill_extra)
+            with syncer or contextlib.nullcontext():
+                code, timed_out = _run_process(
+                    cmd, env, root, float(config["StoppingCondition"]["MaxRuntimeInSeconds"]), stop_grace_s,
+                    stream, jlog, docker_name, (root / "checkpoints", checkpoint_uri) if checkpoint_uri else None)
         except BaseException:
             if checkpoint_uri:  # the task is being killed: save what the next try can resume from, if we can
                 with contextlib.suppress(Exception):
-                    _upload_checkpoints(checkpoint_uri, root / "checkpoints", jlog)
+                    sync_checkpoints(checkpoint_uri, root / "checkpoints", jlog)
             raise
         training_seconds = time.monotonic() - t0
         jlog.info("train exited with status %d after %.1fs", code, training_seconds)
         if checkpoint_uri:  # SageMaker syncs checkpoints whatever the outcome, so that the next try resumes
             try:
-                _upload_checkpoints(checkpoint_uri, root / "checkpoints", jlog)
+                sync_checkpoints(checkpoint_uri, root / "checkpoints", jlog)
             except _storage_errors() as e:
                 raise _JobFailed(f'ClientError: cannot sync checkpoints to "{checkpoint_uri}": '
                                  f"{type(e).__name__}: {e}") from e
