@@ -41,7 +41,12 @@ def _on_term(signum, frame):  # Airflow's task runner: call on_kill(), which a @
 signal.signal(signal.SIGTERM, _on_term)
 with open(sys.argv[1]) as f:
     request = json.load(f)
-train_step(request, "local", sys.argv[2], int(sys.argv[3]))
+if len(sys.argv) > 4:  # execution_timeout: the task runner's own timeout context (SIGALRM)
+    from airflow.sdk.execution_time.timeout import timeout
+    with timeout(int(sys.argv[4])):
+        train_step(request, "local", sys.argv[2], int(sys.argv[3]))
+else:
+    train_step(request, "local", sys.argv[2], int(sys.argv[3]))
 """
 
 
@@ -61,14 +66,16 @@ def request(tmp_path: Path, channels: dict[str, str], max_num_batches: int) -> d
     return {**config, JOB_PREFIX_KEY: "stop-test"}
 
 
-def start_task(tmp_path: Path, req: dict, try_number: int = 1) -> tuple[subprocess.Popen, Path]:
+def start_task(tmp_path: Path, req: dict, try_number: int = 1, timeout_s: int | None = None
+               ) -> tuple[subprocess.Popen, Path]:
     (tmp_path / "request.json").write_text(json.dumps(req))
     log = tmp_path / f"task-{try_number}.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT),
            "SEQ2SEQ_LOCAL_JOBS_DIR": str(tmp_path / "jobs"), "SEQ2SEQ_CHECKPOINT_SYNC_S": "1"}
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-c", TASK_RUNNER, str(tmp_path / "request.json"), RUN_ID,
-                                 str(try_number)], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+                                 str(try_number), *([str(timeout_s)] if timeout_s else [])],
+                                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
     return proc, log
 
 
@@ -144,6 +151,16 @@ def test_a_task_killed_outright_takes_its_training_job_with_it(tmp_path, channel
     task.kill()
     task.wait()
     assert wait_until(lambda: gone(pid), 60), f"train (pid {pid}) outlived its killed task"
+
+
+def test_a_task_that_times_out_stops_its_training_job(tmp_path, channels):
+    """execution_timeout: Airflow's timeout raises AirflowTaskTimeout in the task; the job is stopped."""
+    task, log = start_task(tmp_path, request(tmp_path, channels, 1_000_000), timeout_s=8)
+    pid = train_pid_after_first_checkpoint(task, log, tmp_path)
+    assert task.wait(timeout=60) != 0
+    text = log.read_text()
+    assert "AirflowTaskTimeout" in text and "stopping train (pid" in text
+    assert wait_until(lambda: gone(pid), 60), f"train (pid {pid}) outlived its timed-out task"
 
 
 def test_the_reaper_kills_what_ignores_sigterm_and_stops_a_container(tmp_path, monkeypatch):
