@@ -129,7 +129,7 @@ def scan_file(item: tuple[str, str]) -> Scan:
     sentinel_id = ids_of[_SENTINEL]
     blocks: list[tuple[int, int]] = []
     counts = np.zeros(0, np.int64)
-    with open_binary(path) as f, open(scratch + ".ids", "wb") as fi, open(scratch + ".lens", "wb") as fl:
+    with open_binary(path, text) as f, open(scratch + ".ids", "wb") as fi, open(scratch + ".lens", "wb") as fl:
         for raw in iter_raw_blocks(f, BLOCK_LINES):
             block = _utf8_block(raw, text)
             if _SENTINEL not in block:

@@ -86,7 +86,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 def _file_identity(stats: TextStats) -> dict[str, Any]:
     return {"path": stats.path, "sha256": sha256_file(stats.path), "lines": stats.lines,
-            "replaced_chars": stats.replaced_chars}
+            "replaced_chars": stats.replaced_chars, "bom_stripped": stats.bom_stripped}
 
 
 def model_identity(model_dir: Path, model_uri: str | None) -> dict[str, Any]:

@@ -83,7 +83,7 @@ def _candidates(source: str, target: str, cfg: SubsetConfig, stats: SubsetStats,
     holds, the remaining lines are only counted, not decoded.
     """
     progress = Progress(log, "subset", "lines")
-    for line_no, bs, bt in iter_pair_blocks(source, target):
+    for line_no, bs, bt in iter_pair_blocks(source, target, source_stats=src_text, target_stats=trg_text):
         if enough():
             stats.lines_read += len(bs)
             progress.update(len(bs))

@@ -6,6 +6,10 @@ ending in .gz (or starting with the gzip magic) are decompressed on the fly, str
 once they expand more than 200x (pipeline_tasks/inflate.py): streaming keeps memory flat, but a
 bomb's endless "line" would still be read into memory whole, and a bomb of short lines would make
 every step downstream write gigabytes. `WMT_PIPELINE_MAX_EXPANSION_RATIO` raises the limit (0: none).
+
+A UTF-8 byte-order mark at the start of a file (Windows editors write one) is not text: it would
+become part of the first token ("\ufeffResumption", an unknown word). open_binary drops it, below
+any decompression, so every reader of every step gets the same bytes; it is counted per file.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ log = logging.getLogger(__name__)
 RATIO_ENV = "WMT_PIPELINE_MAX_EXPANSION_RATIO"
 _READ_BUFFER = 1 << 20
 
+UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 REPLACEMENT_CHAR = "\ufffd"
 _REPLACEMENT_BYTES = REPLACEMENT_CHAR.encode("utf-8")
 BLOCK_LINES = 20_000
@@ -47,12 +53,14 @@ class EmptyInputError(ValueError):
 
 @dataclass
 class TextStats:
-    """What reading one file found: line count and invalid UTF-8 replaced (with the first line numbers)."""
+    """What reading one file found: line count, invalid UTF-8 replaced (with the first line numbers), and
+    whether a leading byte-order mark was removed."""
 
     path: str
     lines: int = 0
     replaced_chars: int = 0
     bad_lines: list[int] = field(default_factory=list)
+    bom_stripped: bool = False
 
     def add_replacements(self, line_no: int, n: int) -> None:
         self.replaced_chars += n
@@ -62,17 +70,21 @@ class TextStats:
     def merge(self, other: TextStats) -> None:
         self.lines += other.lines
         self.replaced_chars += other.replaced_chars
+        self.bom_stripped |= other.bom_stripped
         room = MAX_REPORTED_BAD_LINES - len(self.bad_lines)
         self.bad_lines.extend(other.bad_lines[:max(room, 0)])
 
     def warn_if_replaced(self) -> None:
+        """Log what was changed in the text read: a removed byte-order mark, replaced invalid UTF-8."""
+        if self.bom_stripped:
+            log.info("%s: UTF-8 byte-order mark at the start removed (it is not text)", self.path)
         if self.replaced_chars:
             log.warning("%s: %d invalid UTF-8 sequence(s) replaced by U+FFFD (first at line(s) %s)",
                         self.path, self.replaced_chars, ", ".join(map(str, self.bad_lines)))
 
     def as_dict(self) -> dict:
         return {"path": self.path, "lines": self.lines, "replaced_chars": self.replaced_chars,
-                "bad_lines": list(self.bad_lines)}
+                "bad_lines": list(self.bad_lines), "bom_stripped": self.bom_stripped}
 
 
 def max_expansion_ratio() -> float | None:
@@ -89,16 +101,29 @@ def max_expansion_ratio() -> float | None:
     return value or None
 
 
-def open_binary(path: str | os.PathLike[str]) -> BinaryIO:
+def open_binary(path: str | os.PathLike[str], stats: TextStats | None = None) -> BinaryIO:
     """Open for binary reading, transparently gunzipping gzip files (detected by magic bytes), with the
-    expansion-ratio limit (DecompressionLimitError naming the file once it is passed)."""
+    expansion-ratio limit (DecompressionLimitError naming the file once it is passed), and without a
+    leading UTF-8 byte-order mark (recorded in `stats`). UTF-16 text is refused: as UTF-8 it would be
+    every other byte NUL, silently replaced."""
     p = os.fspath(path)
     stream, compressed = open_limited(p, max_ratio=max_expansion_ratio(), formats="gzip",
                                       how_to_raise=f"; if the file is genuine, raise the limit with the environment "
                                                    f"variable {RATIO_ENV}=N (0: no limit)")
-    if compressed:
-        return io.BufferedReader(stream, _READ_BUFFER)  # type: ignore[arg-type, return-value]
-    return stream
+    f: io.BufferedReader = io.BufferedReader(stream, _READ_BUFFER) if compressed else stream  # type: ignore
+    try:
+        head = f.peek(3)[:3]
+        if head == UTF8_BOM:
+            f.read(3)
+            if stats is not None:
+                stats.bom_stripped = True
+        elif head[:2] in _UTF16_BOMS:
+            raise ValueError(f"{p}: starts with a UTF-16 byte-order mark; the text must be UTF-8 (convert it, "
+                             f"e.g. iconv -f UTF-16 -t UTF-8)")
+    except BaseException:
+        f.close()
+        raise
+    return f  # type: ignore[return-value]
 
 
 def _strip_eol(line: str) -> str:
@@ -150,7 +175,7 @@ def iter_lines(path: str | os.PathLike[str], stats: TextStats | None = None,
                block_lines: int = BLOCK_LINES) -> Iterator[str]:
     """Decoded lines of a file, streaming."""
     stats = stats if stats is not None else TextStats(os.fspath(path))
-    with open_binary(path) as f:
+    with open_binary(path, stats) as f:
         for block in iter_raw_blocks(f, block_lines):
             yield from decode_lines(block, stats.lines + 1, stats)
 
@@ -169,14 +194,15 @@ def count_lines(f: BinaryIO) -> int:
 
 
 def iter_pair_blocks(source: str | os.PathLike[str], target: str | os.PathLike[str],
-                     block_lines: int = BLOCK_LINES) -> Iterator[tuple[int, list[bytes], list[bytes]]]:
+                     block_lines: int = BLOCK_LINES, source_stats: TextStats | None = None,
+                     target_stats: TextStats | None = None) -> Iterator[tuple[int, list[bytes], list[bytes]]]:
     """Aligned blocks of raw lines: (number of the block's first line, source lines, target lines).
 
     Raises MisalignedError naming both files and both full line counts as soon as one side runs out
-    before the other.
+    before the other. A removed byte-order mark is recorded in the side's stats.
     """
     src_path, tgt_path = os.fspath(source), os.fspath(target)
-    with open_binary(src_path) as fs, open_binary(tgt_path) as ft:
+    with open_binary(src_path, source_stats) as fs, open_binary(tgt_path, target_stats) as ft:
         line_no = 1
         while True:
             bs = list(islice(fs, block_lines))

@@ -43,7 +43,7 @@ def _pretokenize_file(src: str, dst: Path, lang: str, cfg: TokenizerConfig, work
     stats = TextStats(src)
     use = workers if cfg.mode == "moses" and os.path.getsize(src) >= _PARALLEL_MIN_BYTES else 1
     progress = Progress(log, f"tokenize {Path(src).name}", "lines")
-    with open_binary(src) as f, open(dst, "w", encoding="utf-8") as out, WorkerPool(use) as pool:
+    with open_binary(src, stats) as f, open(dst, "w", encoding="utf-8") as out, WorkerPool(use) as pool:
         def blocks():
             line_no = 1
             for block in iter_raw_blocks(f, BLOCK_LINES if use > 1 else 4096):

@@ -287,6 +287,19 @@ def test_rerun_without_report_leaves_no_report_of_the_earlier_model(copy_model, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "src.txt"]
 
 
+def test_bom_at_the_start_of_source_and_reference_is_not_text(copy_model, tmp_path):
+    lines = copy_lines(8, seed=5)
+    src, ref = tmp_path / "src.txt", tmp_path / "ref.txt"
+    for p in (src, ref):
+        p.write_bytes("\ufeff".encode() + ("\n".join(lines) + "\n").encode())
+    out = tmp_path / "out"
+    m = evaluate(copy_model, src, ref, out, EvaluateConfig(report=False))
+    assert read_lines(out / "hypotheses.txt") == lines        # the first sentence's first token is not <unk>
+    assert read_lines(out / "reference.txt") == lines         # the reference as scored: no BOM
+    assert m["metrics"]["test:bleu"] == pytest.approx(100.0)
+    assert m["data"]["source"]["bom_stripped"] is True and m["data"]["reference"]["bom_stripped"] is True
+
+
 # --- the command line -------------------------------------------------------------------------------------
 
 def test_cli_evaluate_writes_the_files_and_prints_the_summary(wmt_model, newstest, tmp_path, capsys):

@@ -218,3 +218,17 @@ def test_output_folder_holding_the_input_is_refused_before_any_work(small_corpus
     with pytest.raises(ValueError, match=rf"{corpus}.*holds the input"):
         _ours(small_corpus, corpus)
     assert sorted(p.name for p in corpus.iterdir()) == ["train.de", "train.en", "val.de", "val.en"]
+
+
+def test_bom_is_not_part_of_the_first_token(small_corpus, tmp_path):
+    c = dict(small_corpus)
+    c["train.en"] = tmp_path / "bom.en"
+    c["train.en"].write_bytes("\ufeff".encode() + small_corpus["train.en"].read_bytes())
+    report = _ours(c, tmp_path / "o")
+    first = small_corpus["train.en"].read_text("utf-8").split()[0]
+    v = vocab.load(tmp_path / "o/vocab/vocab.src.json")
+    assert first in v and "\ufeff" + first not in v and not any(t.startswith("\ufeff") for t in v)
+    inv = vocab.reverse(v)
+    assert inv[_pairs(tmp_path / "o/train/train.rec")[0][0][0]] == first
+    assert report["train"]["source_text"]["bom_stripped"] is True
+    assert report["validation"]["source_text"]["bom_stripped"] is False

@@ -153,3 +153,16 @@ def test_a_failing_publish_restores_both_earlier_outputs(sample_dir, tmp_path, m
     monkeypatch.undo()
     assert (out_en.read_bytes(), out_de.read_bytes()) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.de", "o.en"]
+
+
+def test_bom_is_not_part_of_the_first_word_and_is_reported(sample_dir, tmp_path, caplog):
+    en = sample_dir / "train.en"
+    (tmp_path / "bom.en").write_bytes("\ufeff".encode() + en.read_bytes())
+    with caplog.at_level("INFO"):
+        r = subset(str(tmp_path / "bom.en"), str(sample_dir / "train.de"), tmp_path / "o.en", tmp_path / "o.de",
+                   SubsetConfig(size=3))
+    first = _lines(en)[0]
+    assert _lines(tmp_path / "o.en")[0] == first and not first.startswith("\ufeff")
+    assert (tmp_path / "o.en").read_bytes().startswith(first.split()[0].encode())
+    assert r["source_text"]["bom_stripped"] is True and r["target_text"]["bom_stripped"] is False
+    assert any("bom.en" in m and "byte-order mark" in m for m in caplog.messages)

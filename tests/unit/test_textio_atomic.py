@@ -209,3 +209,46 @@ def test_truncated_gzip_input_names_the_file(tmp_path, sample_dir):
     p.write_bytes(gzip.compress((sample_dir / "val.en").read_bytes())[:-50])
     with pytest.raises(ValueError, match=rf"{p}: .*truncated"):
         list(iter_lines(p))
+
+
+# --- a UTF-8 byte-order mark at the start of a file is not text -------------------------------------------
+
+BOM = "\ufeff".encode()
+
+
+def test_bom_at_the_start_is_stripped_and_counted_also_gzipped(tmp_path, sample_dir, caplog):
+    lines = (sample_dir / "val.en").read_text("utf-8").splitlines()[:3]
+    body = ("\n".join(lines) + "\n").encode()
+    for name, data in (("plain.en", BOM + body), ("gz.en.gz", gzip.compress(BOM + body))):
+        p = tmp_path / name
+        p.write_bytes(data)
+        stats = TextStats(str(p))
+        with caplog.at_level("INFO"):
+            got = list(iter_lines(p, stats))
+            stats.warn_if_replaced()
+        assert got == lines and got[0].split()[0] == lines[0].split()[0] != "\ufeff" + lines[0].split()[0]
+        assert stats.bom_stripped and stats.as_dict()["bom_stripped"] is True and stats.lines == 3
+        assert any(str(p) in r.getMessage() and "byte-order mark" in r.getMessage() for r in caplog.records)
+
+
+def test_only_a_leading_bom_is_stripped(tmp_path):
+    p = tmp_path / "x"
+    p.write_bytes(b"a b\n" + BOM + b"c\n")
+    stats = TextStats(str(p))
+    assert list(iter_lines(p, stats)) == ["a b", "\ufeffc"] and not stats.bom_stripped
+
+
+def test_utf16_input_is_refused_naming_the_file(tmp_path):
+    p = tmp_path / "train.de"
+    p.write_bytes("Wiederaufnahme der Sitzungsperiode\n".encode("utf-16"))
+    with pytest.raises(ValueError, match=rf"{p}: .*UTF-16.*UTF-8"):
+        list(iter_lines(p))
+
+
+def test_pair_blocks_strip_each_sides_bom(tmp_path):
+    (tmp_path / "a").write_bytes(BOM + b"Resumption of the session\n")
+    (tmp_path / "b").write_bytes(BOM + b"Wiederaufnahme der Sitzungsperiode\n")
+    sa, sb = TextStats("a"), TextStats("b")
+    [(_, raw_a, raw_b)] = list(iter_pair_blocks(tmp_path / "a", tmp_path / "b", source_stats=sa, target_stats=sb))
+    assert raw_a == [b"Resumption of the session\n"] and raw_b == [b"Wiederaufnahme der Sitzungsperiode\n"]
+    assert sa.bom_stripped and sb.bom_stripped

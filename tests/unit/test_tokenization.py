@@ -121,3 +121,15 @@ def test_output_that_is_a_file_fails_before_tokenizing(raw_corpus, tmp_path, mon
     with pytest.raises(NotADirectoryError, match=rf"{out}.*is a file"):
         tokenize_corpus(raw_corpus, out, TokenizerConfig())
     assert out.read_text() == "not a folder\n"
+
+
+def test_bom_is_not_part_of_the_first_token(raw_corpus, tmp_path):
+    src, trg = raw_corpus["train"]
+    bom_src = tmp_path / "bom.en"
+    bom_src.write_bytes("\ufeff".encode() + Path(src).read_bytes())
+    rep = tokenize_corpus({"train": (str(bom_src), trg)}, tmp_path / "o", TokenizerConfig(mode="moses"))
+    first_raw = Path(src).read_text("utf-8").splitlines()[0]
+    first_tok = (tmp_path / "o/train.en").read_text("utf-8").splitlines()[0].split()[0]
+    assert first_tok == first_raw.split()[0] and "\ufeff" not in first_tok
+    assert rep["splits"]["train"]["en"]["bom_stripped"] is True
+    assert rep["splits"]["train"]["de"]["bom_stripped"] is False
