@@ -254,22 +254,45 @@ def _write_lines(path: Path, lines: Sequence[str]) -> None:
             f.write(line + "\n")
 
 
-def _recompute_commands(out: Path) -> dict[str, str]:
+def _recompute_commands(folder: Path | None) -> dict[str, str]:
+    """The commands that recompute the scores; `folder` None: relative names, to run in the published
+    folder (an s3:// location, which sacrebleu cannot read)."""
     q = shlex.quote
+
+    def f(name: str) -> str:
+        return q(str(folder / name)) if folder is not None else q(name)
+
     return {
-        "recompute": f"sacrebleu {q(str(out / REFERENCE_FILE))} -i {q(str(out / HYPOTHESES_FILE))} -m bleu chrf -w 4",
-        "recompute_tokenized": f"sacrebleu {q(str(out / REFERENCE_TOK_FILE))} -i {q(str(out / HYPOTHESES_TOK_FILE))} "
+        "recompute": f"sacrebleu {f(REFERENCE_FILE)} -i {f(HYPOTHESES_FILE)} -m bleu chrf -w 4",
+        "recompute_tokenized": f"sacrebleu {f(REFERENCE_TOK_FILE)} -i {f(HYPOTHESES_TOK_FILE)} "
                                f"-m bleu -tok none --force -w 4",
     }
 
 
+def _published_folder(out: Path, output_uri: str | None) -> Path | None:
+    if output_uri is None:
+        return out
+    from pipeline_tasks import storage
+
+    loc = storage.parse(output_uri)
+    return loc if isinstance(loc, Path) else None
+
+
+def _fmt(value: float | None) -> str:
+    """Figures for people: 2 decimals (metrics.json keeps full precision)."""
+    return "n/a" if value is None else f"{value:.2f}"
+
+
 def evaluate(model_dir: str | os.PathLike[str], source: str | os.PathLike[str], reference: str | os.PathLike[str],
              output: str | os.PathLike[str], cfg: EvaluateConfig | None = None,
-             model_uri: str | None = None, device: str | None = None) -> dict[str, Any]:
+             model_uri: str | None = None, device: str | None = None,
+             output_uri: str | None = None) -> dict[str, Any]:
     """Translate `source`, score against `reference`, write the evaluation folder `output`; returns metrics.json.
 
     `model_uri` is what the user named (an S3 URI or model.tar.gz that was unpacked into `model_dir`),
-    recorded as the model's identity. `device`: a torch device name (default: cuda when available)."""
+    recorded as the model's identity. `device`: a torch device name (default: cuda when available).
+    `output_uri`: where `output` is published afterwards (the pipeline writes a temporary folder and
+    uploads it), so that the log and the recompute commands name the place people will look."""
     import torch
 
     from model import metrics as model_metrics
@@ -321,7 +344,7 @@ def evaluate(model_dir: str | os.PathLike[str], source: str | os.PathLike[str], 
         "decoding": {"beam_size": translator.beam_size, "batch_size": cfg.batch_size,
                      "max_output_length": translator.max_output_length, "text_format": translator.text_format,
                      "device": str(translator.device), "torch": torch.__version__},
-        **_recompute_commands(out),
+        **_recompute_commands(_published_folder(out, output_uri)),
     }
     with staged_dir(out, [source, reference, model_path]) as stage:
         _write_lines(stage / HYPOTHESES_FILE, translated.hypotheses)
@@ -342,8 +365,10 @@ def evaluate(model_dir: str | os.PathLike[str], source: str | os.PathLike[str], 
         with open(stage / METRICS_FILE, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2, ensure_ascii=False, allow_nan=False)
             f.write("\n")
-    log.info("%s; chrF %.2f; tokenized BLEU %.2f; test perplexity %s -> %s", scores["bleu"]["string"],
-             scores["chrf"]["score"], tok_bleu, result["metrics"]["test:perplexity"], out)
+    log.info("evaluate: BLEU %s, chrF %s, tokenized BLEU %s, test perplexity %s on %d sentences (sacreBLEU %s) -> %s",
+             _fmt(scores["bleu"]["score"]), _fmt(scores["chrf"]["score"]), _fmt(tok_bleu),
+             _fmt(result["metrics"]["test:perplexity"]), len(sources), scores["bleu"]["signature"],
+             output_uri or out)
     return result
 
 

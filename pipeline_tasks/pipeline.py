@@ -170,7 +170,7 @@ def evaluate_step(layout: RunLayout, corpus: CorpusConfig, model_uri: str, cfg: 
                 src = storage.get_file(storage.join(sub, f"test.{corpus.source_lang}"), work / "test.src")
                 ref = storage.get_file(storage.join(sub, f"test.{corpus.target_lang}"), work / "test.ref")
             model_dir = resolve_model(model_uri, work / "model")
-            evaluate(model_dir, src, ref, work / "eval", cfg, model_uri=model_uri)
+            evaluate(model_dir, src, ref, work / "eval", cfg, model_uri=model_uri, output_uri=out)
             put_tree(work / "eval", out)
     metrics = _read_json(storage.join(out, "metrics.json"))
     return {"eval": out, "report": storage.join(out, "report", "index.html"), "metrics": metrics["metrics"],

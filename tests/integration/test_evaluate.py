@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 import struct
 import subprocess
@@ -298,6 +299,50 @@ def test_bom_at_the_start_of_source_and_reference_is_not_text(copy_model, tmp_pa
     assert read_lines(out / "reference.txt") == lines         # the reference as scored: no BOM
     assert m["metrics"]["test:bleu"] == pytest.approx(100.0)
     assert m["data"]["source"]["bom_stripped"] is True and m["data"]["reference"]["bom_stripped"] is True
+
+
+def _final_log_line(caplog) -> str:
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "pipeline_tasks.evaluate" and "perplexity" in r.getMessage()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_log_names_the_final_uri_with_rounded_figures(copy_model, tmp_path, caplog):
+    lines = copy_lines(10, seed=3)
+    src = tmp_path / "src.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    work = tmp_path / "wmt-eval-tmp" / "eval"
+    final = "s3://bucket/wmt_seq2seq/run1/eval"
+    with caplog.at_level("INFO", logger="pipeline_tasks.evaluate"):
+        m = evaluate(copy_model, src, src, work, EvaluateConfig(report=False), output_uri=final)
+    line = _final_log_line(caplog)
+    assert line.endswith(f"-> {final}") and str(work) not in line and "wmt-eval-tmp" not in line
+    ppl = m["metrics"]["test:perplexity"]
+    assert f"test perplexity {ppl:.2f}" in line and f"{ppl:.2f}" != repr(ppl)
+    assert "BLEU 100.00" in line and "chrF 100.00" in line
+    figures = re.findall(r"\d+\.\d+", line.split("(sacreBLEU")[0])
+    assert len(figures) == 4 and all(len(x.split(".")[1]) == 2 for x in figures)
+    # metrics.json cannot name the temporary folder either: the commands run in the published folder
+    assert m["recompute"].startswith("sacrebleu reference.txt -i hypotheses.txt") and str(work) not in m["recompute"]
+
+
+def test_evaluate_step_logs_where_it_published(copy_model, tmp_path, caplog):
+    from pipeline_tasks.pipeline import CorpusConfig, evaluate_step
+    from pipeline_tasks.runs import RunLayout
+
+    lines = copy_lines(6, seed=4)
+    src = tmp_path / "test.src"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    layout = RunLayout(str(tmp_path / "root"), "wmt_seq2seq", "manual__1")
+    with caplog.at_level("INFO", logger="pipeline_tasks.evaluate"):
+        result = evaluate_step(layout, CorpusConfig("wmt-toy-ende-sample"), str(copy_model),
+                               EvaluateConfig(report=False), test_source=str(src), test_reference=str(src))
+    line = _final_log_line(caplog)
+    assert result["eval"] == layout.uri("eval") and line.endswith(f"-> {layout.uri('eval')}")
+    assert "wmt-eval-" not in line
+    metrics = json.loads((Path(layout.uri("eval")) / "metrics.json").read_text(encoding="utf-8"))
+    assert shlex.split(metrics["recompute"])[1] == str(Path(layout.uri("eval")) / "reference.txt")
 
 
 # --- the command line -------------------------------------------------------------------------------------
