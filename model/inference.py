@@ -23,8 +23,9 @@ import io
 import json
 import logging
 import os
+import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,9 @@ UNKNOWN_POLICIES = ("unk", "reject")
 ERROR_POLICIES = ("fail", "record")
 
 ENV_PREFIX = "SEQ2SEQ_"
+# Where a JSON text nests deeper than this, a refusal points (json itself only raises RecursionError, some
+# 1,000 levels down, without saying where); our requests nest 4 levels deep.
+JSON_DEPTH_REPORTED = 100
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,8 @@ class Translator:
         """A text item (raw or tokens, per the config) as model ids; raises InputError."""
         if not isinstance(text, str):
             raise InputError(f"expected a string, got {type(text).__name__}")
+        if not text.isascii():
+            _check_unicode(text)
         if not text.strip():
             raise InputError("empty source")
         tokens_text = self.tokenizer.encode(text, "source") if self.text_format == "raw" else text
@@ -199,7 +205,7 @@ class Translator:
             raise InputError("source has no tokens after tokenization")
         unknown = [t for t in tokens if t not in self._source_vocab]
         if unknown and self.config.unknown_tokens == "reject":
-            shown = ", ".join(repr(t) for t in unknown[:5]) + (", …" if len(unknown) > 5 else "")
+            shown = ", ".join(_short_repr(t) for t in unknown[:5]) + (", …" if len(unknown) > 5 else "")
             raise InputError(f"{len(unknown)} token(s) not in the source vocabulary: {shown}")
         ids = [self._source_vocab.get(t, UNK_ID) for t in tokens]
         return self._truncate(ids, tokens)
@@ -223,8 +229,10 @@ class Translator:
 
     # --- decoding ------------------------------------------------------------------------------------
 
-    def translate(self, sources: Sequence[Source], attention: bool | Sequence[bool] = False) -> list[Output]:
-        """Translations of `sources`, in their order, decoded in length-sorted batches."""
+    def translate(self, sources: Sequence[Source], attention: bool | Sequence[bool] = False,
+                  on_batch: Callable[[int], None] | None = None) -> list[Output]:
+        """Translations of `sources`, in their order, decoded in length-sorted batches. `on_batch` is told
+        how many sources each finished batch held, so a caller can report progress inside a long call."""
         wants = [attention] * len(sources) if isinstance(attention, bool) else list(attention)
         order = sorted(range(len(sources)), key=lambda i: len(sources[i].ids), reverse=True)
         results: list[Output | None] = [None] * len(sources)
@@ -236,6 +244,8 @@ class Translator:
                 translations = self._decode(batch, any(wants[i] for i in chunk))
                 for i, src, tr in zip(chunk, batch, translations):
                     results[i] = self._output(src, tr, wants[i])
+                if on_batch is not None:
+                    on_batch(len(chunk))
         return results  # type: ignore[return-value]
 
     def _decode(self, batch: list[Source], attention: bool) -> list[Translation]:
@@ -281,6 +291,65 @@ def _autocast(device: torch.device, precision: str):
     return autocast_context(device, precision)
 
 
+# --- input checks shared by the content types ------------------------------------------------------------
+
+def _check_unicode(text: str) -> None:
+    """Refuse a lone surrogate: JSON's ``"\\ud800"`` escape decodes to one, but it is not a character, so
+    it cannot be tokenized (SentencePiece raises) nor written back as UTF-8. The client's mistake: a 4xx
+    naming its item, not a 500."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(f"not valid Unicode: a lone surrogate U+{ord(text[e.start]):04X} at character {e.start} "
+                         f"(a \\u{ord(text[e.start]):04x} escape without its pair)") from None
+
+
+def _short_repr(value: str, limit: int = 40) -> str:
+    """A client's string quoted in a message: escaped (so a surrogate or control character cannot break the
+    answer) and cut, so that a huge item does not come back in full."""
+    return repr(value if len(value) <= limit else value[:limit] + "…")
+
+
+_JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+
+
+def _deep_position(text: str, depth: int = JSON_DEPTH_REPORTED) -> int | None:
+    """Where `text` first opens its (depth+1)-th nested array or object; strings are skipped whole. Only
+    called after json has given up, so the scan costs nothing on good requests."""
+    level = 0
+    for m in _JSON_TOKENS.finditer(text):
+        c = m.group()
+        if c in "[{":
+            level += 1
+            if level > depth:
+                return m.start()
+        elif c in "]}":
+            level -= 1
+    return None
+
+
+def load_json(text: str) -> Any:
+    """``json.loads`` whose every failure on bad input is an InputError saying what and where: invalid
+    JSON, nesting too deep for the decoder (json raises RecursionError, a 500 if it escapes), integers
+    too long to convert (Python's 4,300-digit limit raises a plain ValueError)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON: {e}") from None
+    except RecursionError:
+        where = _deep_position(text)
+        at = f": over {JSON_DEPTH_REPORTED} levels at character {where}" if where is not None else ""
+        raise InputError(f"JSON nested too deeply to decode (arrays/objects{at})") from None
+    except ValueError as e:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
+        raise InputError(f"JSON that cannot be decoded: {e}") from None
+
+
+def encode_jsonlines(objects: Sequence[Mapping[str, Any]]) -> bytes:
+    """One JSON object per line, UTF-8. ``backslashreplace`` is a guard: outputs and messages never carry a
+    lone surrogate, but if one did, the line would still be written (escaped) instead of failing the batch."""
+    return "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objects).encode("utf-8", "backslashreplace")
+
+
 # --- the content types ---------------------------------------------------------------------------------
 
 def media_type(header: str | None) -> str:
@@ -304,13 +373,18 @@ def _flag(value: object) -> bool:
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    raise InputError(f"attention_matrix must be true or false, got {value!r}")
+    # not repr(value): a nested list would be echoed in full, and a deep one would raise RecursionError
+    shown = _short_repr(value) if isinstance(value, str) else type(value).__name__
+    raise InputError(f"attention_matrix must be true or false, got {shown}")
 
 
-def _translate_items(translator: Translator, items: list[Source | InputError],
-                     attention: list[bool]) -> list[Output | InputError]:
+def _translate_items(translator: Translator, items: list[Source | InputError], attention: list[bool],
+                     on_batch: Callable[[int], None] | None = None) -> list[Output | InputError]:
     good = [i for i, item in enumerate(items) if isinstance(item, Source)]
-    outputs = translator.translate([items[i] for i in good], [attention[i] for i in good])  # type: ignore[misc]
+    if on_batch is not None and len(good) < len(items):
+        on_batch(len(items) - len(good))  # the bad items are done already
+    outputs = translator.translate([items[i] for i in good], [attention[i] for i in good],  # type: ignore[misc]
+                                   on_batch=on_batch)
     result: list[Output | InputError] = list(items)  # type: ignore[arg-type]
     for i, out in zip(good, outputs):
         result[i] = out
@@ -327,11 +401,11 @@ def invoke_json(translator: Translator, body: bytes) -> bytes:
     """``{"instances": [{"data": …, "configuration": {"attention_matrix": "true"}}]}`` ->
     ``{"predictions": [{"target": …, "matrix": …}]}``."""
     try:
-        request = json.loads(body.decode("utf-8"))
+        request = load_json(body.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise RequestError(400, f"request body is not UTF-8: byte {e.start}") from None
-    except json.JSONDecodeError as e:
-        raise RequestError(400, f"request body is not valid JSON: {e}") from None
+    except InputError as e:
+        raise RequestError(400, f"request body is {e}") from None
     if not isinstance(request, dict) or not isinstance(request.get("instances"), list):
         raise RequestError(400, 'expected a JSON object {"instances": [{"data": "…"}, …]}')
     items: list[Source | InputError] = []
@@ -362,7 +436,7 @@ def invoke_json(translator: Translator, body: bytes) -> bytes:
             prediction["source_tokens"] = out.source_tokens
             prediction["target_tokens"] = out.target_tokens
         predictions.append(prediction)
-    return json.dumps({"predictions": predictions}, ensure_ascii=False).encode("utf-8")
+    return json.dumps({"predictions": predictions}, ensure_ascii=False).encode("utf-8", "backslashreplace")
 
 
 def parse_jsonline(line: bytes | str, translator: Translator) -> Source:
@@ -373,20 +447,18 @@ def parse_jsonline(line: bytes | str, translator: Translator) -> Source:
         raise InputError(f"not UTF-8 (byte {e.start})") from None
     if not text.strip():
         raise InputError('empty line (expected {"source": "…"})')
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"not valid JSON: {e}") from None
+    obj = load_json(text)
     if not isinstance(obj, dict) or "source" not in obj:
         raise InputError('expected an object with "source"')
     return translator.source_from_text(obj["source"])
 
 
 def translate_jsonlines(translator: Translator, lines: Sequence[bytes | str], first_line: int = 1,
-                        name: str = "line") -> list[dict[str, Any]]:
+                        name: str = "line", on_batch: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
     """One output object per input line, in order. ``first_line`` numbers the lines in messages (a
     batch transform passes its position in the file); with ``on_error=fail`` the first bad line raises
-    RequestError(400) naming it, with ``record`` its output is ``{"error": …}``."""
+    RequestError(400) naming it, with ``record`` its output is ``{"error": …}``. `on_batch` counts
+    lines as they are done (bad ones at once, good ones per decoded batch), for progress reports."""
     items: list[Source | InputError] = []
     for line in lines:
         try:
@@ -396,7 +468,7 @@ def translate_jsonlines(translator: Translator, lines: Sequence[bytes | str], fi
     if translator.config.on_error == "fail":
         _fail_first(items, lambda i: f"{name} {first_line + i}")
     return [{"error": str(o)} if isinstance(o, InputError) else {"target": o.target}
-            for o in _translate_items(translator, items, [False] * len(items))]
+            for o in _translate_items(translator, items, [False] * len(items), on_batch)]
 
 
 def split_lines(body: bytes) -> list[bytes]:
@@ -413,8 +485,7 @@ def invoke_jsonlines(translator: Translator, body: bytes) -> bytes:
     lines = split_lines(body)
     if not lines:
         raise RequestError(400, "empty request: expected one {\"source\": \"…\"} per line")
-    out = translate_jsonlines(translator, lines)
-    return "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in out).encode("utf-8")
+    return encode_jsonlines(translate_jsonlines(translator, lines))
 
 
 def invoke_recordio(translator: Translator, body: bytes) -> bytes:

@@ -215,10 +215,46 @@ def test_on_error_record_keeps_every_slot(copy_model):
     (b"not recordio at all", RECORDIO, 400, "request body"),
     (b"a b c", "text/plain", 415, "'text/plain' is not supported"),
     (b"a b c", None, 415, "(none)"),
+    # valid UTF-8 and valid JSON syntax, yet the client's mistake: a lone surrogate, nesting too deep to
+    # decode (json's RecursionError), an integer over Python's 4,300 digits (a plain ValueError)
+    (b'{"source": "a b"}\n{"source": "a \\udc00 b"}\n', JSONLINES, 400,
+     "line 2: not valid Unicode: a lone surrogate U+DC00 at character 2"),
+    (b'{"instances": [{"data": "a b"}, {"data": "\\ud800"}]}', JSON, 400,
+     "instances[1]: not valid Unicode: a lone surrogate U+D800 at character 0"),
+    (b"[" * 100_000 + b"]" * 100_000, JSON, 400,
+     "request body is JSON nested too deeply to decode (arrays/objects: over 100 levels at character 100)"),
+    (b'{"source": "a"}\n{"source": "a", "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}\n", JSONLINES, 400,
+     "line 2: JSON nested too deeply to decode (arrays/objects: over 100 levels at character 120)"),
+    (b'{"instances": [{"data": ' + b"9" * 4500 + b"}]}", JSON, 400, "request body is JSON that cannot be decoded"),
+    (b'{"source": ' + b"9" * 4500 + b"}\n", JSONLINES, 400, "line 1: JSON that cannot be decoded: Exceeds the limit"),
 ])
 def test_bad_requests(translator, body, content_type, status, expected):
     e = refused(translator, body, content_type)
     assert e.status == status and expected in str(e), str(e)
+
+
+def test_lone_surrogates_and_deep_nesting_are_bad_items_in_record_mode(copy_model):
+    lenient = with_config(copy_model, on_error="record")
+    body = (b'{"source": "a b c"}\n{"source": "d \\ud800"}\n' + b"[" * 20_000 + b"]" * 20_000 + b"\n"
+            b'{"source": "\\ud83d\\ude00"}\n{"source": "e f g"}\n')
+    out = parse_jsonlines(invoke(lenient, body, JSONLINES)[0])
+    assert len(out) == 5 and out[0] == {"target": "a b c"} and out[4] == {"target": "e f g"}
+    assert set(out[1]) == {"error"} and "U+D800" in out[1]["error"]
+    assert set(out[2]) == {"error"} and "nested too deeply" in out[2]["error"]
+    assert "target" in out[3]  # a surrogate *pair* is a real character (U+1F600): an unknown token, not an error
+    request = {"instances": [{"data": "a b c"}, {"data": "\udfff x"}]}
+    predictions = json.loads(invoke(lenient, json.dumps(request).encode(), JSON)[0])["predictions"]
+    assert predictions[0] == {"target": "a b c"} and "U+DFFF" in predictions[1]["error"]
+
+
+def test_messages_do_not_echo_huge_or_deep_values(copy_model, translator):
+    deep = "[" * 500 + "]" * 500  # decodes (under the recursion limit), but must not come back repr'd
+    body = ('{"instances": [{"data": "a b", "configuration": {"attention_matrix": ' + deep + "}}]}").encode()
+    e = refused(translator, body, JSON)
+    assert e.status == 400 and str(e) == "instances[0]: attention_matrix must be true or false, got list"
+    strict = with_config(copy_model, unknown_tokens="reject")
+    e = refused(strict, jsonlines(["a " + "z" * 100_000]), JSONLINES)
+    assert e.status == 400 and "'" + "z" * 40 + "…'" in str(e) and len(str(e)) < 200
 
 
 def test_recordio_ids_the_model_does_not_have(translator):
