@@ -1,8 +1,9 @@
-"""`container/serve` as SageMaker runs it, but as a plain process under $SAGEMAKER_BASE_DIR: real gunicorn,
-real HTTP on 127.0.0.1, the copy model (which echoes its input, so every answer can be checked against its
-request). One server serves the module; failing starts and the `entrypoint.sh serve` path start their own.
-Plus the serving helpers (settings from the environment, GPU pinning) and the app's 500 path, without a
-server."""
+"""`container/serve` as SageMaker runs it, but as a plain process under $SAGEMAKER_BASE_DIR: real gunicorn
+with its event-loop workers, real HTTP on 127.0.0.1, the copy model (which echoes its input, so every answer
+can be checked against its request). One server serves the module; a second one runs with the defaults a
+2-CPU machine gets (1 worker, 4 decode threads) and a short header timeout for the slow-client and
+long-decode tests; failing starts and the `entrypoint.sh serve` path start their own. Plus the serving
+helpers (settings from the environment, GPU pinning) and the app's 500 path, without a server."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -120,6 +122,37 @@ def server(ml_root) -> Iterator[Running]:
         yield s
 
 
+HEADER_TIMEOUT_S = 2
+BODY_TIMEOUT_S = 2
+
+
+@pytest.fixture(scope="module")
+def default_server(ml_root) -> Iterator[Running]:
+    """What a 2-CPU machine runs by default (1 worker x 4 decode threads), with short client timeouts."""
+    env = serve_env(ml_root, free_port(), SAGEMAKER_MODEL_SERVER_WORKERS="1", SEQ2SEQ_SERVER_THREADS="4",
+                    SEQ2SEQ_HEADER_TIMEOUT=str(HEADER_TIMEOUT_S), SEQ2SEQ_BODY_TIMEOUT=str(BODY_TIMEOUT_S))
+    with running([sys.executable, str(SERVE)], env, ml_root / "serve-default.log") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def reference(copy_model):
+    """What the model itself says for a list of sentences (in-process, one thread as the servers run)."""
+    import torch
+
+    translator = Translator.load(copy_model, InferenceConfig(), "cpu")
+
+    def translate(texts: list[str]) -> list[str]:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return translator.translate_texts(texts)
+        finally:
+            torch.set_num_threads(before)
+
+    return translate
+
+
 def post(server: Running, body: bytes | Iterator[bytes], content_type: str | None = JSONLINES,
          accept: str | None = None) -> requests.Response:
     headers = {k: v for k, v in (("Content-Type", content_type), ("Accept", accept)) if v is not None}
@@ -179,6 +212,16 @@ def test_recordio(server):
     (b"a b c", "text/csv", None, 415, "'text/csv' is not supported"),
     (b"a b c", None, None, 415, "is not supported"),
     (b'{"source": "a b"}\n', JSONLINES, "text/csv", 406, "cannot answer a application/jsonlines request"),
+    # the client's mistakes that used to be 500s: a lone surrogate, nesting too deep to decode, a huge integer
+    (b'{"source": "a b"}\n{"source": "c \\ud800 d"}\n', JSONLINES, None, 400,
+     "line 2: not valid Unicode: a lone surrogate U+D800 at character 2"),
+    (b'{"instances": [{"data": "a b"}, {"data": "\\udfff"}]}', JSON, None, 400,
+     "instances[1]: not valid Unicode: a lone surrogate U+DFFF"),
+    (b'{"source": "a b"}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n", JSONLINES, None, 400,
+     "line 2: JSON nested too deeply to decode (arrays/objects: over 100 levels at character 100)"),
+    (b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", JSON, None, 400,
+     "request body is JSON nested too deeply to decode"),
+    (b'{"source": ' + b"7" * 5000 + b"}\n", JSONLINES, None, 400, "line 1: JSON that cannot be decoded"),
 ])
 def test_bad_request_is_4xx_with_a_message_and_the_server_carries_on(server, body, content_type, accept, status,
                                                                      expected):
@@ -309,12 +352,24 @@ def test_workers_spread_over_gpus():
     assert serving.pick_gpu([0, 2, 0, 2], 3) == 1  # a restarted worker takes the GPU its predecessor left
 
 
+def app_test_client(translator: Translator) -> Iterator:
+    """The app in-process (Starlette's test client, lifespan included), around a loaded translator."""
+    from starlette.exceptions import StarletteDeprecationWarning
+
+    with warnings.catch_warnings():  # starlette would rather have httpx2 than the httpx installed
+        warnings.simplefilter("ignore", StarletteDeprecationWarning)
+        from starlette.testclient import TestClient
+
+    settings = serving.ServerSettings.from_env({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"}, gpus=0, cpus=4)
+    with TestClient(serving.create_app(lambda: translator, settings=settings)) as client:
+        yield client
+
+
 @pytest.fixture
 def app_client(copy_model, one_torch_thread):
     translator = Translator.load(copy_model, InferenceConfig(), "cpu")
-    settings = serving.ServerSettings.from_env({"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"}, gpus=0, cpus=4)
-    app = serving.create_app(lambda: translator, settings=settings)
-    return app.test_client(), translator
+    for client in app_test_client(translator):
+        yield client, translator
 
 
 def test_unexpected_error_is_500_logged_with_traceback_and_the_app_carries_on(app_client, caplog, monkeypatch):
@@ -322,16 +377,35 @@ def test_unexpected_error_is_500_logged_with_traceback_and_the_app_carries_on(ap
     real = translator.translate
     monkeypatch.setattr(translator, "translate", lambda *a, **k: [][0])
     with caplog.at_level(logging.ERROR, logger="serving"):
-        r = client.post("/invocations", data=jsonlines(["a b c"]), content_type=JSONLINES)
-    assert r.status_code == 500 and "IndexError" in r.get_json()["error"]
+        r = client.post("/invocations", content=jsonlines(["a b c"]), headers={"Content-Type": JSONLINES})
+    assert r.status_code == 500 and "IndexError" in r.json()["error"]
     assert any(rec.exc_info and rec.exc_info[0] is IndexError for rec in caplog.records)
     monkeypatch.setattr(translator, "translate", real)
-    r = client.post("/invocations", data=jsonlines(["a b c"]), content_type=JSONLINES)
-    assert r.status_code == 200 and targets(r.data) == ["a b c"]
+    r = client.post("/invocations", content=jsonlines(["a b c"]), headers={"Content-Type": JSONLINES})
+    assert r.status_code == 200 and targets(r.content) == ["a b c"]
     assert client.get("/ping").status_code == 200
 
 
-def test_ping_answers_while_requests_decode(server):
+@pytest.mark.parametrize("on_error", ["fail", "record"])
+def test_lone_surrogate_with_the_sentencepiece_tokenizer_is_the_clients_error(wmt_model, one_torch_thread,
+                                                                             on_error):
+    # SentencePiece cannot take a lone surrogate (it raised, a 500); it is the client's mistake, named by line
+    translator = Translator.load(wmt_model, InferenceConfig(beam_size=1, max_output_length=10, on_error=on_error),
+                                 "cpu")
+    body = b'{"source": "Thank you ."}\n{"source": "Thank \\ud83d you ."}\n{"source": "Good morning ."}\n'
+    for client in app_test_client(translator):
+        r = client.post("/invocations", content=body, headers={"Content-Type": JSONLINES})
+        if on_error == "fail":
+            assert r.status_code == 400 and r.json()["error"].startswith("line 2: not valid Unicode: a lone surrogate "
+                                                                         "U+D83D at character 6"), r.text
+        else:
+            assert r.status_code == 200, r.text
+            out = [json.loads(line) for line in r.content.decode().splitlines()]
+            assert [set(o) for o in out] == [{"target"}, {"error"}, {"target"}] and "U+D83D" in out[1]["error"]
+            assert [out[0]["target"], out[2]["target"]] == translator.translate_texts(["Thank you .", "Good morning ."])
+
+
+def test_ping_answers_while_requests_decode(server, reference):
     # gthread workers: /ping is not queued behind a decode (SageMaker takes a slow /ping for a dead container)
     long = [sentences(3000, seed=7), sentences(3000, seed=8), sentences(3000, seed=9)]
     latencies = []
@@ -347,4 +421,140 @@ def test_ping_answers_while_requests_decode(server):
     # Queued behind a decode, a ping would wait ~0.6 s and more; the median keeps one slow moment on a
     # busy CI machine from failing the test.
     assert latencies and statistics.median(latencies) < 0.4, latencies
-    assert [targets(r.content) for r in answers] == long
+    # what the model says for each request (the copy model echoes nearly all; it drops a token of a few
+    # repetitive lines such as 'h n n j l l l l', so the inputs themselves are not the reference)
+    assert [targets(r.content) for r in answers] == [reference(texts) for texts in long]
+
+
+# --- slow clients and long decodes (the default 1 worker x 4 threads) -----------------------------------
+
+def ping_latency(server: Running) -> float:
+    """Seconds for GET /ping; over SageMaker's 2 s limit is a failure (requests raises ReadTimeout)."""
+    start = time.monotonic()
+    r = requests.get(server.url + "/ping", timeout=2)
+    assert r.status_code == 200
+    return time.monotonic() - start
+
+
+class Tricklers:
+    """`n` connections to the server, each sending a request's headers one byte per `every_s` in a
+    thread of its own: slow clients (or a slowloris). Records when the server closed each one. Bounded:
+    every thread gives up after `deadline_s`."""
+
+    def __init__(self, server: Running, n: int, every_s: float = 0.1, deadline_s: float = 10.0,
+                 prefix: bytes = b"", request: bytes = b"POST /invocations HTTP/1.1\r\nHost: x\r\n") -> None:
+        import threading
+
+        host, port = server.url.removeprefix("http://").split(":")
+        self.every_s, self.deadline_s, self.prefix, self.request = every_s, deadline_s, prefix, request
+        self.address = (host, int(port))
+        self.started = time.monotonic()
+        self.closed_after: list[float | None] = [None] * n
+        self.answers: list[bytes] = [b""] * n
+        self.sockets = [socket.create_connection(self.address, timeout=5) for _ in range(n)]
+        self.threads = [threading.Thread(target=self._trickle, args=(i,), daemon=True) for i in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def _trickle(self, i: int) -> None:
+        sock = self.sockets[i]
+        sock.settimeout(self.every_s)
+        try:
+            if self.prefix:
+                sock.sendall(self.prefix)
+            data = self.request + b"X-Slow: " + b"x" * 10_000
+            for k in range(len(data)):
+                if time.monotonic() - self.started > self.deadline_s:
+                    return
+                sock.sendall(data[k:k + 1])
+                with contextlib.suppress(TimeoutError):
+                    got = sock.recv(4096)
+                    self.answers[i] += got
+                    if not got:  # the server closed it
+                        break
+        except OSError:  # reset or broken pipe: closed by the server
+            pass
+        self.closed_after[i] = time.monotonic() - self.started
+        with contextlib.suppress(OSError):
+            self.answers[i] += sock.recv(4096)
+
+    def join(self) -> None:
+        for t in self.threads:
+            t.join(timeout=self.deadline_s + 5)
+        for sock in self.sockets:
+            sock.close()
+
+
+def test_slow_clients_do_not_hold_up_ping_or_short_requests(default_server):
+    # 16 connections trickling their headers: with a thread per connection (gunicorn gthread, 4 threads)
+    # four of them made /ping and every request time out; on the event loop they cost no thread
+    slow = Tricklers(default_server, 16)
+    try:
+        time.sleep(0.5)  # all of them connected and part-way through their headers
+        latencies = [ping_latency(default_server) for _ in range(5)]
+        texts = sentences(5, seed=3)
+        r = requests.post(default_server.url + "/invocations", data=jsonlines(texts),
+                          headers={"Content-Type": JSONLINES}, timeout=5)
+        assert r.status_code == 200 and targets(r.content) == texts
+        assert all(after is None for after in slow.closed_after), "still trickling: not cut off yet"
+    finally:
+        slow.join()
+    assert max(latencies) < 2.0 and statistics.median(latencies) < 0.5, latencies
+
+
+def test_slow_and_idle_connections_are_dropped_by_the_header_timeout(default_server):
+    trickling = Tricklers(default_server, 4, every_s=0.2)
+    # a kept-alive connection whose next request trickles: its headers have the same deadline
+    kept_alive = Tricklers(default_server, 1, every_s=0.2, prefix=b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+    idle = socket.create_connection(kept_alive.address, timeout=HEADER_TIMEOUT_S + 5)  # sends nothing at all
+    start = time.monotonic()
+    try:
+        assert idle.recv(4096).startswith(b"HTTP/1.1 408 ")
+        idle_closed_after = time.monotonic() - start
+        assert idle.recv(4096) == b""
+    finally:
+        idle.close()
+        trickling.join()
+        kept_alive.join()
+    closed = [*trickling.closed_after, *kept_alive.closed_after]
+    assert all(c is not None and HEADER_TIMEOUT_S - 0.5 < c < HEADER_TIMEOUT_S + 3 for c in closed), closed
+    assert HEADER_TIMEOUT_S - 0.5 < idle_closed_after < HEADER_TIMEOUT_S + 3
+    for answer in trickling.answers:
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"SEQ2SEQ_HEADER_TIMEOUT" in answer, answer
+    assert kept_alive.answers[0].startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 408 " in kept_alive.answers[0]
+    assert_still_serves(default_server)
+
+
+def test_oversized_headers_and_stalled_bodies_are_refused(default_server):
+    with socket.create_connection(("127.0.0.1", int(default_server.url.rsplit(":", 1)[1])), timeout=10) as sock:
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n")
+        answer = sock.recv(4096)
+    assert answer.startswith(b"HTTP/1.1 431 ") and b"over 65536 bytes" in answer, answer
+    with socket.create_connection(("127.0.0.1", int(default_server.url.rsplit(":", 1)[1])), timeout=10) as sock:
+        start = time.monotonic()
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/jsonlines\r\n"
+                     b"Content-Length: 100\r\n\r\n{\"sou")
+        answer = b""
+        while chunk := sock.recv(4096):  # 408, then the server closes the connection
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"SEQ2SEQ_BODY_TIMEOUT" in answer, answer
+    assert BODY_TIMEOUT_S - 0.5 < time.monotonic() - start < BODY_TIMEOUT_S + 3
+    assert_still_serves(default_server)
+
+
+def test_ping_answers_within_2s_while_more_long_decodes_than_threads_run(default_server):
+    # six long requests on a worker with four threads: under gthread, /ping queued behind them for seconds
+    long = [sentences(3000, seed=20 + i) for i in range(6)]
+    latencies = []
+    with ThreadPoolExecutor(len(long)) as pool:
+        busy = [pool.submit(post, default_server, jsonlines(texts)) for texts in long]
+        time.sleep(0.3)
+        while not all(f.done() for f in busy):
+            latencies.append(ping_latency(default_server))
+            time.sleep(0.05)
+        answers = [f.result() for f in busy]
+    assert len(latencies) >= 5 and max(latencies) < 2.0 and statistics.median(latencies) < 0.5, latencies
+    for texts, r in zip(long, answers):  # each request got its own answers, in order
+        assert r.status_code == 200
+        got = targets(r.content)
+        assert len(got) == len(texts) and sum(g == t for g, t in zip(got, texts)) >= 0.99 * len(texts)
