@@ -13,6 +13,10 @@ counted):
   mini-batches under ``MaxPayloadInMB`` (``BatchStrategy=MultiRecord``) and assembles the responses by
   line into ``<input-name>.out`` under the output path, as SageMaker does.
 
+Both log their progress at least every :data:`PROGRESS_INTERVAL_S` seconds, from a timer, not only when
+a piece of work ends: lines done of the total, lines/s over the last interval, ETA, and what is still
+running (a chunk being decoded, a mini-batch waiting for the server), so a long step is never silent.
+
 The model is a model directory or a ``model.tar.gz`` (what a training job leaves in S3), by path,
 ``file://`` or ``s3://`` URI; archives are extracted refusing anything that would land outside the
 target folder.
@@ -32,6 +36,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -44,7 +49,6 @@ from typing import IO, Any
 
 from pipeline_tasks import storage
 from pipeline_tasks.atomic import staged_file
-from pipeline_tasks.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,97 @@ MODEL_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 OUTPUT_SUFFIX = ".out"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVE_COMMAND_ENV = "SEQ2SEQ_SERVE_COMMAND"
+PROGRESS_INTERVAL_S = 30.0   # the longest a transform stays silent in its log
+# Lines per mini-batch of the job emulation (besides MaxPayloadInMB): at a few lines/s on a CPU, a full 6 MB
+# mini-batch is minutes of decoding in one request; smaller ones show progress as each comes back, and
+# SageMaker's MultiRecord allows any batch under the payload limit. The output does not depend on it.
+MINI_BATCH_LINES = 500
+
+
+# --- progress ----------------------------------------------------------------------------------------------
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class LineProgress:
+    """Progress of a transform, logged by a timer every `interval_s` (default :data:`PROGRESS_INTERVAL_S`)
+    whether or not lines finished meanwhile: done / total, the rate over the last interval (a rate since
+    the start hides a slowdown), an ETA, and the work in flight with how long it has been running.
+
+    Thread-safe: lines may be counted from request threads while the timer reads."""
+
+    def __init__(self, what: str, total: int | None, interval_s: float | None = None,
+                 logger: logging.Logger | None = None) -> None:
+        self.what, self.total = what, total
+        self.interval_s = PROGRESS_INTERVAL_S if interval_s is None else interval_s
+        self.logger = logger or log
+        self.lines = 0
+        self.start = self._mark = time.monotonic()
+        self._mark_lines = 0
+        self._running: dict[object, tuple[str, float]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"progress {what}", daemon=True)
+
+    def __enter__(self) -> LineProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def add(self, n: int) -> None:
+        with self._lock:
+            self.lines += n
+
+    def started(self, key: object, description: str) -> None:
+        with self._lock:
+            self._running[key] = (description, time.monotonic())
+
+    def finished(self, key: object) -> None:
+        with self._lock:
+            self._running.pop(key, None)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.logger.info(self.line())
+
+    def line(self) -> str:
+        """The progress line now; starts a new rate window."""
+        with self._lock:
+            now = time.monotonic()
+            window, done = now - self._mark, self.lines
+            rate = (done - self._mark_lines) / window if window > 0 else 0.0
+            self._mark, self._mark_lines = now, done
+            running = sorted(self._running.values(), key=lambda r: r[1])
+        elapsed = now - self.start
+        msg = f"{self.what}: {done:,}"
+        if self.total:
+            msg += f" / {self.total:,} lines ({100.0 * done / self.total:.1f}%)"
+        else:
+            msg += " lines"
+        msg += f", {rate:,.1f} lines/s over the last {_duration(window) if window >= 1 else f'{window:.1f}s'}"
+        if self.total:
+            # the last window's rate when there was one; else the average so far
+            pace = rate if rate > 0 else (done / elapsed if elapsed > 0 else 0.0)
+            msg += f", ETA {_duration((self.total - done) / pace)}" if pace > 0 else ", ETA unknown"
+        if running:
+            msg += "; running: " + ", ".join(f"{d} for {_duration(now - t)}" for d, t in running)
+        return msg
+
+    def done(self) -> float:
+        """Log the final line; returns the seconds since the start."""
+        elapsed = time.monotonic() - self.start
+        rate = self.lines / elapsed if elapsed > 0 else 0.0
+        self.logger.info("%s: %s lines in %s (%.1f lines/s)", self.what, f"{self.lines:,}", _duration(elapsed), rate)
+        return elapsed
 
 
 # --- the model -------------------------------------------------------------------------------------------
@@ -194,9 +289,12 @@ def _local_output(uri: str, workdir: Path) -> Iterator[IO[bytes]]:
 
 
 def transform(model: str | os.PathLike[str], input_uri: str, output_uri: str,
-              cfg: TransformConfig | None = None, device: str | None = None) -> dict[str, Any]:
-    """Translate a JSON Lines file into another, streaming; returns a report (lines, errors, speed)."""
-    from model.inference import RequestError, Translator, translate_jsonlines
+              cfg: TransformConfig | None = None, device: str | None = None,
+              progress_interval_s: float | None = None) -> dict[str, Any]:
+    """Translate a JSON Lines file into another, streaming; returns a report (lines, errors, speed).
+    Progress is logged every `progress_interval_s` (:data:`PROGRESS_INTERVAL_S`), counted per decoded
+    batch, so a chunk that takes minutes still shows its lines coming."""
+    from model.inference import RequestError, Translator, encode_jsonlines, translate_jsonlines
 
     cfg = cfg or TransformConfig()
     input_uri, output_uri = os.fspath(input_uri), os.fspath(output_uri)
@@ -207,12 +305,13 @@ def transform(model: str | os.PathLike[str], input_uri: str, output_uri: str,
         lines = errors = 0
         error_lines: list[int] = []
         with _local_input(input_uri, work) as local_in:
-            progress = Progress(log, f"transform {Path(local_in).name}", "lines", total=count_lines(local_in))
-            with open(local_in, "rb") as fin, _local_output(output_uri, work) as fout:
+            progress = LineProgress(f"transform {Path(local_in).name}", count_lines(local_in), progress_interval_s)
+            with progress, open(local_in, "rb") as fin, _local_output(output_uri, work) as fout:
                 for chunk in iter_line_chunks(fin, cfg.chunk_lines):
+                    progress.started("chunk", f"lines {lines + 1:,}-{lines + len(chunk):,}")
                     try:
                         outputs = translate_jsonlines(translator, chunk, first_line=lines + 1,
-                                                      name=f"{input_uri}: line")
+                                                      name=f"{input_uri}: line", on_batch=progress.add)
                     except RequestError as e:
                         raise ValueError(str(e)) from None
                     for i, obj in enumerate(outputs):
@@ -220,9 +319,9 @@ def transform(model: str | os.PathLike[str], input_uri: str, output_uri: str,
                             errors += 1
                             if len(error_lines) < 20:
                                 error_lines.append(lines + i + 1)
-                    fout.write("".join(json.dumps(o, ensure_ascii=False) + "\n" for o in outputs).encode("utf-8"))
+                    fout.write(encode_jsonlines(outputs))
                     lines += len(chunk)
-                    progress.update(len(chunk))
+                    progress.finished("chunk")
             seconds = progress.done()
     if errors:
         log.warning("transform: %d of %d line(s) could not be translated and carry {\"error\": …} "
@@ -401,9 +500,13 @@ class LocalServer:
             self.log_file = None
 
 
-def mini_batches(lines: Iterator[list[bytes]], max_bytes: int, name: str) -> Iterator[tuple[int, list[bytes]]]:
+def mini_batches(lines: Iterator[list[bytes]], max_bytes: int, name: str,
+                 max_lines: int | None = None) -> Iterator[tuple[int, list[bytes]]]:
     """(first line number, lines) groups whose request body (lines + newlines) stays under
-    `max_bytes`, as SageMaker's MultiRecord strategy builds them; a single line over it is an error."""
+    `max_bytes`, as SageMaker's MultiRecord strategy builds them, and holds at most `max_lines` lines;
+    a single line over the payload limit is an error."""
+    if max_lines is not None and max_lines < 1:
+        raise ValueError(f"max_lines must be >= 1, got {max_lines}")
     batch: list[bytes] = []
     size = 0
     first = next_line = 1
@@ -413,7 +516,7 @@ def mini_batches(lines: Iterator[list[bytes]], max_bytes: int, name: str) -> Ite
             if n > max_bytes:
                 raise TransformJobError(f"{name}: line {next_line} is {n} bytes, over MaxPayloadInMB "
                                         f"({max_bytes} bytes)")
-            if batch and size + n > max_bytes:
+            if batch and (size + n > max_bytes or (max_lines is not None and len(batch) >= max_lines)):
                 yield first, batch
                 batch, size, first = [], 0, next_line
             batch.append(line)
@@ -438,12 +541,25 @@ def _batch_error(name: str, first: int, status: int, body: bytes) -> str:
 
 
 def _transform_object(server: LocalServer, name: str, local_in: Path, out: IO[bytes], max_bytes: int,
-                      concurrency: int, timeout_s: float) -> dict[str, int]:
+                      concurrency: int, timeout_s: float, max_lines: int | None = MINI_BATCH_LINES,
+                      progress_interval_s: float | None = None) -> dict[str, int]:
     """Post one input object's mini-batches (up to `concurrency` in flight) and write the responses
-    in input order."""
+    in input order. Lines count as done when their mini-batch's answer arrives; meanwhile the progress
+    timer names the mini-batches still at the server and for how long."""
     lines = errors = 0
-    progress = Progress(log, f"transform job {name}", "lines", total=count_lines(local_in))
+    progress = LineProgress(f"transform job {name}", count_lines(local_in), progress_interval_s)
     pending: deque[tuple[int, list[bytes], Future]] = deque()
+
+    def post(first: int, batch: list[bytes], body: bytes) -> tuple[int, bytes]:
+        key = (first, len(batch))
+        progress.started(key, f"mini-batch of lines {first:,}-{first + len(batch) - 1:,}")
+        try:
+            status, answer = server.invoke(body, timeout_s)
+        finally:
+            progress.finished(key)
+        if status == 200:
+            progress.add(len(batch))
+        return status, answer
 
     def drain_one() -> None:
         nonlocal lines, errors
@@ -458,12 +574,11 @@ def _transform_object(server: LocalServer, name: str, local_in: Path, out: IO[by
         errors += sum(1 for r in body.splitlines() if r.startswith(b'{"error"'))
         out.write(body if body.endswith(b"\n") else body + b"\n")
         lines += len(batch)
-        progress.update(len(batch))
 
-    with open(local_in, "rb") as fin, ThreadPoolExecutor(concurrency) as pool:
-        for first, batch in mini_batches(iter_line_chunks(fin, 4096), max_bytes, name):
+    with progress, open(local_in, "rb") as fin, ThreadPoolExecutor(concurrency) as pool:
+        for first, batch in mini_batches(iter_line_chunks(fin, 4096), max_bytes, name, max_lines):
             body = b"".join(line + b"\n" for line in batch)
-            pending.append((first, batch, pool.submit(server.invoke, body, timeout_s)))
+            pending.append((first, batch, pool.submit(post, first, batch, body)))
             if len(pending) >= concurrency:
                 drain_one()
         while pending:
@@ -490,8 +605,13 @@ def _input_objects(uri: str) -> list[tuple[str, str]]:
 
 def run_transform_job(config: dict[str, Any], workdir: str | os.PathLike[str] | None = None,
                       request_timeout_s: float = 3600.0, backend: str = "local",
-                      image: str | None = None) -> dict[str, Any]:
+                      image: str | None = None, mini_batch_lines: int | None = MINI_BATCH_LINES,
+                      progress_interval_s: float | None = None) -> dict[str, Any]:
     """Execute ``{"Model": …, "Transform": …}`` here; returns a DescribeTransformJob-like dict.
+
+    Mini-batches hold at most `mini_batch_lines` lines (None: as many as fit ``MaxPayloadInMB``), so
+    that progress, logged every `progress_interval_s` (:data:`PROGRESS_INTERVAL_S`), moves as each
+    answer comes back.
 
     ``backend`` local runs ``container/serve`` as a process; docker runs the image's ``serve``
     (``PrimaryContainer.Image`` unless `image` is given; ``--gpus all`` when GPUs exist). A failure
@@ -539,7 +659,8 @@ def run_transform_job(config: dict[str, Any], workdir: str | os.PathLike[str] | 
                         out_uri = storage.join(output_path, *(rel + OUTPUT_SUFFIX).split("/"))
                         with _local_output(out_uri, work / "out" / str(len(outputs))) as out:
                             counts = _transform_object(server, uri, Path(local_in), out, payload_mb << 20,
-                                                       concurrency, request_timeout_s)
+                                                       concurrency, request_timeout_s, mini_batch_lines,
+                                                       progress_interval_s)
                     outputs.append(out_uri)
                     for k in totals:
                         totals[k] += counts[k]

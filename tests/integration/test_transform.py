@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import io
 import json
+import logging
+import re
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ import pytest
 
 from pipeline_tasks import cli, storage
 from pipeline_tasks.transform import (
+    LineProgress,
     TransformConfig,
     TransformJobError,
     extract_model_archive,
@@ -140,6 +144,94 @@ def test_raw_text_is_tokenized_and_detokenized_with_the_models_tokenizer(wmt_mod
     assert translator.text_format == "raw"
     assert out == translator.translate_texts(sources)
     assert all("▁" not in t for t in out)  # SentencePiece pieces were joined back into words
+
+
+# The client's mistakes that used to escape as exceptions: a lone surrogate (SentencePiece raised on it) and
+# JSON nested too deeply to decode (RecursionError), each a bad line like any other.
+UNDECODABLE = {
+    2: b'{"source": "Thank \\ud800 you ."}',
+    4: b'{"source": "Thank you ."}'.replace(b'"Thank you ."', b"[" * 100_000 + b"]" * 100_000),
+}
+
+
+def test_lone_surrogate_and_deep_nesting_are_bad_lines_in_both_modes(wmt_model: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    from model.inference import InferenceConfig, Translator
+
+    sources = ["Thank you .", "-", "The Commission has adopted the proposal .", "-", "Good morning ."]
+    lines = [UNDECODABLE.get(i, json.dumps({"source": s}).encode()) for i, s in enumerate(sources, 1)]
+    src = tmp_path / "in.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(ValueError, match=r"in\.jsonl: line 2: not valid Unicode: a lone surrogate U\+D800"):
+        transform(wmt_model, str(src), str(tmp_path / "out.jsonl"), TransformConfig(beam_size=1))
+    assert not (tmp_path / "out.jsonl").exists()
+    rc = cli.main(["-q", "transform", "--model", str(wmt_model), "--input", str(src), "--output",
+                   str(tmp_path / "out.jsonl"), "--beam-size", "1", "--on-error", "record"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0 and report["errors"] == 2 and report["error_lines"] == [2, 4]
+    out = read_jsonl(tmp_path / "out.jsonl")
+    assert [set(o) for o in out] == [{"target"}, {"error"}, {"target"}, {"error"}, {"target"}]
+    assert "U+D800" in out[1]["error"] and "nested too deeply" in out[3]["error"]
+    expected = Translator.load(wmt_model, InferenceConfig(beam_size=1)).translate_texts([sources[i] for i in (0, 2, 4)])
+    assert [out[i]["target"] for i in (0, 2, 4)] == expected
+
+
+# --- progress -------------------------------------------------------------------------------------------------
+
+def progress_lines(caplog: pytest.LogCaptureFixture, prefix: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(prefix)]
+
+
+def test_progress_is_logged_even_while_nothing_finishes(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="pipeline_tasks.transform"):
+        with LineProgress("transform job x", total=2737, interval_s=0.05) as progress:
+            progress.started("b1", "mini-batch of lines 1-2,737")
+            time.sleep(0.4)
+            progress.add(2737)
+            progress.finished("b1")
+            time.sleep(0.12)
+        progress.done()
+    beats = progress_lines(caplog, "transform job x: ")
+    waiting = [m for m in beats if m.startswith("transform job x: 0 / 2,737 lines (0.0%)")]
+    assert len(waiting) >= 3, beats
+    assert all("0.0 lines/s over the last" in m and "ETA unknown" in m and
+               "running: mini-batch of lines 1-2,737 for" in m for m in waiting), waiting
+    assert any(m.startswith("transform job x: 2,737 / 2,737 lines (100.0%), ") and "ETA 0s" in m
+               and "running" not in m for m in beats), beats
+    assert beats[-1].startswith("transform job x: 2,737 lines in ")
+
+
+def test_transform_logs_progress_inside_a_long_chunk(copy_model: Path, tmp_path: Path,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    src = write_jsonl(tmp_path / "in.jsonl", copy_lines(3000, seed=11))
+    with caplog.at_level(logging.INFO, logger="pipeline_tasks.transform"):
+        transform(copy_model, str(src), str(tmp_path / "out.jsonl"), TransformConfig(beam_size=3, chunk_lines=5000),
+                  progress_interval_s=0.1)
+    lines = progress_lines(caplog, "transform in.jsonl: ")
+    beats, final = lines[:-1], lines[-1]
+    counts = [int(re.search(r": ([\d,]+) / 3,000 lines", m).group(1).replace(",", "")) for m in beats]
+    # one chunk of 3,000 lines, and still its lines are counted as its batches are decoded
+    assert len(beats) >= 3 and counts == sorted(counts) and any(0 < c < 3000 for c in counts), beats
+    assert all("lines/s over the last" in m and "ETA" in m for m in beats)
+    assert any("running: lines 1-3,000 for " in m for m in beats)
+    assert final.startswith("transform in.jsonl: 3,000 lines in ")
+
+
+def test_local_transform_job_logs_progress_per_mini_batch(copy_model: Path, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    write_jsonl(tmp_path / "in" / "data.jsonl", copy_lines(1200, seed=12))
+    config = one_thread(_job(tmp_path, str(copy_model), str(tmp_path / "in"), str(tmp_path / "out"),
+                             cfg=TransformConfig(beam_size=3), max_payload_mb=1))
+    with caplog.at_level(logging.INFO, logger="pipeline_tasks.transform"):
+        result = run_transform_job(config, mini_batch_lines=300, progress_interval_s=0.05)
+    assert result["TransformJobStatus"] == "Completed" and result["Lines"] == 1200, result.get("FailureReason")
+    lines = progress_lines(caplog, f"transform job {tmp_path / 'in' / 'data.jsonl'}: ")
+    beats = lines[:-1]
+    counts = [int(re.search(r": ([\d,]+) / 1,200 lines", m).group(1).replace(",", "")) for m in beats]
+    assert counts == sorted(counts) and set(counts) <= {0, 300, 600, 900, 1200} and len(set(counts)) >= 2, beats
+    assert any("running: mini-batch of lines 1-300 for " in m for m in beats), beats
+    assert lines[-1].startswith(f"transform job {tmp_path / 'in' / 'data.jsonl'}: 1,200 lines in ")
+    assert len(read_jsonl(tmp_path / "out" / "data.jsonl.out")) == 1200
 
 
 # --- models: folders and archives -------------------------------------------------------------------------
@@ -283,6 +375,12 @@ def _job(tmp_path: Path, model_url: str, input_uri: str, output_uri: str, **kwar
                                 **kwargs)
 
 
+def one_thread(config: dict) -> dict:
+    """The server decodes on one torch thread: the tiny model is faster so, above all on a shared machine."""
+    config["Model"]["PrimaryContainer"]["Environment"]["SEQ2SEQ_TORCH_THREADS"] = "1"
+    return config
+
+
 def test_local_transform_job_matches_the_in_process_transform(copy_model: Path, tmp_path: Path, s3,
                                                               bucket: str) -> None:
     """Two input objects under a prefix on S3, 1 MB payloads (so several mini-batches each, as padded lines
@@ -324,6 +422,28 @@ def test_local_transform_job_bad_lines_in_both_modes(copy_model: Path, tmp_path:
     out = read_jsonl(tmp_path / "out" / "data.jsonl.out")
     assert len(out) == 3000 and set(out[2499]) == {"error"}
     assert sum(o.get("target") == s for o, s in zip(out, sources)) >= 2970
+
+
+def test_local_transform_job_lone_surrogate_and_deep_nesting_name_their_line(copy_model: Path,
+                                                                            tmp_path: Path) -> None:
+    """Through the server: a 400 naming the line of the input object (not a 500 for the whole mini-batch),
+    or, with on_error=record, an {"error": …} in that line's place."""
+    sources = copy_lines(800, seed=13)
+    lines = [json.dumps({"source": s}) for s in sources]
+    lines[299] = '{"source": "a \\udfff b"}'
+    lines[649] = '{"source": ' + "[" * 100_000 + "]" * 100_000 + "}"  # in the second mini-batch
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "data.jsonl").write_text("\n".join(lines) + "\n")
+    failed = run_transform_job(one_thread(_job(tmp_path, str(copy_model), str(tmp_path / "in"), str(tmp_path / "out"),
+                                               cfg=TransformConfig(beam_size=1), max_payload_mb=1)))
+    assert failed["TransformJobStatus"] == "Failed"
+    assert "data.jsonl: line 300: not valid Unicode: a lone surrogate U+DFFF" in failed["FailureReason"], failed
+    done = run_transform_job(one_thread(_job(tmp_path, str(copy_model), str(tmp_path / "in"), str(tmp_path / "out"),
+                                             cfg=TransformConfig(beam_size=1, on_error="record"), max_payload_mb=1)))
+    assert done["TransformJobStatus"] == "Completed" and done["ErrorLines"] == 2, done.get("FailureReason")
+    out = read_jsonl(tmp_path / "out" / "data.jsonl.out")
+    assert len(out) == 800 and "U+DFFF" in out[299]["error"] and "nested too deeply" in out[649]["error"]
+    assert sum(o.get("target") == s for o, s in zip(out, sources)) >= 790
 
 
 def test_local_transform_job_refuses_what_it_does_not_emulate(copy_model: Path, tmp_path: Path) -> None:
