@@ -22,7 +22,7 @@ demo $(AIRFLOW_DIR)/.migrated: export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/da
 demo $(AIRFLOW_DIR)/.migrated: export AIRFLOW__CORE__LOAD_EXAMPLES := False
 demo: export AIRFLOW_VAR_WMT_SEQ2SEQ_ARTIFACT_ROOT := $(CURDIR)/$(DEMO)
 
-.PHONY: venv test lint demo bench proto clean
+.PHONY: venv test lint demo ui bench proto clean
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,15 @@ $(AIRFLOW_DIR)/.migrated: $(STAMP)
 	mkdir -p $(AIRFLOW_DIR)
 	$(VENV)/bin/airflow db migrate > $(AIRFLOW_DIR)/migrate.log 2>&1 || { tail -n 30 $(AIRFLOW_DIR)/migrate.log; exit 1; }
 	touch $@
+
+# The Airflow UI on this machine: scheduler, DAG processor, API server and triggerer (airflow standalone)
+# with the DAGs of dags/, SQLite under $(UI_HOME); seq2seq_airflow/ui.py prints where to log in and
+# stops every component on Ctrl-C.
+UI_HOME ?= $(AIRFLOW_DIR)
+UI_PORT ?= 8080
+ui: venv
+	AIRFLOW_HOME="$(UI_HOME)" AIRFLOW__CORE__DAGS_FOLDER="$(CURDIR)/dags" AIRFLOW__CORE__LOAD_EXAMPLES=False \
+		$(PY) -m seq2seq_airflow.ui --port $(UI_PORT)
 
 bench: venv
 	$(PY) -m benchmarks.bench_recordio
