@@ -30,7 +30,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -47,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from pipeline_tasks import storage
+from pipeline_tasks import process, storage
 from pipeline_tasks.atomic import staged_file
 
 log = logging.getLogger(__name__)
@@ -62,6 +61,7 @@ PROGRESS_INTERVAL_S = 30.0   # the longest a transform stays silent in its log
 # mini-batch is minutes of decoding in one request; smaller ones show progress as each comes back, and
 # SageMaker's MultiRecord allows any batch under the payload limit. The output does not depend on it.
 MINI_BATCH_LINES = 500
+SERVE_STOP_GRACE_S = 30.0    # serve's time to finish after SIGTERM before it is killed
 
 
 # --- progress ----------------------------------------------------------------------------------------------
@@ -417,6 +417,7 @@ class LocalServer:
         self.max_payload_mb, self.workers, self.startup_timeout_s = max_payload_mb, workers, startup_timeout_s
         self.docker_image, self.gpus = docker_image, gpus
         self.port = 0
+        self.docker_name: str | None = None
         self.proc: subprocess.Popen | None = None
         self.log_file: IO[bytes] | None = None
 
@@ -444,12 +445,13 @@ class LocalServer:
             cmd = serve_command()
         self.log_file = open(self.root / "serve.log", "w+b")
         log.info("starting %s on port %d", " ".join(cmd), self.port)
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self.log_file, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.docker_name = f"seq2seq-serve-{self.port}" if self.docker_image else None
+        # Its own session, dying with us: a killed task must not leave a server behind (pipeline_tasks/process.py).
+        self.proc = process.start(cmd, env=env, stdout=self.log_file, stderr=subprocess.STDOUT)
         try:
             self._wait_ready()
         except BaseException:
-            self.__exit__(None, None, None)
+            self.__exit__(*sys.exc_info())
             raise
         return self
 
@@ -485,16 +487,14 @@ class LocalServer:
         except urllib.error.HTTPError as e:
             return e.code, e.read()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None = None, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+            if exc_type is not None and not issubclass(exc_type, Exception):
+                # The task is being stopped (SIGTERM, timeout, Ctrl-C) and has seconds left: SIGTERM now,
+                # SIGKILL by a detached reaper if serve is still there after the grace period.
+                process.stop_detached(self.proc, SERVE_STOP_GRACE_S, log, "serve", docker_name=self.docker_name)
+            else:
+                process.stop(self.proc, SERVE_STOP_GRACE_S, log, "serve", docker_name=self.docker_name)
         if self.log_file is not None:
             self.log_file.close()
             self.log_file = None
@@ -645,9 +645,9 @@ def run_transform_job(config: dict[str, Any], workdir: str | os.PathLike[str] | 
             model_dir = resolve_model(container["ModelDataUrl"], work / "model-data")
             env = {str(k): str(v) for k, v in (container.get("Environment") or {}).items()}
             env.update({str(k): str(v) for k, v in (job.get("Environment") or {}).items()})
-            with LocalServer(model_dir, work / "ml", env, int(job.get("MaxPayloadInMB", 6)),
-                             workers=job.get("MaxConcurrentTransforms"), docker_image=docker_image,
-                             gpus=gpus) as server:
+            with process.stop_on_sigterm(), LocalServer(
+                    model_dir, work / "ml", env, int(job.get("MaxPayloadInMB", 6)),
+                    workers=job.get("MaxConcurrentTransforms"), docker_image=docker_image, gpus=gpus) as server:
                 params = server.execution_parameters()
                 payload_mb = int(job.get("MaxPayloadInMB") or params.get("MaxPayloadInMB", 6))
                 concurrency = int(job.get("MaxConcurrentTransforms") or params.get("MaxConcurrentTransforms", 1))

@@ -180,3 +180,52 @@ def test_the_reaper_kills_what_ignores_sigterm_and_stops_a_container(tmp_path, m
     assert stubborn.wait(timeout=10) == -signal.SIGKILL
     assert 1.0 <= time.monotonic() - started < 10
     assert calls.read_text().split("\n")[0] == "stop --time 1 job-x"
+
+
+TRANSFORM_TASK = """
+import json, logging, signal, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
+from pipeline_tasks.pipeline import transform_step
+
+signal.signal(signal.SIGTERM, lambda signum, frame: print("on_kill called", file=sys.stderr, flush=True))
+with open(sys.argv[1]) as f:
+    request = json.load(f)
+transform_step(request, "manual__2026-12-01T10:00:00+00:00", 1, "local")
+"""
+
+
+def test_a_stopped_transform_task_stops_its_server(tmp_path):
+    """The local transform job's container/serve (its gunicorn master and workers) goes with its task."""
+    from pipeline_tasks.transform import TransformConfig, transform_job_config
+    from tests.models import train_copy_model
+
+    model = train_copy_model(tmp_path / "train")
+    source = (tmp_path / "in.jsonl")
+    source.write_text("".join(json.dumps({"source": "3 4 5 6 7 8 9 10"}) + "\n" for _ in range(200_000)))
+    config = transform_job_config(job_name="placeholder", model_name="placeholder", image_uri="local",
+                                  model_data_url=str(model), role_arn="arn:aws:iam::1:role/r",
+                                  input_uri=str(source), output_uri=str(tmp_path / "out"),
+                                  cfg=TransformConfig(beam_size=1))
+    config["Model"]["PrimaryContainer"]["Environment"]["SEQ2SEQ_TORCH_THREADS"] = "1"
+    (tmp_path / "request.json").write_text(json.dumps({**config, JOB_PREFIX_KEY: "stop-transform"}))
+    log = tmp_path / "task.log"
+    with open(log, "w") as out:
+        task = subprocess.Popen([sys.executable, "-c", TRANSFORM_TASK, str(tmp_path / "request.json")],
+                                env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=ROOT)
+    deadline = time.monotonic() + 120
+    while "MaxConcurrentTransforms" not in log.read_text() and time.monotonic() < deadline and task.poll() is None:
+        time.sleep(0.2)
+    assert "MaxConcurrentTransforms" in log.read_text(), log.read_text()[-3000:]
+    servers = [p.pid for p in psutil.Process(task.pid).children(recursive=True)]
+    assert servers, "no serve process found"
+    task.send_signal(signal.SIGTERM)
+    try:
+        task.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        task.kill()
+        task.wait()
+    assert "stopping serve (pid" in log.read_text()
+    assert wait_until(lambda: all(gone(pid) for pid in servers), 45), \
+        f"serve processes still run: {[pid for pid in servers if not gone(pid)]}"
+    assert not (tmp_path / "out" / "in.jsonl.out").exists()  # nothing half-written published
