@@ -145,7 +145,10 @@ def check_output_dir(path: str | os.PathLike[str], inputs: Iterable[str | os.Pat
                 raise NotADirectoryError(f"{given}: {parent} is not a folder, so the output cannot be written")
             break
     real = target.resolve()
-    for keep, what in ((Path.cwd().resolve(), "the current folder"), (Path.home().resolve(), "the home folder")):
+    keep_out = [(Path.cwd().resolve(), "the current folder")]
+    with contextlib.suppress(RuntimeError, KeyError):   # no home folder known: nothing to protect
+        keep_out.append((Path.home().resolve(), "the home folder"))
+    for keep, what in keep_out:
         if _is_within(keep, real):
             raise ValueError(f"{given}: is {what} or a folder above it; the output replaces its folder whole, "
                              f"so choose a folder of its own")

@@ -308,8 +308,8 @@ def _untar(path: Path, out_dir: Path, name: str, max_ratio: float | None, budget
     placed: list[Path] = []
     with open(path, "rb") as raw:
         opener = compression_of(raw)
-        stream = LimitedReader(opener(raw) if opener else raw, name, size, max_ratio if opener else None,
-                               budget if opener else None, RATIO_HINT)
+        # an uncompressed tar inflates nothing: it is read as it is
+        stream = LimitedReader(opener(raw), name, size, max_ratio, budget, RATIO_HINT) if opener else raw
         try:
             with stream, tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
                 for m in tar:
@@ -318,7 +318,7 @@ def _untar(path: Path, out_dir: Path, name: str, max_ratio: float | None, budget
                     if m.isdir():
                         target.mkdir(parents=True, exist_ok=True)
                         continue
-                    if opener:
+                    if isinstance(stream, LimitedReader):
                         _check_member_size(m, name, size, stream, max_ratio, budget)
                     if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: a second line of defence
                         tar.extract(m, out_dir, filter="data")

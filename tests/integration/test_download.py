@@ -863,6 +863,18 @@ def test_total_decompressed_size_limit_names_the_file_and_the_setting(server, tm
     assert not (tmp_path / "out").exists()
 
 
+def test_uncompressed_tar_is_extracted_without_ratio_checks(server, tmp_path, cfg):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for p in (EN, DE):
+            info = tarfile.TarInfo(f"dev/{p.name}")
+            info.size = p.stat().st_size
+            tar.addfile(info, io.BytesIO(p.read_bytes()))
+    cfg.max_expansion_ratio = 1   # a plain tar expands nothing
+    download(server.serve("/files/dev.tar", buf.getvalue()), tmp_path / "out", cfg)
+    assert _tree(tmp_path / "out") == {f"dev/{DE.name}": DE.read_bytes(), f"dev/{EN.name}": EN.read_bytes()}
+
+
 def test_tgz_member_bigger_than_the_limit_is_refused_from_its_header(server, tmp_path, cfg):
     url = server.serve("/files/dev.tgz", _tgz({f"dev/{EN.name}": EN.read_bytes(), "dev/zeros": bytes(20 * MiB)}))
     cfg.max_expansion_ratio = 50
