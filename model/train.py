@@ -48,13 +48,29 @@ def wanted_processes(environ: dict[str, str] | os._Environ) -> int:
 
 
 def relaunch_distributed(n: int) -> int:
-    """Run this entrypoint under torchrun with one process per device; returns its exit status."""
+    """Run this entrypoint under torchrun with one process per device; returns its exit status.
+
+    SageMaker stops a job by signalling the container's first process, this one: SIGTERM and SIGINT are
+    passed on to torchrun (which passes them to every rank), so the ranks checkpoint and exit together
+    instead of being killed when the container goes."""
+    import signal
     import subprocess
 
     log.info("launching %d training processes with torchrun", n)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
            "-m", "model.train"]
-    return subprocess.call(cmd)
+    proc = subprocess.Popen(cmd)
+
+    def forward(signum: int, frame: object) -> None:
+        log.warning("%s received: passing it on to the training processes", signal.Signals(signum).name)
+        proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def setup_distributed() -> tuple[DistInfo, torch.device]:

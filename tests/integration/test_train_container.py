@@ -4,6 +4,7 @@ checkpoint, SIGTERM, and the torchrun (DDP) path on CPU with gloo."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -333,3 +334,29 @@ def test_distributed_data_parallel_on_cpu_with_two_processes(tmp_path, prepared_
     summary = json.loads((root / "model" / "metrics.json").read_text())
     assert summary["num_updates"] == 20
     load_model(root / "model")
+
+
+def test_sigterm_to_the_entrypoint_reaches_every_rank_of_a_distributed_job(tmp_path, prepared_channels):
+    """SageMaker signals the container's first process only: under torchrun, the ranks must still get the
+    SIGTERM, checkpoint together and exit, leaving no process behind."""
+    import psutil
+
+    root = sagemaker_root(tmp_path, prepared_channels, RESUME_HP)
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(root), "OMP_NUM_THREADS": "1", "SEQ2SEQ_NUM_PROCESSES": "2"}
+    proc = subprocess.Popen([sys.executable, str(TRAIN)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, cwd=ROOT, start_new_session=True)
+    ckpt_file = root / "checkpoints" / "checkpoint.pt"
+    deadline = time.monotonic() + 180
+    while not ckpt_file.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert ckpt_file.exists(), proc.communicate()[1][-2000:]
+    tree = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    os.kill(proc.pid, signal.SIGTERM)  # the entrypoint alone, as `docker stop` does
+    _, err = proc.communicate(timeout=120)
+    assert "passing it on to the training processes" in err and "SIGTERM received" in err, err[-3000:]
+    assert "stopped by SIGTERM at update" in err
+    state = torch.load(ckpt_file, weights_only=True)["state"]
+    assert state["stop_reason"] == "" and state["num_updates"] >= 10
+    for pid in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            assert psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, f"pid {pid} still runs"
