@@ -17,6 +17,8 @@ earlier positions and the decoder runs unpacked; the encoder is bidirectional, s
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,6 +42,22 @@ def _residual(hp: Hyperparameters, layer: int, input_size: int) -> bool:
     """Residuals only where the layer's (non-context) input has the output's size: a projection
     there would be a different model from the one the hyperparameter names."""
     return hp.rnn_residual_connections and layer >= hp.rnn_first_residual_layer and input_size == hp.rnn_num_hidden
+
+
+def _recurrent(layer: nn.Module, inp: Any, hx: Any = None) -> tuple[Any, Any]:
+    """``layer(inp, hx)``, in fp32 on CPU under autocast: oneDNN's bf16 LSTM/GRU needs CPU support
+    (avx512_bf16 or AMX) and elsewhere fails to create its primitive, so a bf16 run on such a CPU keeps
+    the recurrence in fp32 and the matmuls around it in bf16. On CUDA cuDNN runs the recurrence in bf16."""
+    if not (inp.data if isinstance(inp, PackedSequence) else inp).is_cuda and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            if isinstance(inp, PackedSequence):
+                inp = PackedSequence(inp.data.float(), inp.batch_sizes, inp.sorted_indices, inp.unsorted_indices)
+            else:
+                inp = inp.float()
+            if hx is not None:
+                hx = tuple(h.float() for h in hx) if isinstance(hx, tuple) else hx.float()
+            return layer(inp, hx)
+    return layer(inp, hx)
 
 
 def _length_mask(lengths: Tensor, max_len: int) -> Tensor:
@@ -90,7 +108,7 @@ class RnnEncoder(Encoder):
         # row (never produced by the data pipeline) gets an all-padding mask anyway.
         packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
         for layer, residual in zip(self.layers, self.residual):
-            out, _ = layer(packed)
+            out, _ = _recurrent(layer, packed)
             data = out.data + packed.data if residual else out.data
             packed = PackedSequence(data, packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices)
         states, _ = pad_packed_sequence(packed, batch_first=True, total_length=max_len)  # zeros at padding
@@ -265,7 +283,7 @@ class RnnDecoder(Decoder):
             h0 = state[f"h{i}"].unsqueeze(0)
             hx = (h0, state[f"c{i}"].unsqueeze(0)) if self.is_lstm else h0
             inp = x if context is None or not self.attention_in_upper else torch.cat([x, context], dim=-1)
-            out, hn = layer(inp, hx)
+            out, hn = _recurrent(layer, inp, hx)
             if self.is_lstm:
                 new_state[f"h{i}"], new_state[f"c{i}"] = hn[0].squeeze(0), hn[1].squeeze(0)
             else:
