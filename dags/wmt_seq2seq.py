@@ -56,6 +56,12 @@ PARAMS = {
                                        '"val": "dev.{lang}", "test": "test.{lang}"}; empty: the catalog\'s.',
                            propertyNames={"enum": ["train", "val", "test"]},
                            additionalProperties={"type": "string", "pattern": "\\{lang\\}"}),
+    "max_expansion_ratio": Param(200, type="number", minimum=0, title="Max decompression ratio",
+                                 description="A downloaded archive may inflate at most this many times its "
+                                             "size (text: 3-10x; a gzip bomb: 1000x); 0: no limit."),
+    "max_download_gib": Param(64, type="number", minimum=0, title="Max decompressed GiB",
+                              description="At most this much decompressed data per download (WMT17: ~2 GiB); "
+                                          "0: no limit."),
     "subset_size": Param(10000, type=["integer", "null"], minimum=1, title="Training pairs",
                          description="Keep this many training pairs (the AWS example: 10,000); null: all."),
     "subset_mode": Param("head", enum=["head", "random"], title="Subset mode",
@@ -170,7 +176,9 @@ def wmt_seq2seq():
     def download(run: dict, params=None, run_id=None) -> dict:
         from pipeline_tasks.pipeline import download_step
 
-        return download_step(_layout(params, run_id), _corpus(params))
+        limits = {"max_expansion_ratio": params["max_expansion_ratio"],
+                  "max_decompressed_bytes": int(params["max_download_gib"] * (1 << 30))}
+        return download_step(_layout(params, run_id), _corpus(params), limits=limits)
 
     @task
     def subset(raw: dict, params=None, run_id=None) -> dict:

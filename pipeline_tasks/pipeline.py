@@ -66,7 +66,10 @@ def _done(uri: str, what: str) -> bool:
     return False
 
 
-def download_step(layout: RunLayout, corpus: CorpusConfig, cache_dir: str | None = None) -> dict[str, Any]:
+def download_step(layout: RunLayout, corpus: CorpusConfig, cache_dir: str | None = None,
+                  limits: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The corpus under raw/. `limits` may raise DownloadConfig's decompression limits
+    (``max_expansion_ratio``, ``max_decompressed_bytes``) for a corpus that really inflates that much."""
     from pipeline_tasks.download import DownloadConfig, download
 
     out = layout.uri("raw")
@@ -75,7 +78,7 @@ def download_step(layout: RunLayout, corpus: CorpusConfig, cache_dir: str | None
         cache = cache_dir or (str(Path(local_root) / "cache" / "downloads") if isinstance(local_root, Path)
                               else os.path.join(tempfile.gettempdir(), "wmt-seq2seq-cache"))
         with _tmp("raw") as tmp:
-            download(corpus.source, Path(tmp) / "raw", DownloadConfig(cache_dir=cache))
+            download(corpus.source, Path(tmp) / "raw", DownloadConfig(cache_dir=cache, **dict(limits or {})))
             put_tree(Path(tmp) / "raw", out)
     return {"raw": out}
 
