@@ -10,12 +10,9 @@ folder, or wait forever on a queue nobody feeds.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 from collections import deque
@@ -23,10 +20,11 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import TypeVar
 
+from pipeline_tasks.process import set_parent_death_signal
+
 T = TypeVar("T")
 R = TypeVar("R")
 
-PR_SET_PDEATHSIG = 1
 PARENT_POLL_S = 0.5
 
 
@@ -45,10 +43,7 @@ def _die_with_parent(parent_pid: int) -> None:
 
     PR_SET_PDEATHSIG fires when the *thread* that started the worker ends; the pool's processes are
     started by the thread that submits work, which stays inside the `with WorkerPool` block."""
-    if sys.platform.startswith("linux"):
-        # no prctl (an odd libc): the thread below still works
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    set_parent_death_signal(signal.SIGKILL)  # without prctl (not Linux, an odd libc) the thread below still works
     if os.getppid() != parent_pid:   # the parent died before prctl took effect
         os._exit(1)
     threading.Thread(target=watch_parent, args=(parent_pid,), name="watch-parent", daemon=True).start()

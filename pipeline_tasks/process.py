@@ -45,11 +45,12 @@ class TaskStopped(BaseException):
     so that no ``except Exception`` in job code mistakes it for a failure to handle and carry on."""
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM me when the process that started me dies."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+def set_parent_death_signal(sig: int) -> None:
+    """Ask the kernel to send `sig` to this process when the thread that started it ends (Linux's
+    ``PR_SET_PDEATHSIG``; elsewhere, or with a libc without prctl, nothing happens)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 def start(cmd: Sequence[str], **popen: Any) -> subprocess.Popen:
@@ -58,7 +59,7 @@ def start(cmd: Sequence[str], **popen: Any) -> subprocess.Popen:
     parent = os.getpid()
 
     def preexec() -> None:
-        _die_with_parent()
+        set_parent_death_signal(signal.SIGTERM)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os.kill(os.getpid(), signal.SIGTERM)
 
