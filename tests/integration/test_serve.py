@@ -122,7 +122,7 @@ def server(ml_root) -> Iterator[Running]:
         yield s
 
 
-HEADER_TIMEOUT_S = 2
+HEADER_TIMEOUT_S = 3
 BODY_TIMEOUT_S = 2
 
 
