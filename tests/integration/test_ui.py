@@ -106,7 +106,7 @@ def test_make_ui_starts_triggers_from_the_api_and_stops_what_a_failed_task_start
         text = out.read_text()
         password = json.loads((home / "simple_auth_manager_passwords.json.generated").read_text())["admin"]
         deadline = time.monotonic() + 30
-        while "Airflow is ready" not in text and time.monotonic() < deadline:
+        while "log in as admin with password" not in text and time.monotonic() < deadline:
             time.sleep(1)
             text = out.read_text()
         assert f"open http://localhost:{port} and log in as admin with password {password}" in text
