@@ -6,7 +6,8 @@ import logging
 import time
 
 
-def _fmt_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """12s, 3m05s, 1h02m: how every progress line of the steps spells a duration."""
     seconds = int(seconds)
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
@@ -38,7 +39,7 @@ class Progress:
             eta = (self.total - self.count) / rate if rate > 0 else float("inf")
             msg += f", {pct:.1f}%"
             if eta != float("inf"):
-                msg += f", ETA {_fmt_duration(eta)}"
+                msg += f", ETA {format_duration(eta)}"
         return msg
 
     def update(self, n: int) -> None:
@@ -51,5 +52,5 @@ class Progress:
     def done(self) -> float:
         """Log the final line; returns elapsed seconds."""
         now = time.monotonic()
-        self.logger.info(self._line(now) + f", done in {_fmt_duration(now - self.start)}")
+        self.logger.info(self._line(now) + f", done in {format_duration(now - self.start)}")
         return now - self.start

@@ -48,6 +48,7 @@ from typing import IO, Any
 
 from pipeline_tasks import process, storage
 from pipeline_tasks.atomic import staged_file
+from pipeline_tasks.progress import format_duration
 
 log = logging.getLogger(__name__)
 
@@ -65,15 +66,6 @@ SERVE_STOP_GRACE_S = 30.0    # serve's time to finish after SIGTERM before it is
 
 
 # --- progress ----------------------------------------------------------------------------------------------
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
-
 
 class LineProgress:
     """Progress of a transform, logged by a timer every `interval_s` (default :data:`PROGRESS_INTERVAL_S`)
@@ -133,20 +125,21 @@ class LineProgress:
             msg += f" / {self.total:,} lines ({100.0 * done / self.total:.1f}%)"
         else:
             msg += " lines"
-        msg += f", {rate:,.1f} lines/s over the last {_duration(window) if window >= 1 else f'{window:.1f}s'}"
+        msg += f", {rate:,.1f} lines/s over the last {format_duration(window) if window >= 1 else f'{window:.1f}s'}"
         if self.total:
             # the last window's rate when there was one; else the average so far
             pace = rate if rate > 0 else (done / elapsed if elapsed > 0 else 0.0)
-            msg += f", ETA {_duration((self.total - done) / pace)}" if pace > 0 else ", ETA unknown"
+            msg += f", ETA {format_duration((self.total - done) / pace)}" if pace > 0 else ", ETA unknown"
         if running:
-            msg += "; running: " + ", ".join(f"{d} for {_duration(now - t)}" for d, t in running)
+            msg += "; running: " + ", ".join(f"{d} for {format_duration(now - t)}" for d, t in running)
         return msg
 
     def done(self) -> float:
         """Log the final line; returns the seconds since the start."""
         elapsed = time.monotonic() - self.start
         rate = self.lines / elapsed if elapsed > 0 else 0.0
-        self.logger.info("%s: %s lines in %s (%.1f lines/s)", self.what, f"{self.lines:,}", _duration(elapsed), rate)
+        self.logger.info("%s: %s lines in %s (%.1f lines/s)", self.what, f"{self.lines:,}",
+                         format_duration(elapsed), rate)
         return elapsed
 
 
