@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.hyperparameters import Hyperparameters
-from model.model import Decoder, Encoder, EncoderOutput
+from model.model import Decoder, Encoder, EncoderOutput, selected
 from model.vocab import PAD_ID
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -184,12 +184,14 @@ class CnnDecoder(Decoder):
 
     # --- the Decoder interface ---
 
-    def forward(self, enc: EncoderOutput, trg_in: Tensor) -> Tensor:
-        logits, _ = self.forward_with_attention(enc, trg_in)
+    def forward(self, enc: EncoderOutput, trg_in: Tensor, select: Tensor | None = None) -> Tensor:
+        logits, _ = self.forward_with_attention(enc, trg_in, select)
         return logits
 
-    def forward_with_attention(self, enc: EncoderOutput, trg_in: Tensor) -> tuple[Tensor, Tensor]:
-        """Teacher-forced logits (B×T×V) and the last layer's attention (B×T×S, float32), e.g. for alignments."""
+    def forward_with_attention(self, enc: EncoderOutput, trg_in: Tensor,
+                               select: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Teacher-forced logits (B×T×V, or N×V at ``select``) and the last layer's attention (B×T×S,
+        float32), e.g. for alignments."""
         keys, values = self._memory(enc)
         g = self._embed(trg_in, torch.arange(trg_in.size(1), device=trg_in.device))
         x = g
@@ -197,7 +199,7 @@ class CnnDecoder(Decoder):
         for layer, conv in enumerate(self.convs):
             h = F.pad(self.hidden_dropout(x).transpose(1, 2), (self.kernel_width - 1, 0))  # causal
             x, weights = self._block_output(x, conv(h), layer, g, keys, values, enc)
-        return self._logits(x), weights
+        return self._logits(selected(x, select)), weights
 
     def init_state(self, enc: EncoderOutput) -> dict[str, Tensor]:
         """Projected keys/values once per sentence, and per layer a window of the last ``k - 1`` block inputs

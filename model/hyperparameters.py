@@ -90,6 +90,7 @@ class Hyperparameters:
     label_smoothing: float = 0.0
     learning_rate_warmup: int = 0  # batches of linear warm-up before the scheduler takes over
     batch_type: str = "sentence"  # sentence: batch_size sentences | word: about batch_size target tokens
+    max_training_seconds: int | None = None  # wall-clock budget of the training loop (Sockeye's --max-seconds)
     length_penalty_alpha: float = 1.0
     length_penalty_beta: float = 0.0
     seed: int = 13
@@ -169,11 +170,16 @@ _LENGTH = {"low": 1, "high": 16384}  # tokens per sentence
 _WIDTH = {"low": 1, "high": 64}  # convolution kernels
 
 _SPECS: dict[str, _Spec] = {
-    "batch_size": _Spec("mini-batch size (sentences, or target tokens with batch_type=word)", low=1, high=2**20),
+    "batch_size": _Spec(
+        "batch_type=sentence: sentences per batch; batch_type=word: real target tokens per batch (</s> counted, "
+        "padding not), filled to within 8 sentences of it in multiples of 8 sentences", low=1, high=2**20),
     "beam_size": _Spec("beam for BLEU during training and for inference", low=1, high=256),
     "bleu_sample_size": _Spec("validation sentences scored with BLEU at checkpoints; -1 = all, 0 = none", low=-1),
-    "bucket_width": _Spec("width of the sentence-length buckets", **_POSITIVE),
-    "bucketing_enabled": _Spec("batch sentences of similar length together"),
+    "bucket_width": _Spec(
+        "accepted for compatibility: with bucketing_enabled batches are runs of the epoch sorted by exact length, "
+        "which pads less than buckets of any width", **_POSITIVE),
+    "bucketing_enabled": _Spec("batch sentences of similar length together (sorted by the longer side, then the "
+                               "target); false: a plain shuffle"),
     "checkpoint_frequency_num_batches": _Spec("checkpoint and evaluate every N batches", **_POSITIVE),
     "checkpoint_threshold": _Spec("stop after N checkpoints without improvement of optimized_metric", **_POSITIVE),
     "clip_gradient": _Spec("clip absolute gradient values above it; <= 0 disables"),
@@ -250,8 +256,12 @@ _SPECS: dict[str, _Spec] = {
     "label_smoothing": _Spec("label smoothing of the cross-entropy loss", **_DROPOUT, extension=True),
     "learning_rate_warmup": _Spec("batches of linear learning-rate warm-up; 0 = none", low=0, extension=True),
     "batch_type": _Spec(
-        "sentence: batch_size sentences; word: about batch_size target tokens", ("sentence", "word"), extension=True
+        "sentence: batch_size sentences; word: about batch_size real target tokens", ("sentence", "word"),
+        extension=True,
     ),
+    "max_training_seconds": _Spec(
+        "stop training after this many seconds of wall-clock time (across restarts), then checkpoint and keep "
+        "the best model; none = no limit", low=1, accepts_none=True, extension=True),
     "length_penalty_alpha": _Spec("beam search length penalty exponent; 0 = no penalty", low=0.0, extension=True),
     "length_penalty_beta": _Spec("beam search length penalty constant", low=0.0, extension=True),
     "seed": _Spec("random seed", low=0, high=2**32 - 1, extension=True),

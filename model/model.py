@@ -68,8 +68,11 @@ class Decoder(nn.Module):
     embedding: nn.Embedding
     output_layer: nn.Linear
 
-    def forward(self, enc: EncoderOutput, trg_in: Tensor) -> Tensor:  # pragma: no cover - interface
-        """``B×T×V`` logits."""
+    def forward(self, enc: EncoderOutput, trg_in: Tensor,
+                select: Tensor | None = None) -> Tensor:  # pragma: no cover - interface
+        """``B×T×V`` logits; with ``select`` (``B×T`` bool) only those positions' logits, ``N×V`` in
+        row-major order. Training selects the real target positions: the output layer is the largest
+        matrix product of the model, and padding positions would only be thrown away by the loss."""
         raise NotImplementedError
 
     def init_state(self, enc: EncoderOutput) -> dict[str, Tensor]:  # pragma: no cover - interface
@@ -97,8 +100,8 @@ class Seq2Seq(nn.Module):
     def encode(self, src: Tensor, lengths: Tensor) -> EncoderOutput:
         return self.encoder(src, lengths)
 
-    def forward(self, src: Tensor, lengths: Tensor, trg_in: Tensor) -> Tensor:
-        return self.decoder(self.encoder(src, lengths), trg_in)
+    def forward(self, src: Tensor, lengths: Tensor, trg_in: Tensor, select: Tensor | None = None) -> Tensor:
+        return self.decoder(self.encoder(src, lengths), trg_in, select)
 
 
 def build_model(hp: Hyperparameters, source_vocab_size: int, target_vocab_size: int) -> Seq2Seq:
@@ -167,6 +170,11 @@ def initialize(model: nn.Module, hp: Hyperparameters) -> None:
 
 def source_mask(src: Tensor) -> Tensor:
     return src != PAD_ID
+
+
+def selected(x: Tensor, select: Tensor | None) -> Tensor:
+    """``x`` (``B×T×…``) at the ``select``ed positions (``N×…``), or all of it."""
+    return x if select is None else x[select]
 
 
 def count_parameters(model: nn.Module) -> int:

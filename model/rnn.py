@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from model.hyperparameters import Hyperparameters
-from model.model import Decoder, Encoder, EncoderOutput
+from model.model import Decoder, Encoder, EncoderOutput, selected
 
 CELL_TYPES = ("lstm", "gru")
 ATTENTION_TYPES = ("dot", "bilinear", "mlp", "fixed")
@@ -271,9 +271,10 @@ class RnnDecoder(Decoder):
         return state
 
     def _run(
-        self, enc: EncoderOutput, x: Tensor, state: dict[str, Tensor]
+        self, enc: EncoderOutput, x: Tensor, state: dict[str, Tensor], select: Tensor | None = None
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        """All layers over ``x`` (``B×T×E``) from ``state``: logits ``B×T×V``, weights ``B×T×S``, end state."""
+        """All layers over ``x`` (``B×T×E``) from ``state``: logits ``B×T×V`` (``N×V`` at ``select``),
+        weights ``B×T×S``, end state."""
         keys = state.get("keys")
         new_state: dict[str, Tensor] = {} if keys is None else {"keys": keys}
         context: Tensor | None = None
@@ -295,12 +296,12 @@ class RnnDecoder(Decoder):
             context, weights = self.attention(x, keys, enc)
         assert context is not None and weights is not None
         hidden = torch.tanh(self.hidden_proj(torch.cat([x, context.to(x.dtype)], dim=-1)))
-        logits = self.output_layer(self.hidden_dropout(hidden))
+        logits = self.output_layer(self.hidden_dropout(selected(hidden, select)))
         return logits, weights, new_state
 
-    def forward(self, enc: EncoderOutput, trg_in: Tensor) -> Tensor:
+    def forward(self, enc: EncoderOutput, trg_in: Tensor, select: Tensor | None = None) -> Tensor:
         x = self.embed_dropout(self.embedding(trg_in))
-        logits, _, _ = self._run(enc, x, self.init_state(enc))
+        logits, _, _ = self._run(enc, x, self.init_state(enc), select)
         return logits
 
     def step(

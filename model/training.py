@@ -5,8 +5,8 @@ Every ``checkpoint_frequency_num_batches`` updates the model is evaluated on the
 (perplexity and accuracy always, BLEU with beam search when ``bleu_sample_size`` asks for it or
 ``optimized_metric`` is bleu), the metric lines are printed, the best weights so far go to the model
 directory, and the whole training state goes to the checkpoint directory. Training stops after
-``checkpoint_threshold`` checkpoints without improvement (never before ``min_num_epochs``), or at
-``max_num_batches`` / ``max_num_epochs``.
+``checkpoint_threshold`` checkpoints without improvement (never before ``min_num_epochs``), at
+``max_num_batches`` / ``max_num_epochs``, or when ``max_training_seconds`` of wall-clock time are spent.
 
 Under DDP (``torchrun``) every rank trains on its shard of each epoch's batches; rank 0 evaluates and
 writes, and broadcasts its decisions so that every rank stops at the same update.
@@ -68,6 +68,7 @@ class TrainingState:
     checkpoints_without_improvement: int = 0
     last_checkpoint_update: int = 0  # num_updates at the last checkpoint (every rank keeps it)
     target_tokens: int = 0
+    seconds: float = 0.0  # wall-clock time of the training loop, checkpoints included, summed over restarts
     stop_reason: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -83,8 +84,9 @@ def autocast_context(device: torch.device, precision: str) -> contextlib.Abstrac
 def token_losses(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> tuple[torch.Tensor, ...]:
     """(smoothed loss sum, NLL sum, correct count) over the real (non-pad) target tokens.
 
-    The NLL is kept apart from the smoothed loss because perplexity must be the model's real
-    likelihood, whatever smoothing the optimisation uses."""
+    ``logits`` are ``…×V`` for ``targets`` of shape ``…``: the padded ``B×T`` grid, or the real positions
+    only (``N``, as :func:`forward_real` gives them). The NLL is kept apart from the smoothed loss because
+    perplexity must be the model's real likelihood, whatever smoothing the optimisation uses."""
     logp = F.log_softmax(logits.float(), dim=-1)
     mask = targets != PAD_ID
     nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
@@ -96,6 +98,13 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: f
         loss = nll.sum()
     correct = ((logp.argmax(-1) == targets) & mask).sum()
     return loss, nll.sum().detach(), correct.detach()
+
+
+def forward_real(model: nn.Module, batch: data_io.Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits at the real target positions only (``N×V``) and their targets (``N``): the output layer and
+    the softmax never run on padding."""
+    select = batch.trg_out != PAD_ID
+    return model(batch.src, batch.lengths, batch.trg_in, select), batch.trg_out[select]
 
 
 @torch.inference_mode()
@@ -110,8 +119,8 @@ def evaluate_likelihood(model: nn.Module, data: data_io.ParallelData, batch_size
         for indices in data_io.evaluation_batches(data, batch_size):
             batch = data_io.collate(data, indices).to(device)
             with autocast_context(device, precision):
-                logits = model(batch.src, batch.lengths, batch.trg_in)
-            _, nll, corr = token_losses(logits, batch.trg_out, 0.0)
+                logits, targets = forward_real(model, batch)
+            _, nll, corr = token_losses(logits, targets, 0.0)
             total_nll += float(nll)
             correct += int(corr)
             tokens += batch.num_target_tokens
@@ -218,13 +227,23 @@ class Trainer:
         self.eval_batch_size = hp.batch_size if hp.batch_type == "sentence" else max(
             1, hp.batch_size // (hp.max_seq_len_target + 1))
         self._window = {"loss": 0.0, "nll": 0.0, "correct": 0, "tokens": 0}
+        self._clock_start: tuple[float, float] | None = None  # (monotonic time, state.seconds) when fit began
 
     # --- checkpoints -------------------------------------------------------------------------------
     @property
     def checkpoint_file(self) -> Path:
         return self.checkpoint_dir / ckpt.CHECKPOINT_FILE
 
+    def _tick(self) -> float:
+        """The training loop's wall-clock seconds so far, over every run of the job (kept in the state,
+        so that ``max_training_seconds`` is one budget for a job however often it is restarted)."""
+        if self._clock_start is not None:
+            started, before = self._clock_start
+            self.state.seconds = before + time.monotonic() - started
+        return self.state.seconds
+
     def save_checkpoint(self) -> None:
+        self._tick()
         if not self.dist.is_main:
             return
         ckpt.torch_save(self.checkpoint_file, {
@@ -336,6 +355,7 @@ class Trainer:
             "best_metrics": best["metrics"] if best else {},
             "num_updates": self.state.num_updates,
             "epochs_completed": self.state.epoch,
+            "training_seconds": round(self.state.seconds, 1),
             "stop_reason": self.state.stop_reason,
             "history": self.state.history,
         }
@@ -343,8 +363,8 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------------
     def _train_step(self, batch: data_io.Batch) -> None:
         with autocast_context(self.device, self.hp.precision):
-            logits = self.model(batch.src, batch.lengths, batch.trg_in)
-        loss, nll, correct = token_losses(logits, batch.trg_out, self.hp.label_smoothing)
+            logits, targets = forward_real(self.model, batch)
+        loss, nll, correct = token_losses(logits, targets, self.hp.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         (loss / batch.num_target_tokens).backward()
         clip_gradients(self.model.parameters(), self.hp)
@@ -358,12 +378,14 @@ class Trainer:
         w["correct"] += int(correct)
         w["tokens"] += batch.num_target_tokens
 
-    def _stop_agreed(self, stop_signal: StopSignal) -> bool:
+    def _stops_agreed(self, stop_signal: StopSignal, out_of_time: bool) -> tuple[bool, bool]:
+        """(SIGTERM, time budget spent) as the ranks agree on them: any rank's say stops them all at the
+        same update, so that none waits forever in the next all-reduce."""
         if not self.dist.enabled:
-            return stop_signal.requested
-        flag = torch.tensor([1.0 if stop_signal.requested else 0.0], device=self.device)
-        torch.distributed.all_reduce(flag)
-        return bool(flag.item() > 0)
+            return stop_signal.requested, out_of_time
+        flags = torch.tensor([float(stop_signal.requested), float(out_of_time)], device=self.device)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        return bool(flags[0] > 0), bool(flags[1] > 0)
 
     def _updates_since_checkpoint(self) -> int:
         return self.state.num_updates - self.state.last_checkpoint_update
@@ -376,6 +398,8 @@ class Trainer:
         hp = self.hp
         self.model.train()
         progress = Progress(self, PROGRESS_SECONDS) if self.dist.is_main else None
+        self._clock_start = (time.monotonic(), self.state.seconds)
+
         with StopSignal() as stop_signal, progress or contextlib.nullcontext():
             while not self.state.stop_reason:
                 if hp.max_num_epochs is not None and self.state.epoch >= hp.max_num_epochs:
@@ -388,10 +412,15 @@ class Trainer:
                                                f"processes ({self.dist.world_size})")
                 if progress:
                     progress.num_batches = len(batches)
+                if self.dist.is_main and self.state.batch_in_epoch == 0:
+                    log.info("epoch %d: %s", self.state.epoch + 1, data_io.describe_batches(self.train_data, batches))
                 for i in range(self.state.batch_in_epoch, len(batches)):
                     self._train_step(data_io.collate(self.train_data, batches[i]).to(self.device))
                     self.state.batch_in_epoch = i + 1
-                    if self._stop_agreed(stop_signal):
+                    seconds = self._tick()
+                    out_of_time = hp.max_training_seconds is not None and seconds >= hp.max_training_seconds
+                    sigterm, out_of_time = self._stops_agreed(stop_signal, out_of_time)
+                    if sigterm:
                         self.save_checkpoint()  # state.stop_reason is still "": a restart carries on
                         self.state.stop_reason = STOPPED_BY_SIGTERM
                         if self.dist.is_main:
@@ -403,6 +432,9 @@ class Trainer:
                         break
                     if 0 < hp.max_num_batches <= self.state.num_updates:
                         self.state.stop_reason = f"max_num_batches={hp.max_num_batches} reached"
+                        break
+                    if out_of_time:
+                        self.state.stop_reason = f"max_training_seconds={hp.max_training_seconds} reached"
                         break
                 else:
                     self.state.epoch += 1
@@ -515,6 +547,8 @@ class Progress:
             remaining = self.num_batches - state.batch_in_epoch
             target = f"update {state.num_updates}"
         eta = _duration(remaining / rate if rate else math.inf) + ("" if hp.max_num_batches > 0 else " (epoch)")
+        if hp.max_training_seconds is not None:
+            eta += f", time budget {_duration(max(hp.max_training_seconds - self.trainer._tick(), 0.0))} left"
         log.info("epoch %d batch %d/%d, %s; last %s: %.2f updates/s, %.0f target tokens/s; lr %.3g, ETA %s",
                  state.epoch + 1, state.batch_in_epoch, self.num_batches, target, _duration(window), rate,
                  tokens * self.trainer.dist.world_size / window, self.trainer.schedule.current_lr, eta)

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.hyperparameters import Hyperparameters
-from model.model import Decoder, Encoder, EncoderOutput, source_mask
+from model.model import Decoder, Encoder, EncoderOutput, selected, source_mask
 from model.vocab import PAD_ID
 
 POSITIONAL_TYPES = ("fixed", "learned")
@@ -248,7 +248,7 @@ class TransformerDecoder(Decoder):
         tokens = self.embed_dropout(self.embedding(ids) * self.embed_scale)
         return self.input_dropout(tokens + self.positions(positions))
 
-    def forward(self, enc: EncoderOutput, trg_in: Tensor) -> Tensor:
+    def forward(self, enc: EncoderOutput, trg_in: Tensor, select: Tensor | None = None) -> Tensor:
         memory = self.encoder_projection(enc.states)
         x = self._embed(trg_in, torch.arange(trg_in.shape[1], device=trg_in.device))
         for layer in self.layers:
@@ -258,7 +258,7 @@ class TransformerDecoder(Decoder):
             ck, cv = layer.cross_attn.project_kv(memory)
             x = x + layer.dropout(layer.cross_attn(layer.cross_norm(x), ck, cv, key_mask=enc.mask))
             x = x + layer.dropout(layer.ff(layer.ff_norm(x)))
-        return self.output_layer(self.final_norm(x))
+        return self.output_layer(self.final_norm(selected(x, select)))
 
     def init_state(self, enc: EncoderOutput) -> dict[str, Tensor]:
         memory = self.encoder_projection(enc.states)

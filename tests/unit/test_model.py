@@ -32,6 +32,12 @@ def test_every_encoder_feeds_every_decoder(encoder, decoder):
     torch.testing.assert_close(stepped, logits, atol=1e-5, rtol=1e-5)
     assert torch.allclose(attention.sum(-1), torch.ones(2, 3), atol=1e-5)
     assert count_parameters(model) > 0
+    # Training asks for the real target positions only: the same logits, without the padding rows.
+    select = trg_in != 0
+    with torch.no_grad():
+        real = model(src, lengths, trg_in, select)
+    assert real.shape == (5, 17)
+    torch.testing.assert_close(real, logits[select], atol=1e-5, rtol=1e-5)
 
 
 def test_uniform_initialisation_stays_within_the_scale():

@@ -64,6 +64,21 @@ def test_max_num_epochs_and_a_final_checkpoint(tmp_path):
     assert [h["updates"] for h in summary["history"]] == [4, 8, 10]  # the tail after the last checkpoint counts
 
 
+def test_max_training_seconds_stops_on_time_with_a_final_checkpoint_and_the_best_model(tmp_path):
+    root = make_sagemaker_tree(tmp_path, {**TINY, "max_training_seconds": "2", "max_num_epochs": "100000",
+                                          "checkpoint_frequency_num_batches": "100000"}, n_train=160, n_val=20)
+    assert run(SageMakerPaths(root)) == 0
+    summary = json.loads((root / "model" / "metrics.json").read_text())
+    assert summary["stop_reason"] == "max_training_seconds=2 reached"
+    assert 2.0 <= summary["training_seconds"] < 10.0
+    # the only checkpoint is the one after the time ran out, at the last update, and it is the model kept
+    assert [h["updates"] for h in summary["history"]] == [summary["num_updates"]]
+    assert summary["num_updates"] > 10 and summary["best_checkpoint"] == 1
+    assert (root / "model" / "params.pt").is_file()
+    saved = torch.load(root / "checkpoints" / "checkpoint.pt", weights_only=True)
+    assert saved["state"]["seconds"] >= 2.0  # one budget over restarts: a restarted job counts on from here
+
+
 def test_bf16_autocast_path_runs_on_cpu(tmp_path):
     summary = train(tmp_path, precision="bf16", max_num_batches="6", checkpoint_frequency_num_batches="3",
                     encoder_type="transformer", decoder_type="transformer", transformer_model_size="16",
