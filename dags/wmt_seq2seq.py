@@ -117,6 +117,10 @@ PARAMS = {
                            description="A path or s3://bucket/prefix; runs write under <root>/<dag_id>/<run_id>/."),
     "beam_size": Param(5, type="integer", minimum=1, title="Beam size (evaluate, transform)",
                        description="Beam width for evaluation and batch transform; 1 is greedy."),
+    "max_output_length": Param(None, type=["integer", "null"], minimum=1, title="Max output length",
+                               description="Most output tokens of a sentence (</s> counted); null: per "
+                                           "sentence, the training data's target/source length ratio + 2 "
+                                           "standard deviations times the source length."),
     "eval_max_sentences": Param(None, type=["integer", "null"], minimum=1, title="Test sentences",
                                 description="Evaluate on the first N test sentences; null: all."),
     "gate": Param({"metric": "test:bleu", "min_delta": 0.0}, type="object", title="Quality gate",
@@ -261,7 +265,8 @@ def wmt_seq2seq():
         from pipeline_tasks.evaluate import EvaluateConfig
         from pipeline_tasks.pipeline import evaluate_step
 
-        cfg = EvaluateConfig(beam_size=params["beam_size"], max_sentences=params["eval_max_sentences"])
+        cfg = EvaluateConfig(beam_size=params["beam_size"], max_output_length=params["max_output_length"],
+                             max_sentences=params["eval_max_sentences"])
         return evaluate_step(_layout(params, run_id), _corpus(params), model["model"], cfg)
 
     @task
@@ -304,7 +309,8 @@ def wmt_seq2seq():
             role_arn=params["role_arn"] or "arn:aws:iam::000000000000:role/local",
             input_uri=transform_input_step(layout, _corpus(params), params["transform_input"]),
             output_uri=layout.uri("transform", "output"), instance_type=params["transform_instance_type"],
-            cfg=TransformConfig(beam_size=params["beam_size"]), tags={"dag_id": DAG_ID})
+            cfg=TransformConfig(beam_size=params["beam_size"], max_output_length=params["max_output_length"]),
+            tags={"dag_id": DAG_ID})
         return {**config, JOB_PREFIX_KEY: f"{DAG_ID}-transform"}
 
     @task.branch

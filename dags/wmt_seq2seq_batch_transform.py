@@ -47,6 +47,10 @@ PARAMS = {
                             description="SageMaker transform instances; the input objects are split among them."),
     "beam_size": Param(5, type="integer", minimum=1, title="Beam size",
                        description="Beam width of the decoder; 1 is greedy (fastest)."),
+    "max_output_length": Param(None, type=["integer", "null"], minimum=1, title="Max output length",
+                               description="Most output tokens of a sentence (</s> counted); null: per "
+                                           "sentence, the training data's target/source length ratio + 2 "
+                                           "standard deviations times the source length."),
     "batch_size": Param(32, type="integer", minimum=1, title="Sentences per decoder batch",
                         description="Sentences decoded together (sorted by length within a request)."),
     "on_error": Param("fail", enum=["fail", "record"], title="Bad lines",
@@ -98,6 +102,7 @@ def wmt_seq2seq_batch_transform():
             output_uri=RunLayout(root, DAG_ID, run_id).uri("transform", "output"),
             instance_type=params["instance_type"], instance_count=params["instance_count"],
             cfg=TransformConfig(batch_size=params["batch_size"], beam_size=params["beam_size"],
+                                max_output_length=params["max_output_length"],
                                 on_error=params["on_error"]),
             max_payload_mb=params["max_payload_mb"], tags={"dag_id": DAG_ID})
         print(f"model {pointer['model']} (promoted by run {pointer['run_id']}), input {source}")

@@ -13,12 +13,14 @@ the stopping bound and the shrinking batch are our additions and do not change w
   ``score`` is the sum of the model's log-probabilities and ``length`` counts tokens including
   ``</s>``. A hypothesis that emits ``</s>`` is finished: it keeps its slot (and its normalized score)
   while live ones compete with it, so the beam fills up with finished hypotheses and the search ends.
+- ``max_output_length`` is one limit for the batch or one per sentence (a ``B`` tensor: what
+  :func:`output_length_limits` gives, a multiple of each source's length as Sockeye does it).
 - A sentence stops when none of its rows is live, or when its best finished hypothesis can no longer
   be beaten: a live hypothesis only loses log-probability from here on and the penalty only grows, so
   ``score / length_penalty(max_output_length)`` bounds anything it can still become. This bound never
   changes the result, it only saves steps. The answer is the best finished hypothesis ever seen
-  (also one that was pushed out of the beam later); one that reaches ``max_output_length`` tokens
-  without ``</s>`` counts as finished at that length.
+  (also one that was pushed out of the beam later); one that reaches its sentence's
+  ``max_output_length`` tokens without ``</s>`` counts as finished at that length.
 - Finished sentences leave the decoder batch, so a long sentence does not make short ones pay.
 - ``<pad>`` and ``<s>`` are never emitted. They are masked *after* the softmax, so scores stay the
   model's own log-probabilities (what teacher forcing gives), not renormalised ones.
@@ -58,11 +60,45 @@ def length_penalty(length: int | float | Tensor, alpha: float, beta: float) -> f
     return ((beta + length) / (beta + 1.0)) ** alpha
 
 
-def _check_inputs(src: Tensor, lengths: Tensor, max_output_length: int) -> None:
+# Sockeye's rule for the longest output of a source: the training data's target/source length ratio plus
+# this many standard deviations; without statistics (older models), this factor.
+DEFAULT_NUM_STDS = 2
+DEFAULT_LENGTH_FACTOR = 2.0
+
+
+def length_factor(length_ratio: tuple[float, float] | None, num_stds: int = DEFAULT_NUM_STDS) -> float:
+    """How many output tokens a source token may give at most: ``mean + num_stds * std`` of the training
+    pairs' (target + 1) / (source + 1) length ratio; a negative ``num_stds`` or no statistics give
+    :data:`DEFAULT_LENGTH_FACTOR`."""
+    if length_ratio is None or num_stds < 0:
+        return DEFAULT_LENGTH_FACTOR
+    mean, std = length_ratio
+    return mean + num_stds * std
+
+
+def output_length_limits(lengths: Tensor, factor: float, cap: int) -> Tensor:
+    """Per sentence, the most output tokens (``</s>`` counted) for sources of ``lengths`` tokens (``</s>``
+    counted): ``ceil(factor * length)``, at least 1, at most ``cap``. A model whose output runs on without
+    ``</s>`` (repeating itself, as undertrained models do) is stopped near the length a translation of that
+    source can have, instead of at the longest sentence the model was trained on."""
+    limits = torch.ceil(lengths.to(torch.float64) * factor - 1e-9).to(torch.long)
+    return limits.clamp(min=1, max=cap)
+
+
+def _limits(src: Tensor, lengths: Tensor, max_output_length: int | Tensor) -> Tensor:
+    """The per-sentence limits as a ``B`` tensor on the source's device, after checking the inputs."""
     if src.dim() != 2 or lengths.dim() != 1 or lengths.size(0) != src.size(0):
         raise ValueError(f"expected src B×S and lengths B, got {tuple(src.shape)} and {tuple(lengths.shape)}")
-    if max_output_length < 1:
-        raise ValueError(f"max_output_length must be >= 1 (it counts </s>), got {max_output_length}")
+    if isinstance(max_output_length, Tensor):
+        limits = max_output_length.to(device=src.device, dtype=torch.long)
+        if limits.shape != lengths.shape:
+            raise ValueError(f"expected one max_output_length per sentence ({lengths.size(0)}), "
+                             f"got shape {tuple(limits.shape)}")
+    else:
+        limits = torch.full_like(lengths, int(max_output_length), device=src.device, dtype=torch.long)
+    if limits.numel() and int(limits.min()) < 1:
+        raise ValueError(f"max_output_length must be >= 1 (it counts </s>), got {int(limits.min())}")
+    return limits
 
 
 def _log_probs(logits: Tensor) -> Tensor:
@@ -96,12 +132,12 @@ def _translations(
 
 @torch.inference_mode()
 def greedy_search(
-    model: Seq2Seq, src: Tensor, lengths: Tensor, max_output_length: int, return_attention: bool = False
+    model: Seq2Seq, src: Tensor, lengths: Tensor, max_output_length: int | Tensor, return_attention: bool = False
 ) -> list[Translation]:
     """The most likely token at every step; kept separate from :func:`beam_search` (rather than beam
     size 1) as the simple reference beam search is tested against. ``normalized_score`` uses the default
     penalty (alpha=1, beta=0): the mean log-probability per token."""
-    _check_inputs(src, lengths, max_output_length)
+    limits = _limits(src, lengths, max_output_length)
     batch = src.size(0)
     if batch == 0:
         return []
@@ -111,10 +147,10 @@ def greedy_search(
     prev = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
     score = torch.zeros(batch, dtype=torch.float32, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    num_emitted = torch.full((batch,), max_output_length, dtype=torch.long, device=device)
+    num_emitted = limits.clone()
     steps: list[Tensor] = []
     attns: list[Tensor] = []
-    for t in range(max_output_length):
+    for t in range(int(limits.max())):
         logits, attn, state = model.decoder.step(enc, prev, state, t)
         logp = _log_probs(logits)
         tok = logp.argmax(dim=-1)
@@ -122,7 +158,7 @@ def greedy_search(
         tok = tok.masked_fill(finished, EOS_ID)
         newly = ~finished & (tok == EOS_ID)
         num_emitted = torch.where(newly, t + 1, num_emitted)
-        finished = finished | newly
+        finished = finished | newly | (limits <= t + 1)
         steps.append(tok)
         if return_attention:
             attns.append(attn.float())
@@ -147,7 +183,7 @@ def beam_search(
     src: Tensor,
     lengths: Tensor,
     beam_size: int,
-    max_output_length: int,
+    max_output_length: int | Tensor,
     length_penalty_alpha: float = 1.0,
     length_penalty_beta: float = 0.0,
     return_attention: bool = False,
@@ -157,7 +193,7 @@ def beam_search(
     The results do not depend on the batch: each sentence is searched as if it were alone. Beam size 1
     gives exactly :func:`greedy_search`'s tokens and scores.
     """
-    _check_inputs(src, lengths, max_output_length)
+    limits = _limits(src, lengths, max_output_length)
     if beam_size < 1:
         raise ValueError(f"beam_size must be >= 1, got {beam_size}")
     if length_penalty_alpha < 0 or length_penalty_beta < 0:
@@ -195,12 +231,14 @@ def beam_search(
 
     active = torch.arange(batch, device=device)  # sentences still searched
     active_rows = all_rows  # their rows, in the order of the decoder's batch
-    max_penalty = length_penalty(max_output_length, alpha, beta)
+    row_limit = limits.repeat_interleave(k)  # per row (global numbering): tokens it may hold, </s> counted
+    row_max_penalty = length_penalty(row_limit.to(torch.float32), alpha, beta)
+    n_steps_max = int(limits.max())
     hist_tokens: list[Tensor] = []  # step t: N ids, the t-th token of the hypothesis in each row
     hist_back: list[Tensor] = []  # step t: N rows of step t-1 each row continues
     hist_attn: list[Tensor] = []  # step t: N×S attention that produced that token
 
-    for t in range(max_output_length):
+    for t in range(n_steps_max):
         logits, attn, state = model.decoder.step(enc, prev, state, t)
         logp = _log_probs(logits)
         rows, vocab = logp.shape
@@ -231,7 +269,8 @@ def beam_search(
         picked_score = picked_score.reshape(rows)
         # Fewer than K real candidates (tiny vocabularies) leave the rest of the beam dead, not copies.
         new_score = torch.where(was_finished & ~picked_score.isneginf(), row_score[local_src], picked_score)
-        new_finished = was_finished | (tok == EOS_ID) | new_score.isneginf()
+        at_limit = row_limit[active_rows] <= t + 1  # this token is the last its sentence may have
+        new_finished = was_finished | (tok == EOS_ID) | new_score.isneginf() | at_limit
         src_rows = active_rows[local_src]
         new_emitted = torch.where(was_finished, num_emitted[src_rows], t + 1)
         score[active_rows] = new_score
@@ -250,8 +289,8 @@ def beam_search(
             hist_attn.append(step_attn)
 
         # Hypotheses completed at this step: by </s>, or by running out of length.
-        last = t == max_output_length - 1
-        completed = ~was_finished & ~new_score.isneginf() & ((tok == EOS_ID) | last)
+        last = t == n_steps_max - 1
+        completed = ~was_finished & ~new_score.isneginf() & ((tok == EOS_ID) | at_limit)
         done_key = torch.where(completed, new_score / length_penalty(new_emitted, alpha, beta), NEG_INF)
         top_key, top_slot = done_key.view(n_active, k).max(dim=1)
         better = top_key > best_key[active]
@@ -263,7 +302,8 @@ def beam_search(
         if last:
             break
 
-        live_bound = torch.where(new_finished, NEG_INF, new_score / max_penalty).view(n_active, k).max(dim=1).values
+        live_bound = torch.where(new_finished, NEG_INF, new_score / row_max_penalty[active_rows])
+        live_bound = live_bound.view(n_active, k).max(dim=1).values
         keep = best_key[active] < live_bound
         n_keep = int(keep.sum())
         if n_keep == 0:

@@ -72,8 +72,9 @@ def unwrap(model: torch.nn.Module) -> Seq2Seq:
     return model  # type: ignore[return-value]
 
 
-def model_config(hp: Hyperparameters, source_vocab_size: int, target_vocab_size: int) -> dict[str, Any]:
-    return {
+def model_config(hp: Hyperparameters, source_vocab_size: int, target_vocab_size: int,
+                 length_ratio: tuple[float, float] | None = None) -> dict[str, Any]:
+    config: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "encoder_type": hp.encoder_type,
         "decoder_type": hp.decoder_type,
@@ -82,15 +83,19 @@ def model_config(hp: Hyperparameters, source_vocab_size: int, target_vocab_size:
         "max_seq_len_source": hp.max_seq_len_source,
         "max_seq_len_target": hp.max_seq_len_target,
     }
+    if length_ratio is not None:  # the training data's target/source length ratio: decoding's length limits
+        config["length_ratio_mean"], config["length_ratio_std"] = (round(v, 6) for v in length_ratio)
+    return config
 
 
 def save_model_files(
-    model_dir: Path, hp: Hyperparameters, source_vocab: Mapping[str, int], target_vocab: Mapping[str, int]
+    model_dir: Path, hp: Hyperparameters, source_vocab: Mapping[str, int], target_vocab: Mapping[str, int],
+    length_ratio: tuple[float, float] | None = None,
 ) -> None:
     """The parts of the model directory that do not change during training."""
     model_dir.mkdir(parents=True, exist_ok=True)
     write_json(model_dir / HYPERPARAMETERS_FILE, to_strings(hp))
-    write_json(model_dir / CONFIG_FILE, model_config(hp, len(source_vocab), len(target_vocab)))
+    write_json(model_dir / CONFIG_FILE, model_config(hp, len(source_vocab), len(target_vocab), length_ratio))
     for name, v in (("vocab.src.json", source_vocab), ("vocab.trg.json", target_vocab)):
         with staged_file(model_dir / name, "w", encoding="utf-8") as f:
             f.write(vocab_io.dumps(v))
@@ -109,8 +114,10 @@ class LoadedModel:
     """A model directory loaded for decoding: model in eval mode plus its vocabularies."""
 
     def __init__(self, model: Seq2Seq, hp: Hyperparameters, source_vocab: dict[str, int],
-                 target_vocab: dict[str, int], model_dir: Path) -> None:
+                 target_vocab: dict[str, int], model_dir: Path,
+                 length_ratio: tuple[float, float] | None = None) -> None:
         self.model = model
+        self.length_ratio = length_ratio  # (mean, std) of the training data; None for older models
         self.hp = hp
         self.source_vocab = source_vocab
         self.target_vocab = target_vocab
@@ -136,4 +143,7 @@ def load_model(model_dir: str | os.PathLike[str], device: str | torch.device = "
     state = torch_load(root / PARAMS_FILE, "model parameter file")
     model.load_state_dict(state)
     model.to(device).eval()
-    return LoadedModel(model, hp, source_vocab, target_vocab, root)
+    ratio = None
+    if "length_ratio_mean" in config and "length_ratio_std" in config:
+        ratio = (float(config["length_ratio_mean"]), float(config["length_ratio_std"]))
+    return LoadedModel(model, hp, source_vocab, target_vocab, root, ratio)

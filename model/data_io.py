@@ -313,3 +313,10 @@ def describe_batches(data: ParallelData, batches: list[np.ndarray]) -> str:
     return (f"{len(batches)} batches of {np.mean(sizes):.1f} sentences and {np.mean(real):.0f} real target "
             f"tokens on average; padding {padding_fraction(data, batches, 'source'):.1%} of source and "
             f"{padding_fraction(data, batches, 'target'):.1%} of target positions")
+
+
+def length_ratio(data: ParallelData) -> tuple[float, float]:
+    """Mean and standard deviation of (target + 1) / (source + 1) over the pairs (``</s>`` counted on both
+    sides, after truncation): what decoding's per-sentence length limit is made from, as in Sockeye."""
+    ratio = (data.trg_lengths + 1) / (data.src_lengths + 1)
+    return float(ratio.mean()), float(ratio.std())

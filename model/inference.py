@@ -32,7 +32,14 @@ from typing import Any
 
 import torch
 
-from model.beam_search import Translation, beam_search, greedy_search
+from model.beam_search import (
+    DEFAULT_NUM_STDS,
+    Translation,
+    beam_search,
+    greedy_search,
+    length_factor,
+    output_length_limits,
+)
 from model.checkpoint import LoadedModel, load_model
 from model.tokenizer import CONFIG_FILE as TOKENIZER_CONFIG
 from model.tokenizer import Tokenizer
@@ -64,7 +71,8 @@ class InferenceConfig:
 
     batch_size: int = 32                  # sentences decoded together (grouped by length)
     beam_size: int | None = None          # None: the model's own beam_size hyperparameter
-    max_output_length: int | None = None  # tokens including </s>; None: max_seq_len_target + 1
+    max_output_length: int | None = None  # tokens including </s> for every sentence; None: per sentence, below
+    max_output_length_num_stds: int = DEFAULT_NUM_STDS  # None above: ceil((mean + N std) × source length)
     text_format: str | None = None        # raw | tokens; None: raw when the model ships a tokenizer
     unknown_tokens: str = "unk"           # unk: map to <unk> as training did | reject: a bad item
     on_error: str = "fail"                # fail: the request fails | record: {"error": …} in its slot
@@ -170,7 +178,10 @@ class Translator:
         self.text_format = text_format
         hp = loaded.hp
         self.beam_size = config.beam_size or hp.beam_size
+        # The longest output: what the config says for every sentence, else Sockeye's rule per sentence from
+        # the training data's length ratio, never past the longest target the model was trained on.
         self.max_output_length = config.max_output_length or hp.max_seq_len_target + 1
+        self.length_factor = length_factor(loaded.length_ratio, config.max_output_length_num_stds)
         self.max_source_tokens = hp.max_seq_len_source
         self._source_vocab = loaded.source_vocab
         self._source_size = len(loaded.source_vocab)
@@ -184,9 +195,10 @@ class Translator:
         loaded = load_model(model_dir, device)
         tokenizer = Tokenizer.load(model_dir) if (Path(model_dir) / TOKENIZER_CONFIG).is_file() else None
         translator = cls(loaded, tokenizer, config or InferenceConfig(), device)
-        log.info("model %s loaded on %s: %s encoder / %s decoder, vocabularies %d/%d, text %s, beam %d",
-                 model_dir, device, loaded.hp.encoder_type, loaded.hp.decoder_type, len(loaded.source_vocab),
-                 len(loaded.target_vocab), translator.text_format, translator.beam_size)
+        log.info("model %s loaded on %s: %s encoder / %s decoder, vocabularies %d/%d, text %s, beam %d, "
+                 "output length %s", model_dir, device, loaded.hp.encoder_type, loaded.hp.decoder_type,
+                 len(loaded.source_vocab), len(loaded.target_vocab), translator.text_format, translator.beam_size,
+                 translator.output_length_rule)
         return translator
 
     # --- preparing sources ---------------------------------------------------------------------------
@@ -256,13 +268,23 @@ class Translator:
             src[row, len(s.ids)] = EOS_ID
         src = src.to(self.device)
         lens = torch.tensor(lengths, dtype=torch.long, device=self.device)
+        limits: int | torch.Tensor = self.max_output_length
+        if self.config.max_output_length is None:
+            limits = output_length_limits(lens, self.length_factor, self.max_output_length)
         model = self.loaded.model
         with _autocast(self.device, self.loaded.hp.precision):
             if self.beam_size == 1:
-                return greedy_search(model, src, lens, self.max_output_length, return_attention=attention)
-            return beam_search(model, src, lens, self.beam_size, self.max_output_length,
+                return greedy_search(model, src, lens, limits, return_attention=attention)
+            return beam_search(model, src, lens, self.beam_size, limits,
                                self.loaded.hp.length_penalty_alpha, self.loaded.hp.length_penalty_beta,
                                return_attention=attention)
+
+    @property
+    def output_length_rule(self) -> str:
+        """The length limit in words, for reports and logs."""
+        if self.config.max_output_length is not None:
+            return f"{self.max_output_length} tokens"
+        return f"ceil({self.length_factor:.3g} x source tokens), at most {self.max_output_length} (</s> counted)"
 
     def _output(self, src: Source, tr: Translation, attention: bool) -> Output:
         tokens = [self._target_tokens[t] for t in tr.tokens]

@@ -117,7 +117,7 @@ def run(paths: SageMakerPaths) -> int:
     if dist.is_main:
         log.info("model %s encoder / %s decoder, %d parameters", hp.encoder_type, hp.decoder_type,
                  count_parameters(model))
-        ckpt.save_model_files(paths.model_dir, hp, source_vocab, target_vocab)
+        ckpt.save_model_files(paths.model_dir, hp, source_vocab, target_vocab, data_io.length_ratio(train_data))
         shipped = copy_tokenizer(paths.channel("vocab"), paths.model_dir)
         if shipped:
             log.info("tokenizer from the vocab channel copied into the model: %s", ", ".join(shipped))

@@ -32,7 +32,7 @@ from torch import nn
 
 from model import checkpoint as ckpt
 from model import data_io, metrics
-from model.beam_search import beam_search
+from model.beam_search import beam_search, length_factor, output_length_limits
 from model.hyperparameters import Hyperparameters
 from model.optim import LearningRateSchedule, clip_gradients
 from model.vocab import PAD_ID
@@ -147,19 +147,23 @@ def bleu_sample(num_pairs: int, hp: Hyperparameters) -> np.ndarray | None:
 
 
 def evaluate_bleu(model: nn.Module, data: data_io.ParallelData, indices: np.ndarray, hp: Hyperparameters,
-                  target_tokens: list[str], device: torch.device, batch_size: int = 32) -> float:
-    """Token-level BLEU of beam-search output against the validation targets (the algorithm's view)."""
+                  target_tokens: list[str], device: torch.device, batch_size: int = 32,
+                  length_ratio: tuple[float, float] | None = None) -> float:
+    """Token-level BLEU of beam-search output against the validation targets (the algorithm's view), with
+    the output length limits serving uses (``length_ratio`` of the training data)."""
     was_training = model.training
     model.eval()
     hyps: dict[int, str] = {}
     refs: dict[int, str] = {}
     subset = data.subset(indices)
+    factor = length_factor(length_ratio)
     try:
         for batch_indices in data_io.evaluation_batches(subset, batch_size):
             batch = data_io.collate(subset, batch_indices).to(device)
             with autocast_context(device, hp.precision):
                 out = beam_search(model, batch.src, batch.lengths, beam_size=hp.beam_size,
-                                  max_output_length=hp.max_seq_len_target + 1,
+                                  max_output_length=output_length_limits(batch.lengths, factor,
+                                                                         hp.max_seq_len_target + 1),
                                   length_penalty_alpha=hp.length_penalty_alpha,
                                   length_penalty_beta=hp.length_penalty_beta)
             for i, translation in zip(batch_indices.tolist(), out):
@@ -224,6 +228,7 @@ class Trainer:
         self.config = data_io.DataConfig.from_hyperparameters(hp)
         self.state = TrainingState()
         self.bleu_indices = bleu_sample(len(val_data), hp)
+        self.length_ratio = data_io.length_ratio(train_data)
         self.eval_batch_size = hp.batch_size if hp.batch_type == "sentence" else max(
             1, hp.batch_size // (hp.max_seq_len_target + 1))
         self._window = {"loss": 0.0, "nll": 0.0, "correct": 0, "tokens": 0}
@@ -320,7 +325,8 @@ class Trainer:
         values["validation:accuracy"] = val["accuracy"]
         if self.bleu_indices is not None:
             values["validation:bleu"] = evaluate_bleu(model, self.val_data, self.bleu_indices, self.hp,
-                                                      self.target_tokens, self.device)
+                                                      self.target_tokens, self.device,
+                                                      length_ratio=self.length_ratio)
         self.emit(values)
         current = values[f"validation:{self.hp.optimized_metric}"]
         improved = metrics.is_better(self.hp.optimized_metric, current, self.state.best_metric)

@@ -19,6 +19,11 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 1 << 10, "m": 10**
                "g": 10**9, "gb": 10**9, "gib": 1 << 30, "t": 10**12, "tb": 10**12, "tib": 1 << 40}
 
 
+MAX_OUTPUT_LENGTH_HELP = ("most output tokens of every sentence, </s> counted (default: per sentence, the training "
+                          "data's target/source length ratio + 2 standard deviations times the source length, at "
+                          "most max_seq_len_target + 1)")
+
+
 def parse_size(text: str) -> int:
     """A byte count as people write it: 1000000, 500MB, 64GiB, 1.5T (0: no limit)."""
     import re
@@ -118,7 +123,8 @@ def cmd_upload(a: argparse.Namespace) -> None:
 def cmd_transform(a: argparse.Namespace) -> None:
     from pipeline_tasks.transform import TransformConfig, transform
 
-    cfg = TransformConfig(batch_size=a.batch_size, beam_size=a.beam_size, text_format=a.text_format,
+    cfg = TransformConfig(batch_size=a.batch_size, beam_size=a.beam_size, max_output_length=a.max_output_length,
+                          text_format=a.text_format,
                           unknown_tokens=a.unknown_tokens, on_error=a.on_error, chunk_lines=a.chunk_lines)
     _print_json(transform(a.model, a.input, a.output, cfg, device=a.device))
 
@@ -140,7 +146,8 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
     from pipeline_tasks.evaluate import EvaluateConfig, evaluate, summary
     from pipeline_tasks.transform import resolve_model
 
-    cfg = EvaluateConfig(batch_size=a.batch_size, beam_size=a.beam_size, max_sentences=a.max_sentences,
+    cfg = EvaluateConfig(batch_size=a.batch_size, beam_size=a.beam_size, max_output_length=a.max_output_length,
+                         max_sentences=a.max_sentences,
                          report=not a.no_report, text_format=a.text_format)
     with tempfile.TemporaryDirectory(prefix="evaluate-model-") as work:
         model_dir = resolve_model(a.model, work)
@@ -239,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--output", required=True, help="JSON Lines output (path, file:// or s3://)")
     tr.add_argument("--batch-size", type=int, default=32, help="sentences decoded together (default: %(default)s)")
     tr.add_argument("--beam-size", type=int, help="default: the model's beam_size; 1 = greedy")
+    tr.add_argument("--max-output-length", type=int, help=MAX_OUTPUT_LENGTH_HELP)
     tr.add_argument("--text-format", choices=("raw", "tokens"),
                     help="raw: tokenize and detokenize with the model's tokenizer (default when it has one)")
     tr.add_argument("--unknown-tokens", choices=("unk", "reject"), default="unk",
@@ -262,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--output", required=True, help="folder for hypotheses.txt, metrics.json, report/")
     ev.add_argument("--batch-size", type=int, default=32, help="sentences decoded together (default: %(default)s)")
     ev.add_argument("--beam-size", type=int, help="default: the model's beam_size; 1 = greedy")
+    ev.add_argument("--max-output-length", type=int, help=MAX_OUTPUT_LENGTH_HELP)
     ev.add_argument("--max-sentences", type=int, help="evaluate the first N lines only")
     ev.add_argument("--no-report", action="store_true", help="skip the PNG/HTML report")
     ev.add_argument("--text-format", choices=("raw", "tokens"),

@@ -50,6 +50,7 @@ MAX_REPORTED_LINES = 10
 class EvaluateConfig:
     batch_size: int = 32               # sentences decoded together (and per perplexity batch)
     beam_size: int | None = None       # None: the model's own beam_size
+    max_output_length: int | None = None  # tokens for every sentence; None: a multiple of each source's length
     max_sentences: int | None = None   # evaluate the first N lines only (None: all)
     report: bool = True                # write report/ (PNGs + index.html)
     attention_examples: int = 3        # sentences whose attention the report shows
@@ -60,8 +61,9 @@ class EvaluateConfig:
         for name in ("batch_size", "chunk_sentences"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_sentences is not None and self.max_sentences < 1:
-            raise ValueError(f"max_sentences must be >= 1, got {self.max_sentences}")
+        for name in ("max_sentences", "max_output_length"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.attention_examples < 0:
             raise ValueError(f"attention_examples must be >= 0, got {self.attention_examples}")
 
@@ -315,6 +317,7 @@ def evaluate(model_dir: str | os.PathLike[str], source: str | os.PathLike[str], 
         log.warning("%s: %d blank reference line(s)", ref_stats.path, blank_refs)
 
     translator = Translator.load(model_path, InferenceConfig(batch_size=cfg.batch_size, beam_size=cfg.beam_size,
+                                                             max_output_length=cfg.max_output_length,
                                                              text_format=cfg.text_format), device)
     log.info("evaluating %s on %d sentences of %s", model_uri or model_path, len(sources), src_stats.path)
     translated = translate_lines(translator, sources, cfg)
@@ -342,7 +345,7 @@ def evaluate(model_dir: str | os.PathLike[str], source: str | os.PathLike[str], 
         "data": {"source": _file_identity(src_stats), "reference": _file_identity(ref_stats),
                  "max_sentences": cfg.max_sentences},
         "decoding": {"beam_size": translator.beam_size, "batch_size": cfg.batch_size,
-                     "max_output_length": translator.max_output_length, "text_format": translator.text_format,
+                     "max_output_length": translator.output_length_rule, "text_format": translator.text_format,
                      "device": str(translator.device), "torch": torch.__version__},
         **_recompute_commands(_published_folder(out, output_uri)),
     }

@@ -212,6 +212,7 @@ class TransformConfig:
 
     batch_size: int = 32
     beam_size: int | None = None
+    max_output_length: int | None = None  # tokens for every line; None: a multiple of each source's length
     text_format: str | None = None   # raw | tokens; None: raw when the model ships a tokenizer
     unknown_tokens: str = "unk"
     on_error: str = "fail"           # fail | record
@@ -225,7 +226,8 @@ class TransformConfig:
     def inference_config(self):
         from model.inference import InferenceConfig
 
-        return InferenceConfig(batch_size=self.batch_size, beam_size=self.beam_size, text_format=self.text_format,
+        return InferenceConfig(batch_size=self.batch_size, beam_size=self.beam_size,
+                               max_output_length=self.max_output_length, text_format=self.text_format,
                                unknown_tokens=self.unknown_tokens, on_error=self.on_error)
 
 
@@ -322,7 +324,8 @@ def transform(model: str | os.PathLike[str], input_uri: str, output_uri: str,
     return {"model": os.fspath(model), "input": input_uri, "output": output_uri, "lines": lines, "errors": errors,
             "error_lines": error_lines, "seconds": round(seconds, 3),
             "sentences_per_s": round(lines / seconds, 2) if seconds > 0 else None,
-            "beam_size": translator.beam_size, "batch_size": cfg.batch_size, "text_format": translator.text_format}
+            "beam_size": translator.beam_size, "batch_size": cfg.batch_size, "text_format": translator.text_format,
+            "max_output_length": translator.output_length_rule}
 
 
 # --- the SageMaker transform job request --------------------------------------------------------------------

@@ -10,7 +10,14 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from model.beam_search import Translation, beam_search, greedy_search, length_penalty
+from model.beam_search import (
+    Translation,
+    beam_search,
+    greedy_search,
+    length_factor,
+    length_penalty,
+    output_length_limits,
+)
 from model.model import Decoder, Encoder, EncoderOutput, Seq2Seq
 from model.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
@@ -67,13 +74,14 @@ class ToyDecoder(Decoder):
             logits[:, EOS_ID] = logits[:, EOS_ID] + self.length_eos * at_end
         return logits, attn, {"h": h, "pos": state["pos"] + 1}
 
-    def forward(self, enc: EncoderOutput, trg_in: Tensor) -> Tensor:
+    def forward(self, enc: EncoderOutput, trg_in: Tensor, select: Tensor | None = None) -> Tensor:
         state = self.init_state(enc)
         out = []
         for t in range(trg_in.size(1)):
             logits, _, state = self.step(enc, trg_in[:, t], state, t)
             out.append(logits)
-        return torch.stack(out, 1)
+        logits = torch.stack(out, 1)
+        return logits if select is None else logits[select]
 
 
 def make_model(table: Tensor, mix: float = 0.0, length_eos: float = 0.0, seed: int = 0) -> Seq2Seq:
@@ -419,6 +427,42 @@ def test_max_output_length_is_respected(search):
             assert tr.score == pytest.approx(score, abs=1e-4)
             assert tr.normalized_score == pytest.approx(score / limit, abs=1e-4)
             assert torch.allclose(torch.tensor(tr.attention), torch.tensor(rows), atol=1e-5)
+
+
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_per_sentence_limits_equal_each_sentence_alone_with_its_own_limit(beam_size):
+    table = random_table(21)
+    table[:, :, EOS_ID] = -3.0  # </s> is likely but not certain: some hypotheses hit their limit
+    model = random_model(21, table)
+    src, lengths = sources([5, 2, 6, 3], seed=22)
+    limits = torch.tensor([2, 7, 1, 4])
+    for search in ("greedy", "beam"):
+        if search == "greedy":
+            batched = greedy_search(model, src, lengths, limits, return_attention=True)
+        else:
+            batched = beam_search(model, src, lengths, beam_size, limits, return_attention=True)
+        for i, n in enumerate(lengths.tolist()):
+            limit = int(limits[i])
+            one = (src[i:i + 1, :n], lengths[i:i + 1])
+            (alone,) = (greedy_search(model, *one, limit, return_attention=True) if search == "greedy"
+                        else beam_search(model, *one, beam_size, limit, return_attention=True))
+            assert batched[i].tokens == alone.tokens
+            assert batched[i].score == pytest.approx(alone.score, abs=1e-5)
+            assert len(emitted(batched[i], limit)) <= limit
+
+
+def test_output_length_limits_follow_the_source_length():
+    lengths = torch.tensor([1, 4, 10, 60])
+    assert output_length_limits(lengths, 1.5, 61).tolist() == [2, 6, 15, 61]
+    assert output_length_limits(lengths, 0.1, 61).tolist() == [1, 1, 1, 6]
+    assert output_length_limits(torch.tensor([3]), 2.0, 100).tolist() == [6]  # exact products are not rounded up
+    assert length_factor((1.1, 0.2)) == pytest.approx(1.5)
+    assert length_factor((1.1, 0.2), num_stds=0) == pytest.approx(1.1)
+    assert length_factor(None) == length_factor((1.1, 0.2), num_stds=-1) == 2.0
+    with pytest.raises(ValueError, match="one max_output_length per sentence"):
+        greedy_search(random_model(3), *sources([2, 3], seed=1), torch.tensor([4]))
+    with pytest.raises(ValueError, match="must be >= 1"):
+        beam_search(random_model(3), *sources([2, 3], seed=1), 2, torch.tensor([4, 0]))
 
 
 def test_max_output_length_counts_the_end_of_sentence():
