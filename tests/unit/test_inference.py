@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 
 import pytest
 
@@ -306,6 +307,28 @@ def test_config_env_round_trip():
     assert config.to_env()["SEQ2SEQ_BATCH_SIZE"] == "7"
     assert InferenceConfig.from_env(config.to_env()) == config
     assert InferenceConfig.from_env(InferenceConfig().to_env()) == InferenceConfig()
+
+
+def test_output_length_follows_the_source_by_default(wmt_model):
+    """Without max_output_length each sentence may run to ceil(factor x its source length), the factor made
+    from the training data's length ratio stored with the model (Sockeye's rule)."""
+    config = json.loads((wmt_model / "config.json").read_text())
+    mean, std = config["length_ratio_mean"], config["length_ratio_std"]
+    assert 0.5 < mean < 2.0 and 0.0 < std < 2.0
+    translator = Translator.load(wmt_model, InferenceConfig(beam_size=1, text_format="tokens"), "cpu")
+    assert translator.length_factor == pytest.approx(mean + 2 * std)
+    assert "ceil(" in translator.output_length_rule
+    texts = ["the", "the european union", " ".join(["the"] * 40)]
+    sources = [translator.source_from_text(t) for t in texts]
+    for src, out in zip(sources, translator.translate(sources)):
+        limit = min(math.ceil(translator.length_factor * (len(src.ids) + 1)), translator.max_output_length)
+        assert len(out.target_ids) <= limit
+    wider = Translator.load(wmt_model, InferenceConfig(beam_size=1, text_format="tokens",
+                                                       max_output_length_num_stds=4), "cpu")
+    assert wider.length_factor == pytest.approx(mean + 4 * std)
+    assert InferenceConfig.from_env({"SEQ2SEQ_MAX_OUTPUT_LENGTH_NUM_STDS": "-1"}).max_output_length_num_stds == -1
+    fixed = Translator.load(wmt_model, InferenceConfig(beam_size=1, max_output_length=5), "cpu")
+    assert fixed.output_length_rule == "5 tokens"
 
 
 def test_config_applies_to_the_translator(copy_model):
