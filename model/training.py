@@ -100,6 +100,16 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: f
     return loss, nll.sum().detach(), correct.detach()
 
 
+def compile_for_training(model: nn.Module, hp: Hyperparameters, device: torch.device) -> nn.Module:
+    """The model the training step runs: ``torch.compile``d (dynamic shapes, since every batch has its own)
+    when ``torch_compile`` asks for it, else the model itself. Evaluation and search always run the plain
+    model: their shapes change every step, and they are a small part of the time."""
+    if hp.torch_compile == "off" or (hp.torch_compile == "auto" and device.type != "cuda"):
+        return model
+    log.info("compiling the training step with torch.compile (the first updates take longer)")
+    return torch.compile(model, dynamic=True)
+
+
 def forward_real(model: nn.Module, batch: data_io.Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits at the real target positions only (``N×V``) and their targets (``N``): the output layer and
     the softmax never run on padding."""
@@ -233,6 +243,7 @@ class Trainer:
             1, hp.batch_size // (hp.max_seq_len_target + 1))
         self._window = {"loss": 0.0, "nll": 0.0, "correct": 0, "tokens": 0}
         self._clock_start: tuple[float, float] | None = None  # (monotonic time, state.seconds) when fit began
+        self._step_model: nn.Module | None = None  # what _train_step runs: the model, or it compiled
 
     # --- checkpoints -------------------------------------------------------------------------------
     @property
@@ -367,12 +378,26 @@ class Trainer:
         }
 
     # --- the loop ------------------------------------------------------------------------------------
-    def _train_step(self, batch: data_io.Batch) -> None:
-        with autocast_context(self.device, self.hp.precision):
-            logits, targets = forward_real(self.model, batch)
-        loss, nll, correct = token_losses(logits, targets, self.hp.label_smoothing)
+    def _forward_backward(self, model: nn.Module, batch: data_io.Batch) -> tuple[torch.Tensor, ...]:
         self.optimizer.zero_grad(set_to_none=True)
+        with autocast_context(self.device, self.hp.precision):
+            logits, targets = forward_real(model, batch)
+        loss, nll, correct = token_losses(logits, targets, self.hp.label_smoothing)
         (loss / batch.num_target_tokens).backward()
+        return loss, nll, correct
+
+    def _train_step(self, batch: data_io.Batch) -> None:
+        step_model = self._step_model or self.model
+        try:
+            loss, nll, correct = self._forward_backward(step_model, batch)
+        except Exception as e:
+            if step_model is self.model:
+                raise
+            # A compiler failure must not cost the job: the same update again, uncompiled, and no more tries.
+            log.warning("torch.compile failed (%s: %s); training on without it", type(e).__name__,
+                        str(e).strip().splitlines()[0][:300] if str(e).strip() else "")
+            self._step_model = self.model
+            loss, nll, correct = self._forward_backward(self.model, batch)
         clip_gradients(self.model.parameters(), self.hp)
         self.optimizer.step()
         self.state.num_updates += 1
@@ -405,6 +430,8 @@ class Trainer:
         self.model.train()
         progress = Progress(self, PROGRESS_SECONDS) if self.dist.is_main else None
         self._clock_start = (time.monotonic(), self.state.seconds)
+        if self._step_model is None:
+            self._step_model = compile_for_training(self.model, hp, self.device)
 
         with StopSignal() as stop_signal, progress or contextlib.nullcontext():
             while not self.state.stop_reason:

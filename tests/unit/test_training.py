@@ -79,6 +79,30 @@ def test_max_training_seconds_stops_on_time_with_a_final_checkpoint_and_the_best
     assert saved["state"]["seconds"] >= 2.0  # one budget over restarts: a restarted job counts on from here
 
 
+def test_a_training_step_that_fails_to_compile_trains_on_uncompiled(tmp_path, monkeypatch, caplog):
+    compiled = []
+
+    class Broken(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, *args):
+            compiled.append(len(args))
+            raise RuntimeError("backend compiler failed: no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: Broken(model))
+    common = {"max_num_batches": "6", "checkpoint_frequency_num_batches": "3"}
+    with caplog.at_level("WARNING"):
+        summary = train(tmp_path / "on", torch_compile="on", **common)
+    assert compiled == [4]  # tried once, then never again
+    assert any("torch.compile failed (RuntimeError: backend compiler failed" in r.message for r in caplog.records)
+    plain = train(tmp_path / "off", torch_compile="off", **common)
+    assert compiled == [4]  # off: never compiled
+    assert summary["num_updates"] == plain["num_updates"] == 6
+    assert summary["best_metrics"] == plain["best_metrics"]  # the failed try changed nothing
+
+
 def test_bf16_autocast_path_runs_on_cpu(tmp_path):
     summary = train(tmp_path, precision="bf16", max_num_batches="6", checkpoint_frequency_num_batches="3",
                     encoder_type="transformer", decoder_type="transformer", transformer_model_size="16",
