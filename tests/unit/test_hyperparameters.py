@@ -93,6 +93,7 @@ CHOICES = {
     "weight_tying_type": {"trg_softmax", "src_trg", "src_trg_softmax"},
     "batch_type": {"sentence", "word"},
     "precision": {"auto", "bf16", "fp32"},
+    "torch_compile": {"auto", "on", "off"},
 }
 
 AWS_EN_DE_EXAMPLE = {
