@@ -568,7 +568,8 @@ def train_peer(prep: Prepared, peer: Path, run_dir: Path, a: argparse.Namespace)
     logged = _SOCKEYE_TOK.findall(log.read_text(errors="replace"))
     result.update(updates=stats.get("updates"), epochs=stats.get("epochs"), checkpoints=stats.get("checkpoints_done"),
                   best_checkpoint=stats.get("best_checkpoint"), logged_val_ppl=stats.get("best_metric"),
-                  deadline_update=stats.get("deadline_update"), wall_s=done.wall_s, peak_rss=done.peak_rss,
+                  deadline_update=stats.get("deadline_update"), torch_threads=stats.get("torch_threads"),
+                  wall_s=done.wall_s, peak_rss=done.peak_rss,
                   model=str(out), log=str(log),
                   logged_padded_source_tok_s=statistics.median(float(t) for _, t, _ in logged) if logged else None)
     return result
@@ -819,8 +820,7 @@ def work_folder(a: argparse.Namespace) -> tuple[Path, bool]:
     return work, False
 
 
-def run(a: argparse.Namespace, work: Path) -> dict[str, Any]:
-    peer = None if a.ours_only else ensure_peer(a)
+def run(a: argparse.Namespace, work: Path, peer: Path | None) -> dict[str, Any]:
     started = time.time()
     load0 = os.getloadavg()
     print(f"bench_peer: ours vs {PEER_NAME if peer else '(ours only)'} on {cpu_name()}, {a.threads} threads per "
@@ -901,8 +901,9 @@ def report(results: dict[str, Any], a: argparse.Namespace) -> None:
         print(line)
     print()
     print("ours/peer: ↑ higher is better, ↓ lower is better. tok/s: real target tokens (</s> counted) per second "
-          "of training, checkpoints excluded; perplexity: whole validation split, plain NLL incl. </s>, both scored "
-          f"on the same {results['ours']['train'][0]['val_tokens']:,} tokens.")
+          f"of training, checkpoints excluded; perplexity: {results['data']['score_pairs']:,} validation pairs, plain "
+          f"NLL incl. </s>, {'both scored on the same ' if peer else ''}"
+          f"{results['ours']['train'][0]['val_tokens']:,} tokens.")
     print(f"ours stopped by: {o[0]['time_limit']}; Sockeye by: "
           f"{results['peer']['train'][0]['time_limit'] if peer else '–'}")
     skipped = sum(r.get("windows_skipped_after_validation", 0) for r in o)
@@ -924,9 +925,14 @@ def report(results: dict[str, Any], a: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    try:
+        peer = None if a.ours_only else ensure_peer(a)
+    except StepFailed as e:
+        print(f"\nerror: {e}", file=sys.stderr)
+        return 1
     work, remove = work_folder(a)
     try:
-        results = run(a, work)
+        results = run(a, work, peer)
     except StepFailed as e:
         print(f"\nerror: {e}\n(everything is kept in {work})", file=sys.stderr)
         return 1

@@ -75,6 +75,9 @@ def install_hooks(record: dict[str, Any]) -> None:
             state = orig_fit(self, *args, **kwargs)
         finally:
             record["fit_end"] = time.monotonic()
+        import torch
+
+        record["torch_threads"] = torch.get_num_threads()
         record["updates"] = state.updates
         record["epochs"] = state.epoch
         record["checkpoints_done"] = state.checkpoint
