@@ -310,6 +310,7 @@ def beam_search(
             break
         reorder = local_src
         prev = tok.masked_fill(new_finished, EOS_ID)
+        kept_rows = None
         if n_keep < n_active:
             kept = keep.nonzero().squeeze(1)
             kept_rows = (kept[:, None] * k + slots).view(-1)
@@ -318,7 +319,7 @@ def beam_search(
             active = active[kept]
             active_rows = active_rows[kept_rows]
             enc = enc.index_select(kept_rows)
-        state = reorder_state(state, reorder)
+        state = reorder_state(state, reorder, model.decoder.static_state, kept_rows)
 
     # Follow the back-pointers from each sentence's best hypothesis, all sentences at once.
     n_steps = len(hist_tokens)

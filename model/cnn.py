@@ -139,6 +139,7 @@ class CnnDecoder(Decoder):
         self.output_dropout = nn.Dropout(hp.cnn_hidden_dropout)
         # num_embed_target wide, so that weight tying with the target embedding has matching shapes.
         self.output_layer = nn.Linear(hp.num_embed_target, vocab_size)
+        self.static_state = frozenset({"keys", "values"})
 
     # --- shared pieces: forward and step call the same code so they cannot drift apart ---
 

@@ -67,6 +67,9 @@ class Decoder(nn.Module):
 
     embedding: nn.Embedding
     output_layer: nn.Linear
+    # State entries computed from the source only (projected keys/values), never changed by a step: every row
+    # of a sentence's beam holds the same, so following back-pointers within the beam leaves them as they are.
+    static_state: frozenset[str] = frozenset()
 
     def forward(self, enc: EncoderOutput, trg_in: Tensor,
                 select: Tensor | None = None) -> Tensor:  # pragma: no cover - interface
@@ -87,8 +90,18 @@ class Decoder(nn.Module):
         raise NotImplementedError
 
 
-def reorder_state(state: dict[str, Tensor], index: Tensor) -> dict[str, Tensor]:
-    return {k: v.index_select(0, index) for k, v in state.items()}
+def reorder_state(state: dict[str, Tensor], index: Tensor, static: frozenset[str] = frozenset(),
+                  keep: Tensor | None = None) -> dict[str, Tensor]:
+    """Rows of the state in ``index`` order (beam search's back-pointers). Entries in ``static`` are the
+    same for every row of a sentence, so only ``keep`` (the rows of the sentences still searched, when some
+    left) applies to them: copying them every step is most of what a step would otherwise move."""
+    out = {}
+    for k, v in state.items():
+        if k not in static:
+            out[k] = v.index_select(0, index)
+        else:
+            out[k] = v if keep is None else v.index_select(0, keep)
+    return out
 
 
 class Seq2Seq(nn.Module):

@@ -243,6 +243,7 @@ class RnnDecoder(Decoder):
         self.hidden_proj = nn.Linear(hidden + encoder_size, hidden)
         self.hidden_dropout = nn.Dropout(hp.rnn_decoder_hidden_dropout)
         self.output_layer = nn.Linear(hidden, vocab_size)
+        self.static_state = frozenset({"keys"})
 
     def _init_linears(self, encoder_size: int) -> nn.ModuleList | None:
         if self.state_init == "zero":

@@ -61,6 +61,19 @@ class PositionalEmbedding(nn.Module):
         self.kind = kind
         self.model_size = model_size
         self.table = nn.Embedding(max_positions, model_size) if kind == "learned" else None
+        self._cache: Tensor | None = None  # fixed sinusoids of positions 0..n-1, for decoding steps
+
+    def at(self, position: int, device: torch.device) -> Tensor:
+        """The vector of one position (``1×D``), as a decoding step needs it: sinusoids are computed once
+        for a run of positions and reused, instead of three transcendental passes every step."""
+        if self.table is not None:
+            return self.forward(torch.full((1,), position, dtype=torch.long, device=device))
+        cache = self._cache
+        if cache is None or cache.device != device or cache.size(0) <= position:
+            n = max(2 * position + 2, 128)
+            cache = self.forward(torch.arange(n, device=device))
+            self._cache = cache
+        return cache[position:position + 1]
 
     def forward(self, positions: Tensor) -> Tensor:
         """``positions`` (any shape, int64) → ``positions.shape × D``, float32 for ``fixed``."""
@@ -242,11 +255,16 @@ class TransformerDecoder(Decoder):
         self.layers = nn.ModuleList(DecoderLayer(hp) for _ in range(hp.num_layers_decoder))
         self.final_norm = nn.LayerNorm(d)
         self.output_layer = nn.Linear(d, vocab_size)
+        self.static_state = frozenset(f"{kind}{i}" for i in range(hp.num_layers_decoder) for kind in ("ck", "cv"))
 
     def _embed(self, ids: Tensor, positions: Tensor) -> Tensor:
         # Reads self.embedding at call time, so tie_weights' replacement Parameter is what is used.
         tokens = self.embed_dropout(self.embedding(ids) * self.embed_scale)
         return self.input_dropout(tokens + self.positions(positions))
+
+    def _embed_step(self, ids: Tensor, position: int) -> Tensor:
+        tokens = self.embed_dropout(self.embedding(ids) * self.embed_scale)
+        return self.input_dropout(tokens + self.positions.at(position, ids.device))
 
     def forward(self, enc: EncoderOutput, trg_in: Tensor, select: Tensor | None = None) -> Tensor:
         memory = self.encoder_projection(enc.states)
@@ -273,8 +291,7 @@ class TransformerDecoder(Decoder):
     def step(
         self, enc: EncoderOutput, prev: Tensor, state: dict[str, Tensor], position: int
     ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        positions = torch.full((1,), position, dtype=torch.long, device=prev.device)
-        x = self._embed(prev.unsqueeze(1), positions)  # B×1×D
+        x = self._embed_step(prev.unsqueeze(1), position)  # B×1×D
         new_state: dict[str, Tensor] = {}
         attention: Tensor | None = None
         last = len(self.layers) - 1

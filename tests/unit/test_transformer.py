@@ -183,6 +183,30 @@ def test_fixed_positions_handle_any_length():
     assert out.shape == (2, 300, V) and torch.isfinite(out).all()
 
 
+def test_cached_positions_equal_computed_ones():
+    emb = PositionalEmbedding("fixed", 16, max_positions=12)
+    for position in (0, 5, 127, 128, 500, 3):  # growing the cache past its end, then reading from it
+        torch.testing.assert_close(emb.at(position, torch.device("cpu")), emb(torch.tensor([position])))
+
+
+def test_beam_search_of_a_batch_equals_each_sentence_alone():
+    """Sentences finish at different steps, so the batch shrinks: the source-side state (kept once per
+    sentence, not reordered along the beam) must follow exactly the sentences still searched."""
+    from model.beam_search import beam_search
+
+    model = _model(_hp(transformer_dropout=0.0), seed=3).eval()
+    src, lengths = _batch([7, 2, 9, 4, 5], seed=5)
+    limits = torch.tensor([9, 3, 12, 2, 6])
+    batched = beam_search(model, src, lengths, 3, limits, return_attention=True)
+    for i, n in enumerate(lengths.tolist()):
+        (alone,) = beam_search(model, src[i:i + 1, :n], lengths[i:i + 1], 3, int(limits[i]), return_attention=True)
+        assert batched[i].tokens == alone.tokens
+        assert batched[i].score == pytest.approx(alone.score, abs=1e-4)
+        torch.testing.assert_close(torch.tensor(batched[i].attention), torch.tensor(alone.attention), atol=1e-5,
+                                   rtol=1e-4)
+    assert model.decoder.static_state == {"ck0", "cv0", "ck1", "cv1"}
+
+
 def test_tied_weights_are_one_parameter_and_still_train():
     hp = _hp(weight_tying=True, weight_tying_type="src_trg_softmax", transformer_dropout=0.0)
     model = _model(hp)
