@@ -244,6 +244,7 @@ class Trainer:
         self._window = {"loss": 0.0, "nll": 0.0, "correct": 0, "tokens": 0}
         self._clock_start: tuple[float, float] | None = None  # (monotonic time, state.seconds) when fit began
         self._step_model: nn.Module | None = None  # what _train_step runs: the model, or it compiled
+        self._step_sums: list[torch.Tensor] = []  # loss, NLL, correct of the steps not yet in _window
 
     # --- checkpoints -------------------------------------------------------------------------------
     @property
@@ -269,7 +270,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "state": asdict(self.state),
-            "window": dict(self._window),
+            "window": dict(self._flush_window()),
             "torch_rng": torch.get_rng_state(),
         })
 
@@ -323,7 +324,7 @@ class Trainer:
     def _evaluate_and_save(self) -> list[bool]:
         model = ckpt.unwrap(self.model)
         started = time.monotonic()
-        w = self._window
+        w = self._flush_window()
         values: dict[str, float] = {}
         if w["tokens"]:
             values["train:loss"] = w["loss"] / w["tokens"]
@@ -403,11 +404,20 @@ class Trainer:
         self.state.num_updates += 1
         self.schedule.on_batch(self.state.num_updates)
         self.state.target_tokens += batch.num_target_tokens
-        w = self._window
-        w["loss"] += float(loss.detach())
-        w["nll"] += float(nll)
-        w["correct"] += int(correct)
-        w["tokens"] += batch.num_target_tokens
+        # Kept on the device and read at checkpoints only: a float() here would wait for the GPU every step.
+        self._step_sums.append(torch.stack([loss.detach().double(), nll.double(), correct.double()]))
+        self._window["tokens"] += batch.num_target_tokens
+
+    def _flush_window(self) -> dict[str, float]:
+        """The train loss window with the device-side sums of the steps since the last read added in."""
+        if self._step_sums:
+            # Added one step at a time, in order: the same floats whether or not a restart came in between.
+            for loss, nll, correct in torch.stack(self._step_sums).tolist():
+                self._window["loss"] += loss
+                self._window["nll"] += nll
+                self._window["correct"] += int(correct)
+            self._step_sums = []
+        return self._window
 
     def _stops_agreed(self, stop_signal: StopSignal, out_of_time: bool) -> tuple[bool, bool]:
         """(SIGTERM, time budget spent) as the ranks agree on them: any rank's say stops them all at the
