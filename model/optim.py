@@ -22,6 +22,18 @@ ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]]
 LR_SCHEDULERS = ("plateau_reduce", "fixed_rate_inv_t", "fixed_rate_inv_sqrt_t")
 
 
+def _all_on_cuda(params: list) -> bool:
+    """Whether every parameter is on a GPU; a group's ``params`` iterable is made a list, so it can be read."""
+    tensors: list[Tensor] = []
+    for p in params:
+        if isinstance(p, dict):
+            p["params"] = list(p["params"])
+            tensors.extend(p["params"])
+        else:
+            tensors.append(p)
+    return bool(tensors) and all(t.is_cuda for t in tensors)
+
+
 def build_optimizer(params: ParamsT, hp: Hyperparameters) -> torch.optim.Optimizer:
     """The optimizer ``optimizer_type`` names, at ``learning_rate`` (the schedule takes over from there).
 
@@ -29,9 +41,11 @@ def build_optimizer(params: ParamsT, hp: Hyperparameters) -> torch.optim.Optimiz
     which is what MXNet's ``wd`` does; AdamW's decoupled decay would change what the number means.
     """
     lr, wd = hp.learning_rate, hp.weight_decay
+    params = list(params)
     if hp.optimizer_type == "adam":
-        # MXNet's Adam defaults (beta1 0.9, beta2 0.999, epsilon 1e-8) are torch's.
-        return torch.optim.Adam(params, lr=lr, weight_decay=wd)
+        # MXNet's Adam defaults (beta1 0.9, beta2 0.999, epsilon 1e-8) are torch's. On a GPU the update of
+        # every parameter is one fused kernel instead of a dozen per tensor.
+        return torch.optim.Adam(params, lr=lr, weight_decay=wd, fused=True if _all_on_cuda(params) else None)
     if hp.optimizer_type == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=hp.momentum or 0.0, weight_decay=wd)
     if hp.optimizer_type == "rmsprop":
