@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from model import engines
 from model.beam_search import Translation, beam_search, greedy_search
 from model.checkpoint import LoadedModel, load_model
 from model.tokenizer import CONFIG_FILE as TOKENIZER_CONFIG
@@ -68,6 +69,9 @@ class InferenceConfig:
     text_format: str | None = None        # raw | tokens; None: raw when the model ships a tokenizer
     unknown_tokens: str = "unk"           # unk: map to <unk> as training did | reject: a bad item
     on_error: str = "fail"                # fail: the request fails | record: {"error": …} in its slot
+    engine: str | None = None             # auto | torch | ctranslate2 (model/engines.py); None: auto
+    compute_type: str | None = None       # ctranslate2's: int8, float32, …; None: the export's own (int8)
+    quantize: str | None = None           # torch engine: none | int8 (torch.ao dynamic, CPU); None: none
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -77,7 +81,8 @@ class InferenceConfig:
         if self.max_output_length is not None and self.max_output_length < 1:
             raise ValueError(f"max_output_length must be >= 1, got {self.max_output_length}")
         for name, allowed in (("text_format", TEXT_FORMATS), ("unknown_tokens", UNKNOWN_POLICIES),
-                              ("on_error", ERROR_POLICIES)):
+                              ("on_error", ERROR_POLICIES), ("engine", engines.ENGINES),
+                              ("compute_type", engines.COMPUTE_TYPES), ("quantize", engines.QUANTIZE_MODES)):
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
@@ -176,6 +181,7 @@ class Translator:
         self._source_size = len(loaded.source_vocab)
         self._target_tokens = loaded.target_tokens
         self._lock = threading.Lock()
+        self.engine = engines.prepare(loaded, config, device)  # None: our own search on loaded.model
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike[str], config: InferenceConfig | None = None,
@@ -184,9 +190,10 @@ class Translator:
         loaded = load_model(model_dir, device)
         tokenizer = Tokenizer.load(model_dir) if (Path(model_dir) / TOKENIZER_CONFIG).is_file() else None
         translator = cls(loaded, tokenizer, config or InferenceConfig(), device)
-        log.info("model %s loaded on %s: %s encoder / %s decoder, vocabularies %d/%d, text %s, beam %d",
+        log.info("model %s loaded on %s: %s encoder / %s decoder, vocabularies %d/%d, text %s, beam %d, engine %s",
                  model_dir, device, loaded.hp.encoder_type, loaded.hp.decoder_type, len(loaded.source_vocab),
-                 len(loaded.target_vocab), translator.text_format, translator.beam_size)
+                 len(loaded.target_vocab), translator.text_format, translator.beam_size,
+                 translator.engine or ("torch int8" if translator.config.quantize == "int8" else "torch"))
         return translator
 
     # --- preparing sources ---------------------------------------------------------------------------
@@ -249,6 +256,12 @@ class Translator:
         return results  # type: ignore[return-value]
 
     def _decode(self, batch: list[Source], attention: bool) -> list[Translation]:
+        if self.engine is not None:
+            hp = self.loaded.hp
+            done = engines.try_decode(self.engine, [s.ids for s in batch], self.beam_size, self.max_output_length,
+                                      hp.length_penalty_alpha, hp.length_penalty_beta, attention)
+            if done is not None:
+                return done
         lengths = [len(s.ids) + 1 for s in batch]
         src = torch.full((len(batch), max(lengths)), PAD_ID, dtype=torch.long)
         for row, s in enumerate(batch):
