@@ -24,6 +24,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,10 +67,20 @@ def quantize_int8(model: nn.Module) -> nn.Module:
     if torch.backends.quantized.engine == "none":
         raise ValueError("quantize=int8: this PyTorch build has no quantized CPU engine")
     with warnings.catch_warnings():
-        # torch 2.13 announces the quantized tensor types' eventual removal (in favour of torchao) on every
-        # quantized LSTM/GRU built; they work in the pinned torch, and the pin is what the tests check.
+        # torch 2.13 announces the removal of torch.ao.quantization and of quantized tensors (in favour of
+        # torchao, which has no dynamic LSTM/GRU) on every call; they work in the pinned torch, which the
+        # tests run. A torch upgrade that removes them fails those tests, not silently.
         warnings.filterwarnings("ignore", message=r".*quantize_per_tensor.*deprecated", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated", category=DeprecationWarning)
         return quantize_dynamic(copy.deepcopy(model), {nn.LSTM, nn.GRU, nn.Linear}, dtype=torch.qint8).eval()
+
+
+def library_installed() -> bool:
+    """Whether ``import ctranslate2`` would find the library, without importing it (the server's master
+    must not load its thread pools before forking workers)."""
+    if "ctranslate2" in sys.modules:
+        return sys.modules["ctranslate2"] is not None  # None: imports of it are blocked
+    return importlib.util.find_spec("ctranslate2") is not None
 
 
 def _is_transformer(hp: Any) -> bool:
@@ -87,7 +98,7 @@ def check(model_dir: Path, config: Any) -> None:
     if config.quantize == "int8":
         raise ValueError("SEQ2SEQ_QUANTIZE=int8 quantizes the torch engine; with SEQ2SEQ_ENGINE=ctranslate2 use "
                          "SEQ2SEQ_COMPUTE_TYPE=int8")
-    if importlib.util.find_spec("ctranslate2") is None:
+    if not library_installed():
         raise EngineUnavailable("SEQ2SEQ_ENGINE=ctranslate2, but the ctranslate2 library is not installed")
     try:
         arch = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))

@@ -51,6 +51,25 @@ def train_copy_model(root: Path) -> Path:
     return _train(root)
 
 
+# A Transformer small enough to train in seconds but wide enough (64) that int8 weights keep its answers:
+# unequal layer counts and src_trg_softmax tying, so the CTranslate2 export covers both.
+TINY_TRANSFORMER = {
+    "encoder_type": "transformer", "decoder_type": "transformer", "transformer_model_size": "64",
+    "transformer_attention_heads": "4", "transformer_feed_forward_num_hidden": "128", "transformer_dropout": "0.0",
+    "num_layers_encoder": "2", "num_layers_decoder": "2", "weight_tying": "true",
+    "weight_tying_type": "src_trg_softmax", "batch_size": "32", "checkpoint_frequency_num_batches": "400",
+    "learning_rate": "0.003", "max_seq_len_source": "20", "max_seq_len_target": "20", "bleu_sample_size": "0",
+}
+
+
+def train_transformer_copy_model(root: Path) -> Path:
+    """The copy task with a Transformer (whitespace tokenizer): what the CTranslate2 export is checked on."""
+    make_sagemaker_tree(root, {**TINY_TRANSFORMER, "max_num_batches": "400", "beam_size": "3"})
+    (root / "input/data/vocab" / CONFIG_FILE).write_text(json.dumps(
+        {"mode": "whitespace", "detokenizer": "none", "source_lang": "xx", "target_lang": "yy"}))
+    return _train(root)
+
+
 def train_wmt_model(root: Path, pairs: int = 2000) -> Path:
     """A model on the first `pairs` of the bundled sample, Moses + BPE (500, joint)."""
     corpus = root / "corpus"
