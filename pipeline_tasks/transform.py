@@ -216,6 +216,9 @@ class TransformConfig:
     unknown_tokens: str = "unk"
     on_error: str = "fail"           # fail | record
     chunk_lines: int = 2000          # lines in memory at once (sorted by length within a chunk)
+    engine: str | None = None        # auto | torch | ctranslate2; None: auto (the model's export when it has one)
+    compute_type: str | None = None  # ctranslate2: int8, float32, …; None: the export's own
+    quantize: str | None = None      # torch: none | int8 (torch.ao dynamic, CPU)
 
     def __post_init__(self) -> None:
         if self.chunk_lines < 1:
@@ -226,7 +229,8 @@ class TransformConfig:
         from model.inference import InferenceConfig
 
         return InferenceConfig(batch_size=self.batch_size, beam_size=self.beam_size, text_format=self.text_format,
-                               unknown_tokens=self.unknown_tokens, on_error=self.on_error)
+                               unknown_tokens=self.unknown_tokens, on_error=self.on_error, engine=self.engine,
+                               compute_type=self.compute_type, quantize=self.quantize)
 
 
 def iter_line_chunks(f: IO[bytes], n: int) -> Iterator[list[bytes]]:
@@ -322,7 +326,9 @@ def transform(model: str | os.PathLike[str], input_uri: str, output_uri: str,
     return {"model": os.fspath(model), "input": input_uri, "output": output_uri, "lines": lines, "errors": errors,
             "error_lines": error_lines, "seconds": round(seconds, 3),
             "sentences_per_s": round(lines / seconds, 2) if seconds > 0 else None,
-            "beam_size": translator.beam_size, "batch_size": cfg.batch_size, "text_format": translator.text_format}
+            "beam_size": translator.beam_size, "batch_size": cfg.batch_size, "text_format": translator.text_format,
+            "engine": repr(translator.engine) if translator.engine is not None
+            else ("torch int8" if cfg.quantize == "int8" else "torch")}
 
 
 # --- the SageMaker transform job request --------------------------------------------------------------------

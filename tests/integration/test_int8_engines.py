@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +34,11 @@ def texts(n: int, seed: int, lo: int = 1, hi: int = 14) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def exported(transformer_copy_model: Path, tmp_path_factory) -> Path:
-    model_dir = shutil.copytree(transformer_copy_model, tmp_path_factory.mktemp("int8") / "model")
-    ctranslate.export(model_dir)
-    return model_dir
+def exported(transformer_copy_model: Path) -> Path:
+    """The model directory as training left it: with the export SEQ2SEQ_CTRANSLATE2_EXPORT asked for."""
+    info = ctranslate.read_export_info(transformer_copy_model)
+    assert info is not None and info["params_sha256"] == ctranslate.params_sha256(transformer_copy_model)
+    return transformer_copy_model
 
 
 def load(model_dir: Path, **config) -> Translator:
@@ -129,10 +129,16 @@ def test_batch_transform_picks_up_the_export(exported, tmp_path):
     inputs = texts(200, seed=5, lo=3, hi=10)
     src = tmp_path / "in.jsonl"
     src.write_text("".join(json.dumps({"source": s}) + "\n" for s in inputs))
-    transform(exported, str(src), str(tmp_path / "out.jsonl"), TransformConfig(beam_size=1, batch_size=64),
-              device="cpu")
+    report = transform(exported, str(src), str(tmp_path / "out.jsonl"), TransformConfig(beam_size=1, batch_size=64),
+                       device="cpu")
+    assert report["engine"].startswith("ctranslate2 (cpu, int8, 7-bit int8 weights")
     out = [json.loads(line)["target"] for line in (tmp_path / "out.jsonl").read_text().splitlines()]
-    assert len(out) == 200 and sum(a == b for a, b in zip(out, inputs)) >= 180
+    assert len(out) == 200 and sum(a == b for a, b in zip(out, inputs)) >= 196
+    report = transform(exported, str(src), str(tmp_path / "torch.jsonl"),
+                       TransformConfig(beam_size=1, batch_size=64, engine="torch"), device="cpu")
+    assert report["engine"] == "torch"
+    torch_out = [json.loads(line)["target"] for line in (tmp_path / "torch.jsonl").read_text().splitlines()]
+    assert sum(a == b for a, b in zip(torch_out, out)) >= 196
 
 
 # --- torch.ao dynamic int8 for the RNN --------------------------------------------------------------------

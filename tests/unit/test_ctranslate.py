@@ -295,3 +295,20 @@ def test_quantize_int8_is_cpu_only(exported):
     loaded = load_model(exported)
     with pytest.raises(ValueError, match="runs on CPU only"):
         engines.prepare(loaded, InferenceConfig(engine="torch", quantize="int8"), torch.device("cuda"))
+
+
+def test_the_training_entrypoint_checks_its_export_request_up_front(monkeypatch):
+    from model.train import wants_ctranslate2_export
+
+    transformer = parse_hyperparameters(TRANSFORMER)
+    rnn = parse_hyperparameters({})
+    assert not wants_ctranslate2_export({}, rnn)
+    assert not wants_ctranslate2_export({"SEQ2SEQ_CTRANSLATE2_EXPORT": "false"}, rnn)
+    assert wants_ctranslate2_export({"SEQ2SEQ_CTRANSLATE2_EXPORT": "true"}, transformer)
+    with pytest.raises(ValueError, match="SEQ2SEQ_CTRANSLATE2_EXPORT='maybe': expected true or false"):
+        wants_ctranslate2_export({"SEQ2SEQ_CTRANSLATE2_EXPORT": "maybe"}, transformer)
+    with pytest.raises(ValueError, match="needs encoder_type=transformer and decoder_type=transformer, not rnn/rnn"):
+        wants_ctranslate2_export({"SEQ2SEQ_CTRANSLATE2_EXPORT": "true"}, rnn)
+    monkeypatch.setitem(sys.modules, "ctranslate2", None)
+    with pytest.raises(ValueError, match="ctranslate2 library is not installed in this image"):
+        wants_ctranslate2_export({"SEQ2SEQ_CTRANSLATE2_EXPORT": "1"}, transformer)
