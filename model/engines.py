@@ -75,6 +75,13 @@ def quantize_int8(model: nn.Module) -> nn.Module:
         return quantize_dynamic(copy.deepcopy(model), {nn.LSTM, nn.GRU, nn.Linear}, dtype=torch.qint8).eval()
 
 
+def describe(engine: Engine | None, config: Any) -> str:
+    """What decodes, for logs and reports: the CTranslate2 engine's own description, or torch (int8)."""
+    if engine is not None:
+        return repr(engine)
+    return "torch int8 (torch.ao dynamic)" if config.quantize == "int8" else "torch"
+
+
 def library_installed() -> bool:
     """Whether ``import ctranslate2`` would find the library, without importing it (the server's master
     must not load its thread pools before forking workers)."""

@@ -193,7 +193,7 @@ class Translator:
         log.info("model %s loaded on %s: %s encoder / %s decoder, vocabularies %d/%d, text %s, beam %d, engine %s",
                  model_dir, device, loaded.hp.encoder_type, loaded.hp.decoder_type, len(loaded.source_vocab),
                  len(loaded.target_vocab), translator.text_format, translator.beam_size,
-                 translator.engine or ("torch int8" if translator.config.quantize == "int8" else "torch"))
+                 engines.describe(translator.engine, translator.config))
         return translator
 
     # --- preparing sources ---------------------------------------------------------------------------

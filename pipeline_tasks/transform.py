@@ -291,6 +291,7 @@ def transform(model: str | os.PathLike[str], input_uri: str, output_uri: str,
     """Translate a JSON Lines file into another, streaming; returns a report (lines, errors, speed).
     Progress is logged every `progress_interval_s` (:data:`PROGRESS_INTERVAL_S`), counted per decoded
     batch, so a chunk that takes minutes still shows its lines coming."""
+    from model import engines
     from model.inference import RequestError, Translator, encode_jsonlines, translate_jsonlines
 
     cfg = cfg or TransformConfig()
@@ -327,8 +328,7 @@ def transform(model: str | os.PathLike[str], input_uri: str, output_uri: str,
             "error_lines": error_lines, "seconds": round(seconds, 3),
             "sentences_per_s": round(lines / seconds, 2) if seconds > 0 else None,
             "beam_size": translator.beam_size, "batch_size": cfg.batch_size, "text_format": translator.text_format,
-            "engine": repr(translator.engine) if translator.engine is not None
-            else ("torch int8" if cfg.quantize == "int8" else "torch")}
+            "engine": engines.describe(translator.engine, translator.config)}
 
 
 # --- the SageMaker transform job request --------------------------------------------------------------------
