@@ -79,6 +79,18 @@ def test_split(lines: int) -> tuple[list[str], list[str]]:
     return [s for s, _ in pairs], [r for _, r in pairs]
 
 
+def describe(t: Translator) -> str:
+    hp = t.loaded.hp
+    params = sum(p.numel() for p in {id(p): p for p in t.loaded.model.parameters()}.values())
+    if hp.encoder_type == "transformer":
+        arch = (f"transformer ({hp.transformer_model_size} wide, {hp.num_layers_encoder}+{hp.num_layers_decoder} "
+                f"layers")
+    else:
+        arch = f"{hp.rnn_cell_type} ({hp.rnn_num_hidden} hidden, {hp.num_layers_encoder}+{hp.num_layers_decoder} layers"
+    vocab = f"{len(t.loaded.source_vocab)}/{len(t.loaded.target_vocab)}"
+    return f"{arch}, {params / 1e6:.1f}M parameters, vocabularies {vocab})"
+
+
 def measure(translators: dict[str, Translator], sources: list[str], runs: int) -> dict[str, tuple[float, list[str]]]:
     """Best seconds over `runs` alternating rounds, and the output, per engine."""
     prepared = {name: [t.source_from_text(s) for s in sources] for name, t in translators.items()}
@@ -110,7 +122,7 @@ def report(title: str, results: dict[str, tuple[float, list[str]]], refs: list[s
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--work", type=Path, default=Path("bench-int8"), help="models are trained (or reused) here")
+    p.add_argument("--work", type=Path, default=Path(".bench-int8"), help="models are trained (or reused) here")
     p.add_argument("--lines", type=int, default=1000, help="test sentences translated")
     p.add_argument("--runs", type=int, default=3, help="alternating rounds; the best one counts")
     p.add_argument("--threads", type=int, default=1, help="threads per engine (torch and CTranslate2)")
@@ -145,14 +157,15 @@ def main() -> None:
                                                                                 **config), "cpu")
                    for ct in ("float32", "int8")},
             }
-            report(f"transformer (128 wide, 3+3 layers), {search}", measure(translators, sources, args.runs), refs,
+            report(f"{describe(translators['torch fp32'])}, {search}", measure(translators, sources, args.runs), refs,
                    "torch fp32")
         if not args.skip_rnn:
             translators = {
                 "torch fp32": Translator.load(rnn_dir, InferenceConfig(**config), "cpu"),
                 "torch.ao int8": Translator.load(rnn_dir, InferenceConfig(quantize="int8", **config), "cpu"),
             }
-            report(f"lstm (128 hidden), {search}", measure(translators, sources, args.runs), refs, "torch fp32")
+            report(f"{describe(translators['torch fp32'])}, {search}", measure(translators, sources, args.runs), refs,
+                   "torch fp32")
 
 
 if __name__ == "__main__":
