@@ -68,6 +68,7 @@ bench: venv
 	$(PY) -m benchmarks.bench_recordio
 	$(PY) -m benchmarks.bench_training
 	$(PY) -m benchmarks.bench_transform
+	$(PY) -m benchmarks.bench_int8  # trains its two models into .bench-int8/ once (reused on a rerun)
 	$(PY) -m benchmarks.bench_serve --baseline-ref 1a66279  # the previous (gthread) server
 	$(PY) -m benchmarks.bench_peer --install-peer --train-seconds 300 --repeats 1  # vs Sockeye 3.1.34 (~20 min)
 

@@ -43,6 +43,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from model import engines
 from model.checkpoint import CONFIG_FILE, HYPERPARAMETERS_FILE, PARAMS_FILE
 from model.inference import JSON, InferenceConfig, RequestError, Translator, invoke
 from model.sagemaker import SageMakerPaths
@@ -152,6 +153,7 @@ def check_model_dir(model_dir: Path, config: InferenceConfig) -> None:
     if config.text_format == "raw" and not (model_dir / TOKENIZER_CONFIG).is_file():
         raise ValueError(f"SEQ2SEQ_TEXT_FORMAT=raw needs the model's tokenizer, and {model_dir} has no "
                          f"{TOKENIZER_CONFIG}")
+    engines.check(model_dir, config)  # SEQ2SEQ_ENGINE=ctranslate2: the library, a transformer, its export
 
 
 def load_translator(environ: Mapping[str, str] | None = None) -> Translator:

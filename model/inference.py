@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from model import engines
 from model.beam_search import (
     DEFAULT_NUM_STDS,
     Translation,
@@ -76,6 +77,9 @@ class InferenceConfig:
     text_format: str | None = None        # raw | tokens; None: raw when the model ships a tokenizer
     unknown_tokens: str = "unk"           # unk: map to <unk> as training did | reject: a bad item
     on_error: str = "fail"                # fail: the request fails | record: {"error": …} in its slot
+    engine: str | None = None             # auto | torch | ctranslate2 (model/engines.py); None: auto
+    compute_type: str | None = None       # ctranslate2's: int8, float32, …; None: the export's own (int8)
+    quantize: str | None = None           # torch engine: none | int8 (torch.ao dynamic, CPU); None: none
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -85,7 +89,8 @@ class InferenceConfig:
         if self.max_output_length is not None and self.max_output_length < 1:
             raise ValueError(f"max_output_length must be >= 1, got {self.max_output_length}")
         for name, allowed in (("text_format", TEXT_FORMATS), ("unknown_tokens", UNKNOWN_POLICIES),
-                              ("on_error", ERROR_POLICIES)):
+                              ("on_error", ERROR_POLICIES), ("engine", engines.ENGINES),
+                              ("compute_type", engines.COMPUTE_TYPES), ("quantize", engines.QUANTIZE_MODES)):
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
@@ -187,6 +192,7 @@ class Translator:
         self._source_size = len(loaded.source_vocab)
         self._target_tokens = loaded.target_tokens
         self._lock = threading.Lock()
+        self.engine = engines.prepare(loaded, config, device)  # None: our own search on loaded.model
 
     @classmethod
     def load(cls, model_dir: str | os.PathLike[str], config: InferenceConfig | None = None,
@@ -196,9 +202,9 @@ class Translator:
         tokenizer = Tokenizer.load(model_dir) if (Path(model_dir) / TOKENIZER_CONFIG).is_file() else None
         translator = cls(loaded, tokenizer, config or InferenceConfig(), device)
         log.info("model %s loaded on %s: %s encoder / %s decoder, vocabularies %d/%d, text %s, beam %d, "
-                 "output length %s", model_dir, device, loaded.hp.encoder_type, loaded.hp.decoder_type,
+                 "output length %s, engine %s", model_dir, device, loaded.hp.encoder_type, loaded.hp.decoder_type,
                  len(loaded.source_vocab), len(loaded.target_vocab), translator.text_format, translator.beam_size,
-                 translator.output_length_rule)
+                 translator.output_length_rule, engines.describe(translator.engine, translator.config))
         return translator
 
     # --- preparing sources ---------------------------------------------------------------------------
@@ -262,15 +268,22 @@ class Translator:
 
     def _decode(self, batch: list[Source], attention: bool) -> list[Translation]:
         lengths = [len(s.ids) + 1 for s in batch]
+        limits: int | torch.Tensor = self.max_output_length
+        if self.config.max_output_length is None:
+            limits = output_length_limits(torch.tensor(lengths), self.length_factor, self.max_output_length)
+        if self.engine is not None:
+            hp = self.loaded.hp
+            per_sentence = limits.tolist() if isinstance(limits, torch.Tensor) else limits
+            done = engines.try_decode(self.engine, [s.ids for s in batch], self.beam_size, per_sentence,
+                                      hp.length_penalty_alpha, hp.length_penalty_beta, attention)
+            if done is not None:
+                return done
         src = torch.full((len(batch), max(lengths)), PAD_ID, dtype=torch.long)
         for row, s in enumerate(batch):
             src[row, :len(s.ids)] = torch.tensor(s.ids, dtype=torch.long)
             src[row, len(s.ids)] = EOS_ID
         src = src.to(self.device)
         lens = torch.tensor(lengths, dtype=torch.long, device=self.device)
-        limits: int | torch.Tensor = self.max_output_length
-        if self.config.max_output_length is None:
-            limits = output_length_limits(lens, self.length_factor, self.max_output_length)
         model = self.loaded.model
         with _autocast(self.device, self.loaded.hp.precision):
             if self.beam_size == 1:

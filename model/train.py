@@ -27,12 +27,33 @@ from model.model import build_model, count_parameters
 from model.optim import build_optimizer, build_schedule
 from model.sagemaker import SageMakerPaths, read_json_file, write_failure
 from model.tokenizer import copy_tokenizer
-from model.training import DistInfo, Trainer
+from model.training import STOPPED_BY_SIGTERM, DistInfo, Trainer
 from model.vocab import reverse
 
 log = logging.getLogger("model.train")
 
 NUM_PROCESSES_ENV = "SEQ2SEQ_NUM_PROCESSES"
+# true: also write the CTranslate2 export (model/ctranslate.py) into the model directory, so that
+# model.tar.gz carries it to serving and batch transform (the int8 CPU engine). Transformer models only.
+CTRANSLATE2_EXPORT_ENV = "SEQ2SEQ_CTRANSLATE2_EXPORT"
+
+
+def wants_ctranslate2_export(environ: dict[str, str] | os._Environ, hp: Hyperparameters) -> bool:
+    """Whether to export after training; checked before training starts, so that a job asked for an export
+    it cannot write fails in seconds, not after hours of training."""
+    raw = environ.get(CTRANSLATE2_EXPORT_ENV, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw not in ("1", "true", "yes"):
+        raise ValueError(f"{CTRANSLATE2_EXPORT_ENV}={raw!r}: expected true or false")
+    from model.engines import library_installed
+
+    if hp.encoder_type != "transformer" or hp.decoder_type != "transformer":
+        raise ValueError(f"{CTRANSLATE2_EXPORT_ENV}=true needs encoder_type=transformer and decoder_type=transformer, "
+                         f"not {hp.encoder_type}/{hp.decoder_type}")
+    if not library_installed():
+        raise ValueError(f"{CTRANSLATE2_EXPORT_ENV}=true, but the ctranslate2 library is not installed in this image")
+    return True
 
 
 def configure_logging() -> None:
@@ -99,6 +120,7 @@ def run(paths: SageMakerPaths) -> int:
             log.warning("channel %r is not used by this algorithm (train, validation, vocab)", channel)
 
     dist, device = setup_distributed()
+    export = wants_ctranslate2_export(os.environ, hp)
     if dist.is_main:
         log.info("device %s, %d process(es), precision %s", device, dist.world_size, hp.precision)
     torch.manual_seed(hp.seed)
@@ -135,6 +157,10 @@ def run(paths: SageMakerPaths) -> int:
         torch.distributed.destroy_process_group()
     if dist.is_main:
         log.info("model written to %s (%s)", paths.model_dir, state.stop_reason)
+        if export and state.stop_reason != STOPPED_BY_SIGTERM:  # a stopped job exports when it finishes
+            from model.ctranslate import export as export_ctranslate2
+
+            log.info("CTranslate2 export: %s", export_ctranslate2(paths.model_dir))
     return 0
 
 

@@ -124,8 +124,9 @@ def cmd_transform(a: argparse.Namespace) -> None:
     from pipeline_tasks.transform import TransformConfig, transform
 
     cfg = TransformConfig(batch_size=a.batch_size, beam_size=a.beam_size, max_output_length=a.max_output_length,
-                          text_format=a.text_format,
-                          unknown_tokens=a.unknown_tokens, on_error=a.on_error, chunk_lines=a.chunk_lines)
+                          text_format=a.text_format, unknown_tokens=a.unknown_tokens, on_error=a.on_error,
+                          chunk_lines=a.chunk_lines, engine=a.engine, compute_type=a.compute_type,
+                          quantize=a.quantize)
     _print_json(transform(a.model, a.input, a.output, cfg, device=a.device))
 
 
@@ -255,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a bad line fails the job (naming it), or becomes {\"error\": …} (default: %(default)s)")
     tr.add_argument("--chunk-lines", type=int, default=2000, help="lines in memory at once (default: %(default)s)")
     tr.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    tr.add_argument("--engine", choices=("auto", "torch", "ctranslate2"),
+                    help="auto (default): CTranslate2 when the model holds its export (python -m model.ctranslate "
+                    "export), else torch")
+    tr.add_argument("--compute-type", help="CTranslate2's compute type, e.g. int8 or float32 (default: the export's)")
+    tr.add_argument("--quantize", choices=("none", "int8"), help="torch engine: int8 = torch.ao dynamic int8 (CPU)")
     tr.set_defaults(fn=cmd_transform)
 
     tj = sub.add_parser("transform-job", help="run a {\"Model\", \"Transform\"} SageMaker transform request "

@@ -217,6 +217,9 @@ class TransformConfig:
     unknown_tokens: str = "unk"
     on_error: str = "fail"           # fail | record
     chunk_lines: int = 2000          # lines in memory at once (sorted by length within a chunk)
+    engine: str | None = None        # auto | torch | ctranslate2; None: auto (the model's export when it has one)
+    compute_type: str | None = None  # ctranslate2: int8, float32, …; None: the export's own
+    quantize: str | None = None      # torch: none | int8 (torch.ao dynamic, CPU)
 
     def __post_init__(self) -> None:
         if self.chunk_lines < 1:
@@ -228,7 +231,8 @@ class TransformConfig:
 
         return InferenceConfig(batch_size=self.batch_size, beam_size=self.beam_size,
                                max_output_length=self.max_output_length, text_format=self.text_format,
-                               unknown_tokens=self.unknown_tokens, on_error=self.on_error)
+                               unknown_tokens=self.unknown_tokens, on_error=self.on_error, engine=self.engine,
+                               compute_type=self.compute_type, quantize=self.quantize)
 
 
 def iter_line_chunks(f: IO[bytes], n: int) -> Iterator[list[bytes]]:
@@ -289,6 +293,7 @@ def transform(model: str | os.PathLike[str], input_uri: str, output_uri: str,
     """Translate a JSON Lines file into another, streaming; returns a report (lines, errors, speed).
     Progress is logged every `progress_interval_s` (:data:`PROGRESS_INTERVAL_S`), counted per decoded
     batch, so a chunk that takes minutes still shows its lines coming."""
+    from model import engines
     from model.inference import RequestError, Translator, encode_jsonlines, translate_jsonlines
 
     cfg = cfg or TransformConfig()
@@ -325,7 +330,8 @@ def transform(model: str | os.PathLike[str], input_uri: str, output_uri: str,
             "error_lines": error_lines, "seconds": round(seconds, 3),
             "sentences_per_s": round(lines / seconds, 2) if seconds > 0 else None,
             "beam_size": translator.beam_size, "batch_size": cfg.batch_size, "text_format": translator.text_format,
-            "max_output_length": translator.output_length_rule}
+            "max_output_length": translator.output_length_rule,
+            "engine": engines.describe(translator.engine, translator.config)}
 
 
 # --- the SageMaker transform job request --------------------------------------------------------------------

@@ -62,6 +62,14 @@ def copy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def transformer_copy_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Transformer model directory that copies its input (tests/models.py), trained once per session."""
+    from tests.models import train_transformer_copy_model
+
+    return train_transformer_copy_model(tmp_path_factory.mktemp("transformer-copy-model"))
+
+
+@pytest.fixture(scope="session")
 def wmt_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model directory on real English–German text with a Moses + BPE tokenizer, trained once per session."""
     from tests.models import train_wmt_model

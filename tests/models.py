@@ -3,6 +3,8 @@ per test session through the real training entrypoint.
 
 - ``copy``: an RNN trained on the synthetic copy task, with a whitespace tokenizer: it echoes its
   input, so a test can check every output line against its own input line (order, completeness).
+- ``transformer copy``: a Transformer on the same task, exported for CTranslate2 by the training
+  entrypoint itself (``SEQ2SEQ_CTRANSLATE2_EXPORT=true``): the int8 engine tests hold it against our search.
 - ``wmt``: an RNN trained briefly on real English–German text, Moses-tokenized and split with a
   SentencePiece BPE model: the raw-text path (tokenize → translate → detokenize) on real sentences.
   Its translations are poor; tests compare scores with independent computations, not with targets.
@@ -11,6 +13,7 @@ per test session through the real training entrypoint.
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -49,6 +52,35 @@ def train_copy_model(root: Path) -> Path:
     (root / "input/data/vocab" / CONFIG_FILE).write_text(json.dumps(
         {"mode": "whitespace", "detokenizer": "none", "source_lang": "xx", "target_lang": "yy"}))
     return _train(root)
+
+
+# A Transformer small enough to train in seconds but wide enough (64) that int8 weights keep its answers:
+# unequal layer counts and src_trg_softmax tying, so the CTranslate2 export covers both.
+TINY_TRANSFORMER = {
+    "encoder_type": "transformer", "decoder_type": "transformer", "transformer_model_size": "64",
+    "transformer_attention_heads": "4", "transformer_feed_forward_num_hidden": "128", "transformer_dropout": "0.0",
+    "num_layers_encoder": "2", "num_layers_decoder": "2", "weight_tying": "true",
+    "weight_tying_type": "src_trg_softmax", "batch_size": "32", "checkpoint_frequency_num_batches": "400",
+    "learning_rate": "0.003", "max_seq_len_source": "20", "max_seq_len_target": "20", "bleu_sample_size": "0",
+}
+
+
+def train_transformer_copy_model(root: Path) -> Path:
+    """The copy task with a Transformer (whitespace tokenizer): what the CTranslate2 export is checked on.
+    Trained with SEQ2SEQ_CTRANSLATE2_EXPORT=true, so the model directory also holds the export the training
+    entrypoint writes."""
+    make_sagemaker_tree(root, {**TINY_TRANSFORMER, "max_num_batches": "400", "beam_size": "3"})
+    (root / "input/data/vocab" / CONFIG_FILE).write_text(json.dumps(
+        {"mode": "whitespace", "detokenizer": "none", "source_lang": "xx", "target_lang": "yy"}))
+    before = os.environ.get("SEQ2SEQ_CTRANSLATE2_EXPORT")
+    os.environ["SEQ2SEQ_CTRANSLATE2_EXPORT"] = "true"
+    try:
+        return _train(root)
+    finally:
+        if before is None:
+            del os.environ["SEQ2SEQ_CTRANSLATE2_EXPORT"]
+        else:
+            os.environ["SEQ2SEQ_CTRANSLATE2_EXPORT"] = before
 
 
 def train_wmt_model(root: Path, pairs: int = 2000) -> Path:
