@@ -375,15 +375,23 @@ class CTranslate2Engine:
         """The best translation of each source (ids without ``</s>``), as :func:`model.beam_search.beam_search`
         (or ``greedy_search`` for beam 1) returns them.
 
-        One limit per sentence (``max_output_length`` a sequence) is applied by decoding the batch to the
-        longest and cutting each output at its own: exactly our greedy search's result; for beam search the
-        same whenever the best hypothesis ends within its limit, which is what a trained model's do. A cut
-        hypothesis keeps the score CTranslate2 gave it (scores are not part of any output)."""
+        With one limit per sentence (``max_output_length`` a sequence), CTranslate2 is called once per
+        distinct limit: its ``max_decoding_length`` is one number a call, and only a search that knows the
+        limit stops its hypotheses there as ours does. A length-sorted batch has few distinct limits."""
         if not sources:
             return []
         limits = ([max_output_length] * len(sources) if isinstance(max_output_length, int)
-                  else list(max_output_length))
-        max_output_length = max(limits)
+                  else [int(v) for v in max_output_length])
+        out: list[Translation | None] = [None] * len(sources)
+        for limit in sorted(set(limits)):
+            rows = [i for i, v in enumerate(limits) if v == limit]
+            for i, tr in zip(rows, self._decode_batch([sources[i] for i in rows], beam_size, limit, alpha,
+                                                      attention)):
+                out[i] = tr
+        return out  # type: ignore[return-value]
+
+    def _decode_batch(self, sources: Sequence[Sequence[int]], beam_size: int, max_output_length: int,
+                      alpha: float, attention: bool) -> list[Translation]:
         tokens = [[self._source_tokens[i] for i in ids] + [EOS_SYMBOL] for ids in sources]
         penalty = alpha if beam_size > 1 else 1.0  # greedy: our normalized score is the mean per token
         results = self.translator.translate_batch(
@@ -392,8 +400,8 @@ class CTranslate2Engine:
             return_end_token=True, return_scores=True, return_attention=attention,
             suppress_sequences=[[PAD_SYMBOL], [BOS_SYMBOL]])
         out = []
-        for ids, result, limit in zip(sources, results, limits):
-            hyp = result.hypotheses[0][:limit]
+        for ids, result in zip(sources, results):
+            hyp = result.hypotheses[0]
             n = len(hyp)  # tokens incl. </s> when it came: what both penalties count
             normalized = float(result.scores[0])
             target = [self._target_ids.get(t, self._target_ids[UNK_SYMBOL]) for t in hyp]
@@ -401,7 +409,7 @@ class CTranslate2Engine:
                 target = target[:-1]
             rows = None
             if attention:
-                rows = [list(row[:len(ids) + 1]) for row in result.attention[0][:limit]]
+                rows = [list(row[:len(ids) + 1]) for row in result.attention[0]]
             out.append(Translation(target, normalized * (n ** penalty if n else 1.0), normalized, rows))
         return out
 
