@@ -3,7 +3,7 @@ perplexity at equal wall time, translation speed, output length and peak memory,
 
     .venv/bin/python -m benchmarks.bench_peer [--install-peer] [--train-seconds 450] [--repeats 2]
         [--translate-repeats 3] [--translate-sentences 500] [--json OUT.json] [--work-dir DIR] [--ours-only]
-    # a quick run (~10 min on 2 cores):
+    # a quick run (~15 min on 2 cores; the full defaults take 45-90 min):
     .venv/bin/python -m benchmarks.bench_peer --train-seconds 60 --repeats 1 --translate-sentences 50
 
 Why a peer: bench_training compares the trainer with a naive loop of our own; this compares the whole
@@ -23,11 +23,11 @@ vocabulary (``VocabConfig(joint=True)``: every subword type of the training text
 the same subword files and *that same vocabulary file* (``sockeye-prepare-data --source-vocab
 --target-vocab --shared-vocab``: its special ids 0-3 are ours), so both have identical vocabularies and
 softmax sizes. Validation during training uses the first ``--train-val-pairs`` (500) validation pairs
-for both (the full 3,000 would cost each checkpoint ~15 s of a 2-core machine); the final
-perplexity uses the whole validation split. Pairs longer than 60 subwords are handled as each engine
-does (ours truncates them, Sockeye's prepare-data discards them; both counts are printed). The
-scoring and translation inputs are cut to 60 subwords beforehand, so both engines see the very same
-tokens there.
+for both (the full 3,000 would make every checkpoint six times as long on both sides); the final
+perplexity uses the whole validation split (or its first ``--score-pairs``). Pairs longer than 60
+subwords are handled as each engine does (ours truncates them, Sockeye's prepare-data discards them;
+both counts are printed). The scoring and translation inputs are cut to 60 subwords beforehand, so
+both engines see the very same tokens there.
 
 **Configuration, both sides**: Transformer, 3+3 pre-norm layers, model size 256 (embeddings too), 4
 heads, feed-forward 1024, ReLU, sinusoidal positions, dropout 0.1 (attention, activation, residual),
@@ -35,16 +35,18 @@ source, target embeddings and softmax tied (``src_trg_softmax``), word batches o
 (``batch_type=word`` / ``--batch-type word``: both aim at 2048 *real* target tokens per batch, in
 multiples of 8 sentences; ours fills each batch from a length-sorted epoch, Sockeye sizes batches per
 bucket from the bucket's mean length; the measured real target tokens per update are printed), max
-length 60 both sides, label smoothing
-0.1, Adam at ``--learning-rate`` (0.0003, our default; Sockeye's is 0.0002), gradient values clipped
-at 1 (our default; Sockeye's default is no clipping), plateau-reduce by 0.5 after 3 checkpoints
-without improvement (no reload of the best weights), no early stopping, no BLEU during training, a
-checkpoint every ``--checkpoint-interval`` updates, fp32, ``--threads`` (2) threads
+length 60 both sides, label smoothing 0.1, Adam at ``--learning-rate`` (0.0003, our default;
+Sockeye's is 0.0002), gradient values clipped at 1 (our default; Sockeye's default is no clipping),
+plateau-reduce by 0.5 after 3 checkpoints without improvement (no reload of the best weights), no
+early stopping, no BLEU during training, a checkpoint every ``--checkpoint-interval`` (100) updates,
+fp32, ``--threads`` (2) threads
 (``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` for every process, ``torch.set_num_threads`` in our
 scorer/translator, ``--use-cpu`` for Sockeye).
 
-**Equal wall time.** Ours: the ``max_training_seconds`` hyperparameter when ``model.hyperparameters``
-knows it (checked at run time); otherwise a SIGTERM when the budget is up (counted from our "model …
+**Equal wall time.** Both budgets count the training loop from its start (after data loading and
+model building) with checkpoints included, and both end with a final checkpoint after the budget.
+Ours: the ``max_training_seconds`` hyperparameter when ``model.hyperparameters`` knows it (checked at
+run time); otherwise a SIGTERM when the budget is up (counted from our "model …
 parameters" log line, i.e. after data loading), which saves a checkpoint, then a resumed run with
 ``max_num_batches`` = updates done + 1 that validates and keeps the best model (one extra update; a note
 is printed). Sockeye: ``--max-seconds`` is only looked at after a checkpoint, so the runner
@@ -63,8 +65,8 @@ remaining difference is visible.
   ``tok/sec`` counts padded *source* positions), ``batch.target_length.sum()`` per batch, steady state
   = the batches that start 30 s or more after training started, tokens over their time span minus the
   checkpoints inside it; overall = all batches over the training loop minus checkpoints.
-- validation perplexity of each side's final (best) model on the whole validation split, like for
-  like: exp(sum of NLL / tokens), plain NLL without label smoothing, one token per target subword plus
+- validation perplexity of each side's final (best) model on the validation split, like for like:
+  exp(sum of NLL / tokens), plain NLL without label smoothing, one token per target subword plus
   ``</s>``, targets and sources cut to 60. Ours: ``pipeline_tasks.evaluate.perplexity_on`` (the
   product's evaluation code, training's ``evaluate_likelihood``). Sockeye: ``sockeye-score`` with
   ``--score-type neglogprob --length-penalty-alpha 0`` (unnormalised sentence NLL, labels incl.
@@ -800,7 +802,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-translate", action="store_true", help="skip the translation measurements")
     ap.add_argument("--work-dir", type=Path, help="where everything is written (default: a temporary folder)")
     ap.add_argument("--keep-work", action="store_true", help="keep the temporary work folder")
-    ap.add_argument("--json", type=Path, help="write all results as JSON here")
+    ap.add_argument("--json", type=Path, help="write all results as JSON here (also after every run, marked partial)")
     a = ap.parse_args(argv)
     if a.train_seconds < 10 or a.repeats < 1 or a.translate_repeats < 1 or a.translate_sentences < 1:
         ap.error("--train-seconds >= 10, --repeats, --translate-repeats and --translate-sentences >= 1")
@@ -818,6 +820,13 @@ def work_folder(a: argparse.Namespace) -> tuple[Path, bool]:
         sys.exit(f"error: --work-dir {work} is not empty")
     work.mkdir(parents=True, exist_ok=True)
     return work, False
+
+
+def save_partial(results: dict[str, Any], a: argparse.Namespace) -> None:
+    """The results so far into --json after every run, so that a long benchmark stopped half-way (or a
+    step that fails late) still leaves what it measured."""
+    if a.json:
+        a.json.write_text(json.dumps({**results, "partial": True}, indent=2, default=str) + "\n")
 
 
 def run(a: argparse.Namespace, work: Path, peer: Path | None) -> dict[str, Any]:
@@ -855,6 +864,7 @@ def run(a: argparse.Namespace, work: Path, peer: Path | None) -> dict[str, Any]:
                 r = train_peer(prep, venv, run_dir, a)
                 r.update(score_peer(r["model"], prep, venv, run_dir, a))
             results[side]["train"].append(r)
+            save_partial(results, a)
             print(f"    {r.get('updates')} updates, steady {_fmt(r.get('steady_tok_s'), 'int')} target tok/s, "
                   f"overall {_fmt(r.get('overall_tok_s'), 'int')}, loop {_fmt(r.get('loop_s'), 'f1')} s, "
                   f"val ppl {r['val_ppl']:.2f} ({r['val_tokens']:,} tokens), peak RSS "
@@ -877,6 +887,7 @@ def run(a: argparse.Namespace, work: Path, peer: Path | None) -> dict[str, Any]:
                     results[side].setdefault(mode, []).append(r)
                     if i == 1:
                         results[side][f"{mode}_lengths"] = length_stats(Path(r["hyp"]), prep)
+                    save_partial(results, a)
                     print(f"    {r['sent_s']:.2f} sent/s ({r['decode_s']:.1f} s decoding, {r['load_s']:.1f} s load), "
                           f"peak RSS {r['peak_rss'] / 2**20:,.0f} MiB", flush=True)
     results["ours"]["import_torch_rss"] = import_rss(sys.executable)
