@@ -247,6 +247,20 @@ def _cut(order: np.ndarray, data: ParallelData, config: DataConfig) -> list[np.n
     return _cut_words(order, data.trg_lengths, config.batch_size)
 
 
+def _bucketed_sentence_batches(data: ParallelData, config: DataConfig, rng: np.random.Generator) -> list[np.ndarray]:
+    """The built-in algorithm's bucketing for ``batch_type=sentence``: pairs grouped by (source bucket,
+    target bucket) of ``bucket_width`` tokens, shuffled inside each bucket and cut into batches of
+    ``batch_size`` sentences (each bucket's last batch may be short)."""
+    w = config.bucket_width
+    keys = ((data.src_lengths + w - 1) // w) * (config.max_seq_len_target + w) + (data.trg_lengths + w - 1) // w
+    batches: list[np.ndarray] = []
+    order = np.argsort(keys, kind="stable")
+    bounds = np.flatnonzero(np.diff(keys[order])) + 1
+    for bucket in np.split(order, bounds):
+        batches.extend(_cut_sentences(rng.permutation(bucket), config.batch_size))
+    return batches
+
+
 def length_order(data: ParallelData, rng: np.random.Generator) -> np.ndarray:
     """Every pair, sorted by the longer side's length, then the target's, ties in random order.
 
@@ -263,14 +277,17 @@ def length_order(data: ParallelData, rng: np.random.Generator) -> np.ndarray:
 def make_batches(data: ParallelData, config: DataConfig, epoch: int) -> list[np.ndarray]:
     """One epoch's batches (index arrays), shuffled reproducibly from ``seed`` and ``epoch``.
 
-    With bucketing, batches are consecutive runs of :func:`length_order` (sentences of nearly equal
-    length together), shuffled; without it the epoch is a plain shuffle cut into batches (what a naive
-    loop does). ``batch_type=sentence`` batches hold ``batch_size`` sentences; ``word`` batches about
-    ``batch_size`` real target tokens (see :func:`_cut_words`)."""
+    ``batch_type=sentence`` batches hold ``batch_size`` sentences, bucketed as the built-in algorithm does
+    (:func:`_bucketed_sentence_batches`); ``word`` batches about ``batch_size`` real target tokens,
+    consecutive runs of :func:`length_order` (see :func:`_cut_words`). The batches are then shuffled.
+    Without bucketing the epoch is a plain shuffle cut into batches (what a naive loop does)."""
     rng = np.random.default_rng([config.seed, epoch])
     if not config.bucketing_enabled:
         return _cut(rng.permutation(len(data)), data, config)
-    batches = _cut(length_order(data, rng), data, config)
+    if config.batch_type == "sentence":
+        batches = _bucketed_sentence_batches(data, config, rng)
+    else:
+        batches = _cut(length_order(data, rng), data, config)
     perm = rng.permutation(len(batches))
     return [batches[i] for i in perm]
 

@@ -177,10 +177,9 @@ _SPECS: dict[str, _Spec] = {
     "beam_size": _Spec("beam for BLEU during training and for inference", low=1, high=256),
     "bleu_sample_size": _Spec("validation sentences scored with BLEU at checkpoints; -1 = all, 0 = none", low=-1),
     "bucket_width": _Spec(
-        "accepted for compatibility: with bucketing_enabled batches are runs of the epoch sorted by exact length, "
-        "which pads less than buckets of any width", **_POSITIVE),
-    "bucketing_enabled": _Spec("batch sentences of similar length together (sorted by the longer side, then the "
-                               "target); false: a plain shuffle"),
+        "width of the (source, target) length buckets of batch_type=sentence; word batches are cut from the epoch "
+        "sorted by exact length instead, which pads less", **_POSITIVE),
+    "bucketing_enabled": _Spec("batch sentences of similar length together; false: a plain shuffle"),
     "checkpoint_frequency_num_batches": _Spec("checkpoint and evaluate every N batches", **_POSITIVE),
     "checkpoint_threshold": _Spec("stop after N checkpoints without improvement of optimized_metric", **_POSITIVE),
     "clip_gradient": _Spec("clip absolute gradient values above it; <= 0 disables"),

@@ -73,7 +73,7 @@ class InferenceConfig:
     batch_size: int = 32                  # sentences decoded together (grouped by length)
     beam_size: int | None = None          # None: the model's own beam_size hyperparameter
     max_output_length: int | None = None  # tokens including </s> for every sentence; None: per sentence, below
-    max_output_length_num_stds: int = DEFAULT_NUM_STDS  # None above: ceil((mean + N std) × source length)
+    max_output_length_num_stds: int | None = None  # None above: ceil((mean + N std) x source length); None: 2
     text_format: str | None = None        # raw | tokens; None: raw when the model ships a tokenizer
     unknown_tokens: str = "unk"           # unk: map to <unk> as training did | reject: a bad item
     on_error: str = "fail"                # fail: the request fails | record: {"error": …} in its slot
@@ -186,7 +186,8 @@ class Translator:
         # The longest output: what the config says for every sentence, else Sockeye's rule per sentence from
         # the training data's length ratio, never past the longest target the model was trained on.
         self.max_output_length = config.max_output_length or hp.max_seq_len_target + 1
-        self.length_factor = length_factor(loaded.length_ratio, config.max_output_length_num_stds)
+        num_stds = config.max_output_length_num_stds
+        self.length_factor = length_factor(loaded.length_ratio, DEFAULT_NUM_STDS if num_stds is None else num_stds)
         self.max_source_tokens = hp.max_seq_len_source
         self._source_vocab = loaded.source_vocab
         self._source_size = len(loaded.source_vocab)

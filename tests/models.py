@@ -69,7 +69,7 @@ def train_transformer_copy_model(root: Path) -> Path:
     """The copy task with a Transformer (whitespace tokenizer): what the CTranslate2 export is checked on.
     Trained with SEQ2SEQ_CTRANSLATE2_EXPORT=true, so the model directory also holds the export the training
     entrypoint writes."""
-    make_sagemaker_tree(root, {**TINY_TRANSFORMER, "max_num_batches": "600", "beam_size": "3"})
+    make_sagemaker_tree(root, {**TINY_TRANSFORMER, "max_num_batches": "400", "beam_size": "3"})
     (root / "input/data/vocab" / CONFIG_FILE).write_text(json.dumps(
         {"mode": "whitespace", "detokenizer": "none", "source_lang": "xx", "target_lang": "yy"}))
     before = os.environ.get("SEQ2SEQ_CTRANSLATE2_EXPORT")

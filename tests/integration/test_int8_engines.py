@@ -96,9 +96,8 @@ def test_float32_beam_search_is_ours(exported, beam):
     reference = [" ".join(ct2.loaded.target_tokens[i] for i in t.tokens) for t in ours(ct2, sources, beam)]
     got = [o.target for o in ct2.translate(sources)]
     same = sum(a == b for a, b in zip(reference, got))
-    # the one rule that differs: CTranslate2 stops a sentence after beam_size finished hypotheses (patience 1),
-    # ours when none can beat the best finished one; on this small model that changes 4-5 % of the outputs
-    assert same >= 280, f"{same} of 300 beam-{beam} outputs agree"
+    # the one rule that differs: CTranslate2 stops a sentence after beam_size finished hypotheses
+    assert same >= 291, f"{same} of 300 beam-{beam} outputs agree"
 
 
 @pytest.mark.parametrize("beam", [1, 5])

@@ -206,8 +206,7 @@ def test_engine_settings_from_the_environment(exported):
     assert InferenceConfig.from_env(config.to_env()) == config
     assert InferenceConfig.from_env({"SEQ2SEQ_QUANTIZE": "int8"}).quantize == "int8"
     assert InferenceConfig().to_env() == {"SEQ2SEQ_BATCH_SIZE": "32", "SEQ2SEQ_UNKNOWN_TOKENS": "unk",
-                                          "SEQ2SEQ_ON_ERROR": "fail",
-                                          "SEQ2SEQ_MAX_OUTPUT_LENGTH_NUM_STDS": "2"}  # unset engine fields add nothing
+                                          "SEQ2SEQ_ON_ERROR": "fail"}  # unset engine fields add nothing
     t = Translator.load(exported, config, "cpu")
     assert t.engine.compute_type == "float32"
     for env, expected in (({"SEQ2SEQ_ENGINE": "fast"}, "SEQ2SEQ_ENGINE='fast': engine must be one of auto, torch, "
