@@ -86,8 +86,10 @@ remaining difference is visible.
 - output length / reference length, on the subword level (model tokens) and on the word level (the
   subwords joined back into words), over the same sentences; the Pearson correlation of output length
   with source length (subwords), next to the reference's own; the share of outputs that hit 60 tokens.
-- peak RSS (the process tree, sampled by ``benchmarks.common.PeakRSS``) of training and of beam-5
-  translation, next to what ``import torch`` alone takes in each interpreter (torch 2.x vs 1.13.1+cu117).
+- peak RSS (the process tree, sampled by ``benchmarks.common.PeakRSS`` every 0.5 s in training and
+  0.1 s in translation: sampling costs CPU the measured process would miss on 2 cores) of training and
+  of beam-5 translation, next to what ``import torch`` alone takes in each interpreter (torch 2.x vs
+  1.13.1+cu117).
 
 Runs alternate (ours, Sockeye, ours, …): ``--repeats`` (2) for training, ``--translate-repeats`` (3)
 per decoding mode; the best run counts (highest speed, lowest perplexity, lowest memory); the
@@ -616,7 +618,7 @@ def translate_ours(model: str, prep: Prepared, run_dir: Path, beam: int, a: argp
     done = run_step(f"our translation (beam {beam})", [
         sys.executable, "-m", "benchmarks.peer_ours", "translate", "--model", model, "--input", prep.test_src,
         "--output", hyp, "--beam-size", str(beam), "--batch-size", str(a.translate_batch_size),
-        "--threads", str(a.threads)], run_dir / "translate.log", thread_env(a.threads), 3600, rss_interval=0.05)
+        "--threads", str(a.threads)], run_dir / "translate.log", thread_env(a.threads), 3600, rss_interval=0.1)
     info = json.loads((run_dir / "hyp.txt.json").read_text())
     return {"sent_s": info["sentences"] / info["decode_s"], "decode_s": info["decode_s"],
             "load_s": done.wall_s - info["decode_s"], "model_load_s": info["load_s"], "wall_s": done.wall_s,
@@ -638,7 +640,7 @@ def translate_peer(model: str, prep: Prepared, peer: Path, run_dir: Path, beam: 
     if a.peer_max_output_length:
         cmd += ["--max-output-length", str(a.peer_max_output_length)]
     log = run_dir / "translate.log"
-    done = run_step(f"sockeye-translate (beam {beam})", cmd, log, env, 3600, rss_interval=0.05)
+    done = run_step(f"sockeye-translate (beam {beam})", cmd, log, env, 3600, rss_interval=0.1)
     m = _SOCKEYE_DONE.findall(log.read_text(errors="replace"))
     if not m:
         raise StepFailed(f"sockeye-translate: no 'Processed N lines. Total time' line in {log}:\n{tail(log)}")
