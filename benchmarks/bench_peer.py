@@ -81,8 +81,10 @@ remaining difference is visible.
   maximum output length is its own default rule, printed (Sockeye: source length x (mean + 2 std) of
   the training data's length ratio; ours: the same rule where our Translator has it, else
   max_seq_len_target + 1) unless ``--peer-max-output-length`` sets Sockeye's.
-  Start-up + load time (process wall time minus decoding time: interpreter, torch import, model
-  loading) and process wall time are printed too, the same way for both.
+  Output tokens/s (subwords + ``</s>`` per second of decoding) are printed beside sentences/s, since
+  the two models' outputs need not be equally long. Start-up + load time (process wall time minus
+  decoding time: interpreter, torch import, model loading) and process wall time are printed too,
+  the same way for both.
 - output length / reference length, on the subword level (model tokens) and on the word level (the
   subwords joined back into words), over the same sentences; the Pearson correlation of output length
   with source length (subwords), next to the reference's own; the share of outputs that hit 60 tokens.
@@ -114,7 +116,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,14 +158,24 @@ def thread_env(threads: int) -> dict[str, str]:
     return env
 
 
+def peer_env(threads: int) -> dict[str, str]:
+    """The same for Sockeye's processes, minus our PYTHONPATH: nothing of this repository (which has a
+    top-level ``model`` package) may shadow a module of the peer's interpreter."""
+    env = thread_env(threads)
+    env.pop("PYTHONPATH")
+    return env
+
+
 @dataclasses.dataclass
 class Finished:
+    """What every measured command gives: its wall time, the peak RSS of its process tree, its log."""
+
     wall_s: float
     peak_rss: int
     log: Path
 
 
-def run_step(name: str, cmd: list[str], log: Path, env: dict[str, str], timeout: float,
+def run_step(name: str, cmd: Sequence[str | os.PathLike[str]], log: Path, env: dict[str, str], timeout: float,
              rss_interval: float = 0.2, poll: Callable[[subprocess.Popen, float], None] | None = None) -> Finished:
     """Run `cmd` with stdout+stderr into `log`, sampling the peak RSS of its process tree.
 
@@ -202,6 +214,7 @@ def run_step(name: str, cmd: list[str], log: Path, env: dict[str, str], timeout:
 # --- the peer's virtualenv -------------------------------------------------------------------------
 
 def peer_python(venv: Path) -> Path:
+    """The peer venv's interpreter (the timing runner needs it; the CLIs are its console scripts)."""
     return venv / "bin" / "python"
 
 
@@ -211,7 +224,7 @@ def peer_versions(venv: Path) -> tuple[str, str] | None:
     if not py.is_file():
         return None
     proc = subprocess.run([str(py), "-c", "import sockeye, torch; print(sockeye.__version__, torch.__version__)"],
-                          capture_output=True, text=True, env=thread_env(1), timeout=300)
+                          capture_output=True, text=True, env=peer_env(1), timeout=300)
     if proc.returncode != 0:
         return None
     parts = proc.stdout.split()
@@ -219,6 +232,7 @@ def peer_versions(venv: Path) -> tuple[str, str] | None:
 
 
 def find_python311() -> str:
+    """python3.11 for the peer venv: torch 1.13.1 has no wheels for a newer Python."""
     found = shutil.which("python3.11") or ("/usr/bin/python3.11" if Path("/usr/bin/python3.11").exists() else None)
     if not found:
         raise StepFailed("python3.11 not found on PATH (Sockeye 3.1.34's torch 1.13.1 has wheels up to 3.11)")
@@ -235,8 +249,7 @@ def install_peer(venv: Path) -> None:
     log = venv.parent / f"{venv.name}-install.log"
     py = find_python311()
     print(f"installing {PEER_NAME} into {venv} with {py} (log: {log}) ...", flush=True)
-    env = thread_env(2)
-    env.pop("PYTHONPATH")
+    env = peer_env(2)
     run_step("python3.11 -m venv", [py, "-m", "venv", str(venv)], log, env, 600)
     run_step("pip install", [str(peer_python(venv)), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
                              *PEER_REQUIREMENTS], log.with_suffix(".pip.log"), env, 3600)
@@ -264,6 +277,7 @@ def ensure_peer(a: argparse.Namespace) -> Path:
 
 
 def peer_tool(venv: Path, name: str) -> str:
+    """A Sockeye console script of the venv, called by path so that no PATH lookup can pick another."""
     return str(venv / "bin" / name)
 
 
@@ -341,7 +355,7 @@ def prepare_data(out: Path, a: argparse.Namespace, peer: Path | None) -> Prepare
             "--source-vocab", vocab_file, "--target-vocab", vocab_file, "--shared-vocab",
             "--max-seq-len", f"{MAX_LEN}:{MAX_LEN}", "--bucket-width", "8", "--seed", str(SEED),
             "--max-processes", "1", "--output", peer_data], out / "sockeye-prepare-data.log",
-            thread_env(a.threads), 1800).log
+            peer_env(a.threads), 1800).log
         m = re.search(r"(\d+) sequences did not fit into buckets and were discarded", log.read_text(errors="replace"))
         stats["peer_train_pairs_discarded"] = int(m.group(1)) if m else None
     return Prepared(tok, channels, vocab_file, stats["vocab_size"], trainval, score, test_src, test_ref, peer_data,
@@ -558,8 +572,7 @@ def train_peer(prep: Prepared, peer: Path, run_dir: Path, a: argparse.Namespace)
     """One Sockeye training run through the timing runner."""
     out = run_dir / "model"
     stats_file = run_dir / "peer-stats.json"
-    env = {**thread_env(a.threads), "BENCH_PEER_STATS": str(stats_file)}
-    env.pop("PYTHONPATH")
+    env = {**peer_env(a.threads), "BENCH_PEER_STATS": str(stats_file)}
     if not a.peer_native_max_seconds:
         env["BENCH_PEER_DEADLINE_S"] = str(a.train_seconds)
     log = run_dir / "train.log"
@@ -594,8 +607,7 @@ def score_ours(model: str, prep: Prepared, run_dir: Path, a: argparse.Namespace)
 
 def score_peer(model: str, prep: Prepared, peer: Path, run_dir: Path, a: argparse.Namespace) -> dict[str, Any]:
     out = run_dir / "scores.txt"
-    env = thread_env(a.threads)
-    env.pop("PYTHONPATH")
+    env = peer_env(a.threads)
     run_step("sockeye-score", [peer_tool(peer, "sockeye-score"), "--model", model, "--source", prep.score[0],
                                "--target", prep.score[1], "--use-cpu", "--batch-size", "32",
                                "--score-type", "neglogprob", "--length-penalty-alpha", "0",
@@ -620,7 +632,8 @@ def translate_ours(model: str, prep: Prepared, run_dir: Path, beam: int, a: argp
         "--output", hyp, "--beam-size", str(beam), "--batch-size", str(a.translate_batch_size),
         "--threads", str(a.threads)], run_dir / "translate.log", thread_env(a.threads), 3600, rss_interval=0.1)
     info = json.loads((run_dir / "hyp.txt.json").read_text())
-    return {"sent_s": info["sentences"] / info["decode_s"], "decode_s": info["decode_s"],
+    return {"sent_s": info["sentences"] / info["decode_s"], "out_tok_s": output_tokens(hyp) / info["decode_s"],
+            "decode_s": info["decode_s"],
             "load_s": done.wall_s - info["decode_s"], "model_load_s": info["load_s"], "wall_s": done.wall_s,
             "peak_rss": done.peak_rss, "hyp": str(hyp), "output_length_rule": info.get("output_length_rule")}
 
@@ -631,8 +644,7 @@ _SOCKEYE_DONE = re.compile(r"Processed (\d+) lines\. Total time: ([\d.]+)")
 def translate_peer(model: str, prep: Prepared, peer: Path, run_dir: Path, beam: int,
                    a: argparse.Namespace) -> dict[str, Any]:
     hyp = run_dir / "hyp.txt"
-    env = thread_env(a.threads)
-    env.pop("PYTHONPATH")
+    env = peer_env(a.threads)
     cmd = [peer_tool(peer, "sockeye-translate"), "--models", model, "--input", prep.test_src, "--output", hyp,
            "--use-cpu", "--beam-size", str(beam), "--batch-size", str(a.translate_batch_size),
            "--output-type", "translation", "--length-penalty-alpha", "1.0", "--length-penalty-beta", "0.0",
@@ -645,7 +657,8 @@ def translate_peer(model: str, prep: Prepared, peer: Path, run_dir: Path, beam: 
     if not m:
         raise StepFailed(f"sockeye-translate: no 'Processed N lines. Total time' line in {log}:\n{tail(log)}")
     lines, seconds = int(m[-1][0]), float(m[-1][1])
-    return {"sent_s": lines / seconds, "decode_s": seconds, "load_s": done.wall_s - seconds, "wall_s": done.wall_s,
+    return {"sent_s": lines / seconds, "out_tok_s": output_tokens(hyp) / seconds, "decode_s": seconds,
+            "load_s": done.wall_s - seconds, "wall_s": done.wall_s,
             "peak_rss": done.peak_rss, "hyp": str(hyp), "output_length_rule": peer_length_rule(Path(model), a)}
 
 
@@ -661,6 +674,12 @@ def peer_length_rule(model: Path, a: argparse.Namespace) -> str:
         return "length-ratio rule (mean + 2 std)"
     return (f"ceil({float(mean.group(1)) + 2 * float(std.group(1)):.3g} x source tokens incl. </s>), "
             f"at most {MAX_LEN + 1}")
+
+
+def output_tokens(hyp: Path) -> int:
+    """Subword tokens of a hypothesis file plus one ``</s>`` per line, so that speeds compare even where
+    the two models' outputs differ in length (beam search may take more steps than its answer has)."""
+    return sum(len(line.split()) + 1 for line in _read(hyp))
 
 
 def words(pieces: str) -> int:
@@ -690,8 +709,7 @@ def length_stats(hyp: Path, prep: Prepared) -> dict[str, Any]:
 
 def import_rss(python: str) -> int | None:
     """Peak RSS (bytes) of an interpreter that only imports torch: what each side pays before any work."""
-    env = thread_env(2)
-    env.pop("PYTHONPATH")
+    env = peer_env(2)
     proc = subprocess.run([python, "-c", "import resource, torch; "
                            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
                           capture_output=True, text=True, env=env, timeout=300)
@@ -745,6 +763,8 @@ def table(results: dict[str, Any], peer: bool) -> list[str]:
     for mode in ("beam5", "greedy"):
         ob, pb = o.get(mode, []), p.get(mode, [])
         add(f"translate {mode} sent/s (decode)", _best(ob, "sent_s"), _best(pb, "sent_s"), "f2", "higher")
+        add(f"  {mode} output tokens/s (decode, incl. </s>)", _best(ob, "out_tok_s"), _best(pb, "out_tok_s"), "f1",
+            "higher")
         add(f"  {mode} startup + load s (wall - decode)", _best(ob, "load_s", True), _best(pb, "load_s", True), "f2")
         add(f"  {mode} process wall s", _best(ob, "wall_s", True), _best(pb, "wall_s", True), "f1")
         ol, pl = o.get(f"{mode}_lengths", {}), p.get(f"{mode}_lengths", {})
