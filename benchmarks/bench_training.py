@@ -48,6 +48,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from benchmarks.common import SAMPLE
 from model import data_io
+from model.constants import TRAIN_CHANNEL, VOCAB_CHANNEL
 from model.hyperparameters import Hyperparameters, validate
 from model.model import build_model
 from model.optim import build_optimizer, build_schedule
@@ -82,8 +83,8 @@ def load_corpus(workdir: Path, vocab_words: int) -> Corpus:
     make_channels(str(SAMPLE / "train.en"), str(SAMPLE / "train.de"), str(SAMPLE / "val.en"),
                   str(SAMPLE / "val.de"), out, vocab_cfg=VocabConfig(num_words_source=vocab_words,
                                                                      num_words_target=vocab_words))
-    src_vocab, trg_vocab = data_io.load_vocabularies(out / data_io.VOCAB)
-    data = data_io.load_channel(out / data_io.TRAIN, data_io.TRAIN, len(src_vocab), len(trg_vocab),
+    src_vocab, trg_vocab = data_io.load_vocabularies(out / VOCAB_CHANNEL)
+    data = data_io.load_channel(out / TRAIN_CHANNEL, TRAIN_CHANNEL, len(src_vocab), len(trg_vocab),
                                 MAX_SEQ_LEN, MAX_SEQ_LEN)
     return Corpus(data, len(src_vocab), len(trg_vocab))
 

@@ -44,10 +44,9 @@ from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from model import engines
-from model.checkpoint import CONFIG_FILE, HYPERPARAMETERS_FILE, PARAMS_FILE
+from model.constants import MODEL_FILES, TOKENIZER_FILE
 from model.inference import JSON, InferenceConfig, RequestError, Translator, invoke
 from model.sagemaker import SageMakerPaths
-from model.tokenizer import CONFIG_FILE as TOKENIZER_CONFIG
 
 log = logging.getLogger("serving")
 
@@ -60,7 +59,6 @@ DEFAULT_HEADER_TIMEOUT_S = 10    # SageMaker's front end sends its headers at on
 DEFAULT_BODY_TIMEOUT_S = 60      # the longest silence within a request body
 DEFAULT_KEEPALIVE_S = 5          # an idle kept-alive connection is closed after this
 MAX_HEADER_BYTES = 64 * 1024     # request line + header fields; more is refused (431) instead of buffered
-MODEL_FILES = (PARAMS_FILE, CONFIG_FILE, HYPERPARAMETERS_FILE, "vocab.src.json", "vocab.trg.json")
 
 
 def _positive_int(environ: Mapping[str, str], var: str, default: int) -> int:
@@ -150,9 +148,9 @@ def check_model_dir(model_dir: Path, config: InferenceConfig) -> None:
     if missing:
         raise FileNotFoundError(f"model directory {model_dir} has no {', '.join(missing)}: not a model written "
                                 f"by our train")
-    if config.text_format == "raw" and not (model_dir / TOKENIZER_CONFIG).is_file():
+    if config.text_format == "raw" and not (model_dir / TOKENIZER_FILE).is_file():
         raise ValueError(f"SEQ2SEQ_TEXT_FORMAT=raw needs the model's tokenizer, and {model_dir} has no "
-                         f"{TOKENIZER_CONFIG}")
+                         f"{TOKENIZER_FILE}")
     engines.check(model_dir, config)  # SEQ2SEQ_ENGINE=ctranslate2: the library, a transformer, its export
 
 

@@ -22,15 +22,19 @@ import torch
 
 from model import vocab as vocab_io
 from model.atomic import staged_file
+from model.constants import (
+    HYPERPARAMETERS_FILE,
+    METRICS_FILE,
+    MODEL_CONFIG_FILE,
+    MODEL_FILES,
+    PARAMS_FILE,
+    VOCAB_SOURCE_FILE,
+    VOCAB_TARGET_FILE,
+)
 from model.hyperparameters import Hyperparameters, parse_hyperparameters, to_strings
 from model.model import Seq2Seq, build_model
 
 FORMAT_VERSION = 1
-PARAMS_FILE = "params.pt"
-CONFIG_FILE = "config.json"
-HYPERPARAMETERS_FILE = "hyperparameters.json"
-METRICS_FILE = "metrics.json"
-CHECKPOINT_FILE = "checkpoint.pt"
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -95,8 +99,8 @@ def save_model_files(
     """The parts of the model directory that do not change during training."""
     model_dir.mkdir(parents=True, exist_ok=True)
     write_json(model_dir / HYPERPARAMETERS_FILE, to_strings(hp))
-    write_json(model_dir / CONFIG_FILE, model_config(hp, len(source_vocab), len(target_vocab), length_ratio))
-    for name, v in (("vocab.src.json", source_vocab), ("vocab.trg.json", target_vocab)):
+    write_json(model_dir / MODEL_CONFIG_FILE, model_config(hp, len(source_vocab), len(target_vocab), length_ratio))
+    for name, v in ((VOCAB_SOURCE_FILE, source_vocab), (VOCAB_TARGET_FILE, target_vocab)):
         with staged_file(model_dir / name, "w", encoding="utf-8") as f:
             f.write(vocab_io.dumps(v))
 
@@ -129,16 +133,16 @@ class LoadedModel:
 def load_model(model_dir: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild the trained model from a model directory; errors name the file that is wrong."""
     root = Path(model_dir)
-    for name in (PARAMS_FILE, CONFIG_FILE, HYPERPARAMETERS_FILE, "vocab.src.json", "vocab.trg.json"):
+    for name in MODEL_FILES:
         if not (root / name).is_file():
             raise FileNotFoundError(f"model directory {root} has no {name}: not a model written by our train")
-    config = json.loads((root / CONFIG_FILE).read_text(encoding="utf-8"))
+    config = json.loads((root / MODEL_CONFIG_FILE).read_text(encoding="utf-8"))
     if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{root / CONFIG_FILE}: format_version {config.get('format_version')!r} is not "
+        raise ValueError(f"{root / MODEL_CONFIG_FILE}: format_version {config.get('format_version')!r} is not "
                          f"{FORMAT_VERSION}")
     hp = parse_hyperparameters(json.loads((root / HYPERPARAMETERS_FILE).read_text(encoding="utf-8")))
-    source_vocab = vocab_io.load(root / "vocab.src.json")
-    target_vocab = vocab_io.load(root / "vocab.trg.json")
+    source_vocab = vocab_io.load(root / VOCAB_SOURCE_FILE)
+    target_vocab = vocab_io.load(root / VOCAB_TARGET_FILE)
     model = build_model(hp, len(source_vocab), len(target_vocab))
     state = torch_load(root / PARAMS_FILE, "model parameter file")
     model.load_state_dict(state)

@@ -55,7 +55,8 @@ import numpy as np
 import torch
 
 from model.beam_search import Translation
-from model.checkpoint import PARAMS_FILE, LoadedModel, load_model
+from model.checkpoint import LoadedModel, load_model
+from model.constants import PARAMS_FILE
 from model.vocab import BOS_SYMBOL, EOS_SYMBOL, PAD_SYMBOL, UNK_SYMBOL
 
 log = logging.getLogger(__name__)

@@ -22,13 +22,12 @@ import numpy as np
 import torch
 
 from model import recordio, vocab
+from model.constants import VOCAB_CHANNEL, VOCAB_SOURCE_FILE, VOCAB_TARGET_FILE
 from model.hyperparameters import Hyperparameters
 from model.vocab import BOS_ID, EOS_ID, PAD_ID
 
 log = logging.getLogger(__name__)
 
-TRAIN, VALIDATION, VOCAB = "train", "validation", "vocab"
-VOCAB_SOURCE_FILE, VOCAB_TARGET_FILE = "vocab.src.json", "vocab.trg.json"
 
 
 class ChannelError(ValueError):
@@ -117,11 +116,11 @@ def channel_files(channel_dir: str | os.PathLike[str], channel: str) -> list[Pat
 def load_vocabularies(vocab_dir: str | os.PathLike[str]) -> tuple[vocab.Vocab, vocab.Vocab]:
     root = Path(vocab_dir)
     if not root.is_dir():
-        raise ChannelError(f"channel '{VOCAB}' is missing: no directory {root}")
+        raise ChannelError(f"channel '{VOCAB_CHANNEL}' is missing: no directory {root}")
     paths = [root / VOCAB_SOURCE_FILE, root / VOCAB_TARGET_FILE]
     missing = [p.name for p in paths if not p.is_file()]
     if missing:
-        raise ChannelError(f"channel '{VOCAB}' is incomplete: {', '.join(missing)} not found in {root}")
+        raise ChannelError(f"channel '{VOCAB_CHANNEL}' is incomplete: {', '.join(missing)} not found in {root}")
     return vocab.load(paths[0]), vocab.load(paths[1])
 
 

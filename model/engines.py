@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from model.beam_search import Translation
+from model.constants import MODEL_CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def check(model_dir: Path, config: Any) -> None:
     if not library_installed():
         raise EngineUnavailable("SEQ2SEQ_ENGINE=ctranslate2, but the ctranslate2 library is not installed")
     try:
-        arch = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        arch = json.loads((model_dir / MODEL_CONFIG_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return  # the model check reports the model directory itself
     if arch.get("encoder_type") != "transformer" or arch.get("decoder_type") != "transformer":

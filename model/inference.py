@@ -42,15 +42,13 @@ from model.beam_search import (
     output_length_limits,
 )
 from model.checkpoint import LoadedModel, load_model
-from model.tokenizer import CONFIG_FILE as TOKENIZER_CONFIG
+from model.constants import JSON_CONTENT_TYPE, JSONLINES_CONTENT_TYPE, RECORDIO_CONTENT_TYPE, TOKENIZER_FILE
 from model.tokenizer import Tokenizer
 from model.vocab import EOS_ID, PAD_ID, UNK_ID
 
 log = logging.getLogger(__name__)
 
-JSON = "application/json"
-JSONLINES = "application/jsonlines"
-RECORDIO = "application/x-recordio-protobuf"
+JSON, JSONLINES, RECORDIO = JSON_CONTENT_TYPE, JSONLINES_CONTENT_TYPE, RECORDIO_CONTENT_TYPE
 CONTENT_TYPES = (JSON, JSONLINES, RECORDIO)
 # Spellings of JSON Lines seen in the wild; the SageMaker contract uses application/jsonlines.
 _ALIASES = {"application/jsonl": JSONLINES, "application/x-jsonlines": JSONLINES, "application/json-lines": JSONLINES}
@@ -174,7 +172,7 @@ class Translator:
         text_format = config.text_format or ("raw" if tokenizer is not None else "tokens")
         if text_format == "raw" and tokenizer is None:
             raise ValueError(f"text_format=raw needs the model's tokenizer, and {loaded.model_dir} has no "
-                             f"{TOKENIZER_CONFIG}: make the vocab channel with `recordio --tokenizer` or "
+                             f"{TOKENIZER_FILE}: make the vocab channel with `recordio --tokenizer` or "
                              f"use text_format=tokens")
         self.loaded = loaded
         self.tokenizer = tokenizer
@@ -200,7 +198,7 @@ class Translator:
              device: torch.device | str | None = None) -> Translator:
         device = torch.device(device) if device is not None else default_device()
         loaded = load_model(model_dir, device)
-        tokenizer = Tokenizer.load(model_dir) if (Path(model_dir) / TOKENIZER_CONFIG).is_file() else None
+        tokenizer = Tokenizer.load(model_dir) if (Path(model_dir) / TOKENIZER_FILE).is_file() else None
         translator = cls(loaded, tokenizer, config or InferenceConfig(), device)
         log.info("model %s loaded on %s: %s encoder / %s decoder, vocabularies %d/%d, text %s, beam %d, "
                  "output length %s, engine %s", model_dir, device, loaded.hp.encoder_type, loaded.hp.decoder_type,

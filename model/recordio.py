@@ -24,7 +24,6 @@ _HEADER = struct.Struct("<II")
 _U32 = struct.Struct("<I")
 PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")
 
-CONTENT_TYPE = "application/x-recordio-protobuf"
 
 
 class RecordIOError(ValueError):

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_ROOT = "/opt/ml"
-CHANNELS = ("train", "validation", "vocab")
+from model.constants import HYPERPARAMETERS_FILE, SAGEMAKER_ROOT
 
 
 @dataclass(frozen=True)
@@ -23,7 +22,7 @@ class SageMakerPaths:
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> SageMakerPaths:
         env = os.environ if environ is None else environ
-        return cls(Path(env.get("SAGEMAKER_BASE_DIR") or DEFAULT_ROOT))
+        return cls(Path(env.get("SAGEMAKER_BASE_DIR") or SAGEMAKER_ROOT))
 
     @property
     def config_dir(self) -> Path:
@@ -31,7 +30,7 @@ class SageMakerPaths:
 
     @property
     def hyperparameters_file(self) -> Path:
-        return self.config_dir / "hyperparameters.json"
+        return self.config_dir / HYPERPARAMETERS_FILE
 
     @property
     def input_data_config_file(self) -> Path:

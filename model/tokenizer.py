@@ -17,10 +17,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from model.atomic import staged_file
+from model.constants import TOKENIZER_FILE
 
 MODES = ("whitespace", "moses")
 DETOKENIZERS = ("moses", "none")
-CONFIG_FILE = "tokenizer.json"
 
 
 @dataclass
@@ -89,7 +89,7 @@ class Tokenizer:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> Tokenizer:
-        path = Path(directory) / CONFIG_FILE
+        path = Path(directory) / TOKENIZER_FILE
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -128,9 +128,9 @@ class Tokenizer:
 def tokenizer_files(directory: str | os.PathLike[str]) -> list[Path]:
     """The files that make up the tokenizer saved in `directory` (empty when there is none)."""
     root = Path(directory)
-    if not (root / CONFIG_FILE).is_file():
+    if not (root / TOKENIZER_FILE).is_file():
         return []
-    return [root / CONFIG_FILE, *sorted(root.glob("spm.*.model"))]
+    return [root / TOKENIZER_FILE, *sorted(root.glob("spm.*.model"))]
 
 
 def copy_tokenizer(source_dir: str | os.PathLike[str], target_dir: str | os.PathLike[str]) -> list[str]:

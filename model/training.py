@@ -33,6 +33,7 @@ from torch import nn
 from model import checkpoint as ckpt
 from model import data_io, metrics
 from model.beam_search import beam_search, length_factor, output_length_limits
+from model.constants import CHECKPOINT_FILE
 from model.hyperparameters import Hyperparameters
 from model.optim import LearningRateSchedule, clip_gradients
 from model.vocab import PAD_ID
@@ -249,7 +250,7 @@ class Trainer:
     # --- checkpoints -------------------------------------------------------------------------------
     @property
     def checkpoint_file(self) -> Path:
-        return self.checkpoint_dir / ckpt.CHECKPOINT_FILE
+        return self.checkpoint_dir / CHECKPOINT_FILE
 
     def _tick(self) -> float:
         """The training loop's wall-clock seconds so far, over every run of the job (kept in the state,

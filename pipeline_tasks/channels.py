@@ -32,7 +32,17 @@ from pathlib import Path
 import numpy as np
 
 from model import recordio, vocab
-from model.tokenizer import CONFIG_FILE as TOKENIZER_CONFIG
+from model.constants import (
+    CHANNELS,
+    TOKENIZER_FILE,
+    TRAIN_CHANNEL,
+    TRAIN_RECORDIO_FILE,
+    VALIDATION_CHANNEL,
+    VALIDATION_RECORDIO_FILE,
+    VOCAB_CHANNEL,
+    VOCAB_SOURCE_FILE,
+    VOCAB_TARGET_FILE,
+)
 from model.tokenizer import copy_tokenizer, tokenizer_files
 from pipeline_tasks.atomic import staged_dir
 from pipeline_tasks.parallel import WorkerPool, default_workers
@@ -41,10 +51,6 @@ from pipeline_tasks.textio import BLOCK_LINES, MisalignedError, TextStats, decod
 
 log = logging.getLogger(__name__)
 
-TRAIN_CHANNEL, VALIDATION_CHANNEL, VOCAB_CHANNEL = "train", "validation", "vocab"
-CHANNELS = (TRAIN_CHANNEL, VALIDATION_CHANNEL, VOCAB_CHANNEL)
-TRAIN_FILE, VAL_FILE = "train.rec", "val.rec"
-VOCAB_SOURCE_FILE, VOCAB_TARGET_FILE = "vocab.src.json", "vocab.trg.json"
 REPORT_FILE = "recordio-report.json"
 
 # Below this many input bytes, worker processes cost more than they save.
@@ -300,7 +306,7 @@ def make_channels(train_source: str, train_target: str, val_source: str, val_tar
     replaces it whole (training reads every .rec of a channel: no file of an earlier output may stay).
     """
     if tokenizer_dir is not None and not tokenizer_files(tokenizer_dir):
-        raise FileNotFoundError(f"{tokenizer_dir}: no {TOKENIZER_CONFIG} (the tokenize step's output folder)")
+        raise FileNotFoundError(f"{tokenizer_dir}: no {TOKENIZER_FILE} (the tokenize step's output folder)")
     vocab_cfg = vocab_cfg or VocabConfig()
     inputs = {"train.src": train_source, "train.trg": train_target, "val.src": val_source, "val.trg": val_target}
     for p in inputs.values():
@@ -331,10 +337,10 @@ def make_channels(train_source: str, train_target: str, val_source: str, val_tar
         vocab.save(src_vocab, stage / VOCAB_CHANNEL / VOCAB_SOURCE_FILE)
         vocab.save(trg_vocab, stage / VOCAB_CHANNEL / VOCAB_TARGET_FILE)
         tokenizer = copy_tokenizer(tokenizer_dir, stage / VOCAB_CHANNEL) if tokenizer_dir is not None else []
-        train = convert("train", scans["train.src"], scans["train.trg"], stage / TRAIN_CHANNEL / TRAIN_FILE,
+        train = convert("train", scans["train.src"], scans["train.trg"], stage / TRAIN_CHANNEL / TRAIN_RECORDIO_FILE,
                         src_vocab, trg_vocab, scratch, pool)
-        val = convert("validation", scans["val.src"], scans["val.trg"], stage / VALIDATION_CHANNEL / VAL_FILE,
-                      src_vocab, trg_vocab, scratch, pool)
+        val = convert("validation", scans["val.src"], scans["val.trg"],
+                      stage / VALIDATION_CHANNEL / VALIDATION_RECORDIO_FILE, src_vocab, trg_vocab, scratch, pool)
         for p in scratch.iterdir():
             p.unlink()
         scratch.rmdir()

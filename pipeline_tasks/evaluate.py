@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from model.constants import HYPERPARAMETERS_FILE, PARAMS_FILE
+from model.constants import METRICS_FILE as MODEL_METRICS_FILE
 from pipeline_tasks.atomic import check_output_dir, staged_dir
 from pipeline_tasks.progress import Progress
 from pipeline_tasks.textio import EmptyInputError, MisalignedError, TextStats, iter_lines
@@ -93,8 +95,6 @@ def _file_identity(stats: TextStats) -> dict[str, Any]:
 
 def model_identity(model_dir: Path, model_uri: str | None) -> dict[str, Any]:
     """What a reader needs to know which model was scored: the weights' checksum and its training outcome."""
-    from model.checkpoint import HYPERPARAMETERS_FILE, PARAMS_FILE
-    from model.checkpoint import METRICS_FILE as MODEL_METRICS_FILE
 
     ident: dict[str, Any] = {"uri": model_uri or str(model_dir), "params_sha256": sha256_file(model_dir / PARAMS_FILE),
                              "hyperparameters": json.loads((model_dir / HYPERPARAMETERS_FILE).read_text("utf-8"))}
@@ -108,7 +108,6 @@ def model_identity(model_dir: Path, model_uri: str | None) -> dict[str, Any]:
 
 def training_summary(model_dir: Path) -> dict[str, Any]:
     """The model directory's metrics.json (history of checkpoints), or {} for a model without one."""
-    from model.checkpoint import METRICS_FILE as MODEL_METRICS_FILE
 
     path = model_dir / MODEL_METRICS_FILE
     if not path.is_file():

@@ -19,7 +19,8 @@ import shutil
 from dataclasses import asdict
 from pathlib import Path
 
-from model.tokenizer import CONFIG_FILE, DETOKENIZERS, MODES, Tokenizer, TokenizerConfig, _spm, pretokenize
+from model.constants import TOKENIZER_FILE
+from model.tokenizer import DETOKENIZERS, MODES, Tokenizer, TokenizerConfig, _spm, pretokenize
 from pipeline_tasks.atomic import staged_dir
 from pipeline_tasks.parallel import WorkerPool, default_workers
 from pipeline_tasks.progress import Progress
@@ -27,7 +28,7 @@ from pipeline_tasks.textio import BLOCK_LINES, TextStats, decode_lines, iter_raw
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONFIG_FILE", "DETOKENIZERS", "MODES", "Tokenizer", "TokenizerConfig", "tokenize_corpus"]
+__all__ = ["DETOKENIZERS", "MODES", "Tokenizer", "TokenizerConfig", "tokenize_corpus"]
 
 _PARALLEL_MIN_BYTES = 2 << 20
 
@@ -110,7 +111,7 @@ def tokenize_corpus(splits: dict[str, tuple[str, str]], output: str | os.PathLik
                 for lang in langs:
                     _apply_bpe(pre / f"{name}.{lang}", stage / f"{name}.{lang}", stage / cfg.bpe_model_file(lang))
             shutil.rmtree(pre)
-        (stage / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
+        (stage / TOKENIZER_FILE).write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
     log.info("tokenize: %s written to %s", ", ".join(splits), output)
     return report
 

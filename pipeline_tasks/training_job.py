@@ -44,6 +44,7 @@ from numbers import Integral, Real
 from pathlib import Path
 from typing import IO, Any
 
+from model.constants import CHANNEL_CONTENT_TYPES, CHECKPOINT_LOCAL_PATH, HYPERPARAMETERS_FILE, MODEL_ARCHIVE
 from model.hyperparameters import parse_hyperparameters
 from model.metrics import METRIC_DEFINITIONS
 from pipeline_tasks import process, storage
@@ -56,11 +57,7 @@ TRAIN_COMMAND_ENV = "SEQ2SEQ_TRAIN_COMMAND"   # overrides the local backend's co
 JOBS_DIR_ENV = "SEQ2SEQ_LOCAL_JOBS_DIR"       # where local job roots go when no workdir is given
 BACKENDS = ("local", "docker")                # "sagemaker" is the amazon provider's operator, not this module
 
-RECORDIO = "application/x-recordio-protobuf"
-CHANNEL_CONTENT_TYPES = {"train": RECORDIO, "validation": RECORDIO, "vocab": "application/json"}
-CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 RESOURCE_CONFIG = {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}
-MODEL_ARCHIVE = "model.tar.gz"
 DESCRIBE_FILE = "describe.json"
 FAILURE_REASON_CHARS = 1024                   # what SageMaker shows of /opt/ml/output/failure
 STOP_GRACE_S = 120.0                          # SageMaker's delay between SIGTERM and the end of the job
@@ -433,7 +430,7 @@ def _write_configs(config: Mapping[str, Any], root: Path) -> None:
                                                                                  "FullyReplicated"),
                       "RecordWrapperType": ch.get("RecordWrapperType", "None")})
         input_config[ch["ChannelName"]] = entry
-    files = {"hyperparameters.json": dict(config.get("HyperParameters") or {}),
+    files = {HYPERPARAMETERS_FILE: dict(config.get("HyperParameters") or {}),
              "inputdataconfig.json": input_config, "resourceconfig.json": RESOURCE_CONFIG}
     for name, obj in files.items():
         (conf / name).write_text(json.dumps(obj, indent=2, sort_keys=True), encoding="utf-8")

@@ -46,13 +46,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from model.constants import JSONLINES_CONTENT_TYPE, PARAMS_FILE
 from pipeline_tasks import process, storage
 from pipeline_tasks.atomic import staged_file
 from pipeline_tasks.progress import format_duration
 
 log = logging.getLogger(__name__)
 
-JSONLINES = "application/jsonlines"
 MODEL_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 OUTPUT_SUFFIX = ".out"
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -175,7 +175,7 @@ def extract_model_archive(archive: str | os.PathLike[str], target: str | os.Path
                 tar.extractall(stage, members=members, filter="data")
         except tarfile.TarError as e:
             raise ValueError(f"{archive}: not a readable tar archive: {e}") from None
-        found = [p.parent for p in stage.rglob("params.pt")]
+        found = [p.parent for p in stage.rglob(PARAMS_FILE)]
         if len(found) != 1:
             raise ValueError(f"{archive}: expected one model (one params.pt), found {len(found)}")
         for child in stage.iterdir():
@@ -196,7 +196,7 @@ def resolve_model(uri: str | os.PathLike[str], workdir: str | os.PathLike[str]) 
         archive = storage.get_file(str(loc), workdir / "download" / Path(loc.key).name)
         return extract_model_archive(archive, workdir / "model")
     if loc.is_dir():
-        if not (loc / "params.pt").is_file():
+        if not (loc / PARAMS_FILE).is_file():
             raise FileNotFoundError(f"{loc}: not a model directory (no params.pt)")
         return loc
     if loc.is_file():
@@ -360,11 +360,11 @@ def transform_job_config(*, job_name: str, model_name: str, image_uri: str, mode
         "MaxPayloadInMB": max_payload_mb,
         "TransformInput": {
             "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_uri}},
-            "ContentType": JSONLINES,
+            "ContentType": JSONLINES_CONTENT_TYPE,
             "SplitType": "Line",
             "CompressionType": "None",
         },
-        "TransformOutput": {"S3OutputPath": output_uri, "Accept": JSONLINES, "AssembleWith": "Line"},
+        "TransformOutput": {"S3OutputPath": output_uri, "Accept": JSONLINES_CONTENT_TYPE, "AssembleWith": "Line"},
         "TransformResources": {"InstanceType": instance_type, "InstanceCount": instance_count},
     }
     if max_concurrent_transforms:
@@ -482,7 +482,7 @@ class LocalServer:
 
     def invoke(self, body: bytes, timeout_s: float) -> tuple[int, bytes]:
         req = urllib.request.Request(self.url + "/invocations", data=body, method="POST",
-                                     headers={"Content-Type": JSONLINES, "Accept": JSONLINES})
+                                     headers={"Content-Type": JSONLINES_CONTENT_TYPE, "Accept": JSONLINES_CONTENT_TYPE})
         try:
             with urllib.request.urlopen(req, timeout=timeout_s) as r:
                 return r.status, r.read()
@@ -680,8 +680,9 @@ def _check_request(job: dict[str, Any]) -> None:
     """The settings this emulation implements; anything else would silently behave differently."""
     tin, tout = job["TransformInput"], job["TransformOutput"]
     wanted = {"SplitType": (tin.get("SplitType"), "Line"), "BatchStrategy": (job.get("BatchStrategy"), "MultiRecord"),
-              "AssembleWith": (tout.get("AssembleWith"), "Line"), "ContentType": (tin.get("ContentType"), JSONLINES),
-              "Accept": (tout.get("Accept"), JSONLINES),
+              "AssembleWith": (tout.get("AssembleWith"), "Line"),
+              "ContentType": (tin.get("ContentType"), JSONLINES_CONTENT_TYPE),
+              "Accept": (tout.get("Accept"), JSONLINES_CONTENT_TYPE),
               "CompressionType": (tin.get("CompressionType", "None"), "None"),
               "S3DataType": (tin["DataSource"]["S3DataSource"].get("S3DataType"), "S3Prefix")}
     bad = [f"{k}={got!r} (expected {want!r})" for k, (got, want) in wanted.items() if got != want]

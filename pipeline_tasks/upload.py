@@ -12,8 +12,8 @@ import logging
 import os
 from pathlib import Path
 
+from model.constants import CHANNELS
 from pipeline_tasks import storage
-from pipeline_tasks.channels import CHANNELS
 
 log = logging.getLogger(__name__)
 

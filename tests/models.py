@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 
 from model import record_pb2, recordio
+from model.constants import TOKENIZER_FILE
 from model.sagemaker import SageMakerPaths
-from model.tokenizer import CONFIG_FILE
 from model.train import run
 from pipeline_tasks.channels import VocabConfig, make_channels
 from pipeline_tasks.tokenization import TokenizerConfig, tokenize_corpus
@@ -49,7 +49,7 @@ def _train(root: Path) -> Path:
 def train_copy_model(root: Path) -> Path:
     """The copy-task model directory (with a whitespace tokenizer that detokenizes to tokens)."""
     make_sagemaker_tree(root, {**TINY_RNN, "max_num_batches": "500", "beam_size": "3"})
-    (root / "input/data/vocab" / CONFIG_FILE).write_text(json.dumps(
+    (root / "input/data/vocab" / TOKENIZER_FILE).write_text(json.dumps(
         {"mode": "whitespace", "detokenizer": "none", "source_lang": "xx", "target_lang": "yy"}))
     return _train(root)
 
@@ -70,7 +70,7 @@ def train_transformer_copy_model(root: Path) -> Path:
     Trained with SEQ2SEQ_CTRANSLATE2_EXPORT=true, so the model directory also holds the export the training
     entrypoint writes."""
     make_sagemaker_tree(root, {**TINY_TRANSFORMER, "max_num_batches": "400", "beam_size": "3"})
-    (root / "input/data/vocab" / CONFIG_FILE).write_text(json.dumps(
+    (root / "input/data/vocab" / TOKENIZER_FILE).write_text(json.dumps(
         {"mode": "whitespace", "detokenizer": "none", "source_lang": "xx", "target_lang": "yy"}))
     before = os.environ.get("SEQ2SEQ_CTRANSLATE2_EXPORT")
     os.environ["SEQ2SEQ_CTRANSLATE2_EXPORT"] = "true"

@@ -18,7 +18,8 @@ import torch
 
 from container import serving
 from model import ctranslate, engines
-from model.checkpoint import PARAMS_FILE, load_model, save_model_files, save_params
+from model.checkpoint import load_model, save_model_files, save_params
+from model.constants import PARAMS_FILE
 from model.hyperparameters import parse_hyperparameters
 from model.inference import InferenceConfig, Translator
 from model.model import build_model
