@@ -1,7 +1,7 @@
 """Atomic files: write a temporary sibling, rename it over the target only when the writing succeeded.
 
 A killed or failed job then leaves either the old file or the new one, never a torn one that a resumed
-job or a downstream task could take for whole (DESIGN §6). Lives in model/ because the container ships
+job or a downstream task could take for whole (docs/ARCHITECTURE.md §6). Lives in model/ because the container ships
 model/ alone; the pipeline steps reuse it.
 """
 

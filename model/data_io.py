@@ -1,6 +1,6 @@
 """Training data from the SageMaker channels: reading, checking, truncating, bucketing, batching.
 
-The channels are the built-in algorithm's (DESIGN §3): ``train/`` and ``validation/`` hold any number of
+The channels are the built-in algorithm's (docs/ARCHITECTURE.md §3): ``train/`` and ``validation/`` hold any number of
 RecordIO-protobuf ``.rec`` files (ours or AWS's ``create_vocab_proto.py``'s), ``vocab/`` the two JSON
 vocabularies. Pairs are held as flat numpy arrays (ids + offsets), not Python lists, so millions of pairs
 fit in a few hundred MB; batches are index arrays into them, collated to padded tensors on demand.

@@ -1,4 +1,4 @@
-"""Metric lines on stdout, in the form SageMaker's MetricDefinitions regexes read (DESIGN §4), and the
+"""Metric lines on stdout, in the form SageMaker's MetricDefinitions regexes read (docs/ARCHITECTURE.md §4), and the
 evaluation measures behind them.
 
 The built-in algorithm publishes ``validation:bleu``, ``validation:perplexity`` and

@@ -1,4 +1,4 @@
-"""RecordIO framing (MXNet/dmlc) and the seq2seq Record payload (DESIGN §3, fixed contract).
+"""RecordIO framing (MXNet/dmlc) and the seq2seq Record payload (docs/ARCHITECTURE.md §3, fixed contract).
 
 Framing, per record: uint32 magic 0xCED7230A, uint32 length word (bits 0-28 length, bits 29-31
 continuation flag), payload, zero padding to a multiple of 4. Little-endian.

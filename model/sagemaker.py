@@ -1,4 +1,4 @@
-"""The SageMaker bring-your-own-container contract for training (DESIGN §4): where things are.
+"""The SageMaker bring-your-own-container contract for training (docs/ARCHITECTURE.md §4): where things are.
 
 Inside a container the root is ``/opt/ml``; outside one (tests, the ``local`` backend)
 ``$SAGEMAKER_BASE_DIR`` replaces it, so the same entrypoint runs unchanged as a plain process.

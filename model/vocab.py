@@ -1,4 +1,4 @@
-"""Vocabulary files of the built-in seq2seq algorithm (DESIGN §3, fixed contract).
+"""Vocabulary files of the built-in seq2seq algorithm (docs/ARCHITECTURE.md §3, fixed contract).
 
 A vocabulary is a flat JSON object token -> id. Ids 0-3 are the special symbols; real tokens follow
 ordered by count descending, ties by token descending -- exactly what AWS's `create_vocab_proto.py`

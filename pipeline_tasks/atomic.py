@@ -1,7 +1,7 @@
 """Atomic outputs: a step writes into a staging location and publishes only when it has finished.
 
 A failed or killed task then leaves nothing that a retry or a downstream task could mistake for a
-complete artifact (DESIGN §6).
+complete artifact (docs/ARCHITECTURE.md §6).
 
 An output folder is replaced whole: a re-run must not leave files of the earlier output beside the new
 ones (training loads every .rec of a channel, so one stale file is trained on). The staging folder's

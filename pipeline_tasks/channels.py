@@ -1,4 +1,4 @@
-"""The `recordio` step: vocabularies plus RecordIO-protobuf train/validation channels (DESIGN §3).
+"""The `recordio` step: vocabularies plus RecordIO-protobuf train/validation channels (docs/ARCHITECTURE.md §3).
 
 Produces what AWS's `create_vocab_proto.py` produces from the same whitespace-tokenized files (same
 vocabulary ids, same records) but keeps records in input order, streams with flat memory, fails on

@@ -1,4 +1,5 @@
-"""The `evaluate` step: translate a held-out test set with a trained model and score it honestly (DESIGN §7).
+"""The `evaluate` step: translate a held-out test set with a trained model and score it honestly
+(docs/ARCHITECTURE.md §7).
 
 What it writes into the output folder, atomically (a failure leaves no half-written folder):
 
@@ -210,7 +211,7 @@ def tokenize_references(translator: Any, references: Sequence[str]) -> list[str]
 
 def perplexity_on(translator: Any, sources: Sequence[Any], references_tok: Sequence[str],
                   batch_size: int) -> dict[str, Any]:
-    """exp(mean token NLL) of the reference given the source, ``</s>`` counted, ``<pad>`` not (DESIGN §7).
+    """exp(mean token NLL) of the reference given the source, ``</s>`` counted, ``<pad>`` not (docs/ARCHITECTURE.md §7).
 
     `sources` are model.inference.Source items as the translator prepared them (already truncated to
     max_seq_len_source; None for a blank line). Targets are prepared as training prepares them (same

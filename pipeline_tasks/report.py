@@ -99,7 +99,7 @@ def learning_curves_png(history: Sequence[Mapping[str, Any]], path: str | os.Pat
 
 def attention_png(source_tokens: Sequence[str], target_tokens: Sequence[str], matrix: Sequence[Sequence[float]],
                   path: str | os.PathLike[str]) -> Path:
-    """Heatmap of one sentence's attention: rows = target tokens, columns = source tokens (DESIGN §4)."""
+    """Heatmap of one sentence's attention: rows = target tokens, columns = source tokens (docs/ARCHITECTURE.md §4)."""
     rows, cols = len(matrix), len(matrix[0]) if matrix else 0
     if rows == 0 or cols == 0:
         raise ValueError("empty attention matrix")

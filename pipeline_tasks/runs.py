@@ -1,4 +1,4 @@
-"""Where a pipeline run keeps its artifacts (DESIGN §6), and moving folders to and from those URIs.
+"""Where a pipeline run keeps its artifacts (docs/ARCHITECTURE.md §6), and moving folders to and from those URIs.
 
 A run writes under ``<root>/<dag_id>/<run_id>/{raw,subset,tok,recordio,channels,model,eval,transform}``;
 ``<root>`` is a path or ``s3://bucket/prefix``. Every task reads its inputs from URIs and writes its

@@ -1,4 +1,4 @@
-"""Artifact URIs: a plain path, `file://…` or `s3://bucket/key` (DESIGN §6).
+"""Artifact URIs: a plain path, `file://…` or `s3://bucket/key` (docs/ARCHITECTURE.md §6).
 
 S3 goes through boto3, which honours AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3, so MinIO, LocalStack
 and moto's server work unchanged. Local writes are atomic (temp + rename); S3 objects appear whole

@@ -113,7 +113,7 @@ print(json.dumps({"schedule": [a.name for a in dag.schedule], "catchup": dag.cat
 # --- runs ---------------------------------------------------------------------------------------------
 
 def _assert_run_tree(base: str, files: dict[str, int]) -> None:
-    """DESIGN §6's layout under <root>/<dag_id>/<run_id>/, each stage published whole."""
+    """docs/ARCHITECTURE.md §6's layout under <root>/<dag_id>/<run_id>/, each stage published whole."""
     rel = {k[len(base) + 1:] if k.startswith(base) else k: v for k, v in files.items()}
     for stage in ("raw", "subset", "tok", "recordio", "eval"):
         assert f"{stage}/{COMPLETE_MARKER}" in rel, stage

@@ -120,7 +120,7 @@ def test_garbage_payload_is_reported_with_offset(tmp_path):
 
 
 def test_proto_descriptor_matches_the_contract():
-    """Field numbers and types of DESIGN §3, read from the shipped generated module."""
+    """Field numbers and types of docs/ARCHITECTURE.md §3, read from the shipped generated module."""
     d = record_pb2.Record.DESCRIPTOR
     assert d.full_name == "aialgs.data.Record"
     assert {f.name: f.number for f in d.fields} == {
