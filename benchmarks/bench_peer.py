@@ -3,8 +3,11 @@ perplexity at equal wall time, translation speed, output length and peak memory,
 
     .venv/bin/python -m benchmarks.bench_peer [--install-peer] [--train-seconds 450] [--repeats 2]
         [--translate-repeats 3] [--translate-sentences 500] [--json OUT.json] [--work-dir DIR] [--ours-only]
+        [--int8] [--reuse-work KEPT_DIR]
     # a quick run (~15 min on 2 cores; the full defaults take 45-90 min):
     .venv/bin/python -m benchmarks.bench_peer --train-seconds 60 --repeats 1 --translate-sentences 50
+    # translation only (fp32, or --int8 on both sides) with the models a kept work folder holds:
+    .venv/bin/python -m benchmarks.bench_peer --reuse-work /tmp/old/work --int8 --work-dir /tmp/new --json new.json
 
 Why a peer: bench_training compares the trainer with a naive loop of our own; this compares the whole
 engine (data pipeline, model, trainer, decoder) with an established toolkit, configured alike, so that
@@ -92,6 +95,30 @@ remaining difference is visible.
   0.1 s in translation: sampling costs CPU the measured process would miss on 2 cores) of training and
   of beam-5 translation, next to what ``import torch`` alone takes in each interpreter (torch 2.x vs
   1.13.1+cu117).
+
+**int8 decoding** (``--int8``; default fp32 on both sides): the translation runs decode in int8 on both
+sides, with the same beam, batch size, threads, length penalty and output length rules as fp32. Ours:
+our CTranslate2 engine (``InferenceConfig(engine="ctranslate2", compute_type="int8")``, what
+``SEQ2SEQ_ENGINE=ctranslate2 SEQ2SEQ_COMPUTE_TYPE=int8`` selects in serving; ``peer_ours.py translate
+--engine ctranslate2 --compute-type int8``) on the export of a *copy* of the best model
+(``python -m model.ctranslate export --compute-type int8``: 7-bit int8 weights of every linear layer and
+the embeddings, the tied output layer with them), made once before the timed runs and not timed (its
+time is printed); the copy keeps the trained model's own folder free of an export, which would make
+``engine=auto`` decode with it. Sockeye: ``sockeye-translate --dtype int8``, its own CPU int8 mode:
+torch 1.13.1 dynamic int8 quantization of its ``nn.Linear`` layers at load (inside its load time, outside
+its "Total time"); its output layer and embeddings stay float32. The footer names each side's engine and
+compute type (fp32 runs: ours ``peer_ours.py --engine torch``, our search even where a model folder
+holds an export; Sockeye ``--dtype float32``). With ``--int8`` a full run translates in int8 only.
+
+**Translate-only** (``--reuse-work DIR``): DIR is the work folder of an earlier run (``--work-dir``, or
+``--keep-work``). No data preparation and no training: the subword files of ``DIR/data`` are read (the
+first ``--translate-sentences`` test sentences are cut to 60 and written under the new work folder), and
+each side translates with the model a normal run would take after training: of the ``runs/ours-train-N``
+/ ``runs/peer-train-N`` runs, the one of lowest validation perplexity, recomputed from the score files
+those runs' scoring steps left (``score.json``, ``scores.txt`` + ``data/score.de``). Only the
+translation measurements run; the printed table holds the translation rows (and the perplexities of
+the two models used). DIR is only read: everything, the int8 export included, is written under
+``--work-dir``, which must lie outside DIR. Training options (``--train-seconds`` …) are ignored.
 
 Runs alternate (ours, Sockeye, ours, …): ``--repeats`` (2) for training, ``--translate-repeats`` (3)
 per decoding mode; the best run counts (highest speed, lowest perplexity, lowest memory); the
@@ -312,6 +339,16 @@ def _cut(line: str, n: int = MAX_LEN) -> str:
     return " ".join(line.split()[:n])
 
 
+def write_test(tok: Path, out: Path, sentences: int) -> tuple[Path, Path, dict[str, int]]:
+    """The translation input (the first `sentences` test sources, cut to MAX_LEN) and its references."""
+    test_en, test_de = _read(tok / "test.en"), _read(tok / "test.de")
+    n = min(sentences, len(test_en))
+    test_src = _write(out / "test.src", [_cut(s) for s in test_en[:n]])
+    test_ref = _write(out / "test.ref", test_de[:n])
+    return test_src, test_ref, {"test_sentences": n,
+                                "test_sources_cut": sum(len(s.split()) > MAX_LEN for s in test_en[:n])}
+
+
 def prepare_data(out: Path, a: argparse.Namespace, peer: Path | None) -> Prepared:
     """Subword text once with our tokenize step, our channels, and Sockeye's prepared data from the same
     files and vocabulary."""
@@ -331,10 +368,7 @@ def prepare_data(out: Path, a: argparse.Namespace, peer: Path | None) -> Prepare
         pairs = pairs[:a.score_pairs]
     score = (_write(out / "score.en", [_cut(s) for s, _ in pairs]),
              _write(out / "score.de", [_cut(t) for _, t in pairs]))
-    test_en, test_de = _read(tok / "test.en"), _read(tok / "test.de")
-    n = min(a.translate_sentences, len(test_en))
-    test_src = _write(out / "test.src", [_cut(s) for s in test_en[:n]])
-    test_ref = _write(out / "test.ref", test_de[:n])
+    test_src, test_ref, test_stats = write_test(tok, out, a.translate_sentences)
     channels = out / "channels"
     report = make_channels(str(tok / "train.en"), str(tok / "train.de"), str(trainval[0]), str(trainval[1]), channels,
                            VocabConfig(joint=True), workers=1)
@@ -345,7 +379,7 @@ def prepare_data(out: Path, a: argparse.Namespace, peer: Path | None) -> Prepare
         "train_pairs": len(train_en), "train_pairs_longer_than_max": long_pairs,
         "train_target_tokens_per_epoch_ours": sum(min(len(t.split()), MAX_LEN) + 1 for t in train_de),
         "vocab_size": report["vocab"]["source_size"], "trainval_pairs": n_tv, "score_pairs": len(pairs),
-        "test_sentences": n, "test_sources_cut": sum(len(s.split()) > MAX_LEN for s in test_en[:n]),
+        **test_stats,
     }
     peer_data = None
     if peer is not None:
@@ -360,6 +394,44 @@ def prepare_data(out: Path, a: argparse.Namespace, peer: Path | None) -> Prepare
         stats["peer_train_pairs_discarded"] = int(m.group(1)) if m else None
     return Prepared(tok, channels, vocab_file, stats["vocab_size"], trainval, score, test_src, test_ref, peer_data,
                     stats)
+
+
+def _run_index(path: Path) -> int:
+    m = re.search(r"-train-(\d+)$", path.name)
+    return int(m.group(1)) if m else 0
+
+
+def reuse_work(src: Path, out: Path, a: argparse.Namespace, peer: Path | None) -> tuple[Prepared, dict[str, list]]:
+    """What a kept work folder (``--keep-work`` / ``--work-dir`` of an earlier run) holds for translating
+    again: its prepared data (read, never written: the translation input for --translate-sentences is
+    written under `out`) and each training run's model with the validation perplexity its scoring step
+    left (``score.json`` / ``scores.txt``), as the runs' results list a normal run builds."""
+    data = src / "data"
+    tok = data / "tok"
+    if not (tok / "test.en").is_file() or not (data / "score.de").is_file():
+        raise StepFailed(f"--reuse-work {src}: no data/tok/test.en or data/score.de (not a bench_peer work folder)")
+    out.mkdir(parents=True, exist_ok=True)
+    test_src, test_ref, stats = write_test(tok, out, a.translate_sentences)
+    stats["reused_from"] = str(src)
+    channels = data / "channels"
+    prep = Prepared(tok, channels, channels / "vocab" / "vocab.src.json", 0,
+                    (data / "trainval.en", data / "trainval.de"), (data / "score.en", data / "score.de"), test_src,
+                    test_ref, data / "sockeye-data" if peer else None, stats)
+    runs: dict[str, list] = {"ours": [], "peer": []}
+    for d in sorted((src / "runs").glob("ours-train-*"), key=_run_index):
+        model, score = d / "ml" / "model", d / "score.json"
+        if (model / "params.pt").is_file() and score.is_file():
+            runs["ours"].append({"model": str(model), **our_score_result(score)})
+    if peer:
+        for d in sorted((src / "runs").glob("peer-train-*"), key=_run_index):
+            model, score = d / "model", d / "scores.txt"
+            if (model / "params.best").exists() and score.is_file():
+                runs["peer"].append({"model": str(model), **peer_score_result(score, prep.score[1])})
+    for side in ("ours", "peer") if peer else ("ours",):
+        if not runs[side]:
+            raise StepFailed(f"--reuse-work {src}: no scored {side}-train-N run (a trained model and its score "
+                             f"file) under {src / 'runs'}")
+    return prep, runs
 
 
 # --- training: ours ---------------------------------------------------------------------------------
@@ -600,6 +672,11 @@ def score_ours(model: str, prep: Prepared, run_dir: Path, a: argparse.Namespace)
                              "--source", prep.score[0], "--target", prep.score[1], "--output", out,
                              "--batch-size", "32", "--threads", str(a.threads)],
              run_dir / "score.log", thread_env(a.threads), 3600)
+    return our_score_result(out)
+
+
+def our_score_result(out: Path) -> dict[str, Any]:
+    """Perplexity and counts from our scorer's JSON."""
     r = json.loads(out.read_text())
     return {"val_ppl": math.exp(r["nll_sum"] / r["tokens"]), "val_nll": r["nll_sum"], "val_tokens": r["tokens"],
             "val_pairs": r["pairs"]}
@@ -614,8 +691,13 @@ def score_peer(model: str, prep: Prepared, peer: Path, run_dir: Path, a: argpars
                                "--length-penalty-beta", "0", "--brevity-penalty-weight", "0",
                                "--output-type", "score", "--output", out],
              run_dir / "score.log", env, 3600)
+    return peer_score_result(out, prep.score[1])
+
+
+def peer_score_result(out: Path, target_file: Path) -> dict[str, Any]:
+    """Perplexity and counts from sockeye-score's sentence NLLs and the scored targets."""
     scores = [float(line.split("\t")[0]) for line in _read(out) if line.strip()]
-    targets = _read(prep.score[1])
+    targets = _read(target_file)
     if len(scores) != len(targets):
         raise StepFailed(f"sockeye-score wrote {len(scores)} scores for {len(targets)} pairs ({out})")
     tokens = sum(len(t.split()) + 1 for t in targets)
@@ -625,17 +707,51 @@ def score_peer(model: str, prep: Prepared, peer: Path, run_dir: Path, a: argpars
 
 # --- translation ------------------------------------------------------------------------------------
 
+def our_engine_args(a: argparse.Namespace) -> list[str]:
+    """peer_ours.py's engine flags: our torch search (fp32) or CTranslate2 int8 on the model's export."""
+    return ["--engine", "ctranslate2", "--compute-type", "int8"] if a.int8 else ["--engine", "torch"]
+
+
+def peer_dtype(a: argparse.Namespace) -> str:
+    """sockeye-translate's --dtype: float32, or int8 (its CPU int8 mode, see peer_engine)."""
+    return "int8" if a.int8 else "float32"
+
+
+def peer_engine(a: argparse.Namespace) -> str:
+    """What decodes on Sockeye's side, for the report."""
+    if a.int8:
+        return (f"sockeye-translate --dtype int8 (torch {PEER_TORCH} dynamic int8 quantization of its nn.Linear "
+                f"layers at load; its output layer and embeddings stay float32)")
+    return "sockeye-translate --dtype float32"
+
+
+def export_ours_int8(model: str, out: Path, a: argparse.Namespace) -> dict[str, Any]:
+    """A copy of our trained model directory with its CTranslate2 export (``python -m model.ctranslate export
+    --compute-type int8``: float32 and 7-bit int8 weights), made once before the timed runs and not timed
+    in them. A copy, so that the trained model (maybe in a reused work folder) is not written to, and its
+    own directory keeps no export that would change how it decodes."""
+    if out.exists():
+        raise StepFailed(f"{out} exists already")
+    shutil.copytree(model, out, ignore=shutil.ignore_patterns("ctranslate2", ".ctranslate2.*"))
+    done = run_step("CTranslate2 export of our model", [sys.executable, "-m", "model.ctranslate", "export", out,
+                                                        "--compute-type", "int8"],
+                    out.parent / "ours-int8-export.log", thread_env(a.threads), 1800)
+    return {"source_model": model, "model": str(out), "export_wall_s": done.wall_s, "log": str(done.log)}
+
+
 def translate_ours(model: str, prep: Prepared, run_dir: Path, beam: int, a: argparse.Namespace) -> dict[str, Any]:
     hyp = run_dir / "hyp.txt"
     done = run_step(f"our translation (beam {beam})", [
         sys.executable, "-m", "benchmarks.peer_ours", "translate", "--model", model, "--input", prep.test_src,
         "--output", hyp, "--beam-size", str(beam), "--batch-size", str(a.translate_batch_size),
-        "--threads", str(a.threads)], run_dir / "translate.log", thread_env(a.threads), 3600, rss_interval=0.1)
+        "--threads", str(a.threads), *our_engine_args(a)], run_dir / "translate.log", thread_env(a.threads), 3600,
+        rss_interval=0.1)
     info = json.loads((run_dir / "hyp.txt.json").read_text())
     return {"sent_s": info["sentences"] / info["decode_s"], "out_tok_s": output_tokens(hyp) / info["decode_s"],
             "decode_s": info["decode_s"],
             "load_s": done.wall_s - info["decode_s"], "model_load_s": info["load_s"], "wall_s": done.wall_s,
-            "peak_rss": done.peak_rss, "hyp": str(hyp), "output_length_rule": info.get("output_length_rule")}
+            "peak_rss": done.peak_rss, "hyp": str(hyp), "output_length_rule": info.get("output_length_rule"),
+            "engine": info.get("engine")}
 
 
 _SOCKEYE_DONE = re.compile(r"Processed (\d+) lines\. Total time: ([\d.]+)")
@@ -648,7 +764,7 @@ def translate_peer(model: str, prep: Prepared, peer: Path, run_dir: Path, beam: 
     cmd = [peer_tool(peer, "sockeye-translate"), "--models", model, "--input", prep.test_src, "--output", hyp,
            "--use-cpu", "--beam-size", str(beam), "--batch-size", str(a.translate_batch_size),
            "--output-type", "translation", "--length-penalty-alpha", "1.0", "--length-penalty-beta", "0.0",
-           "--dtype", "float32"]
+           "--dtype", peer_dtype(a)]
     if a.peer_max_output_length:
         cmd += ["--max-output-length", str(a.peer_max_output_length)]
     log = run_dir / "translate.log"
@@ -659,7 +775,8 @@ def translate_peer(model: str, prep: Prepared, peer: Path, run_dir: Path, beam: 
     lines, seconds = int(m[-1][0]), float(m[-1][1])
     return {"sent_s": lines / seconds, "out_tok_s": output_tokens(hyp) / seconds, "decode_s": seconds,
             "load_s": done.wall_s - seconds, "wall_s": done.wall_s,
-            "peak_rss": done.peak_rss, "hyp": str(hyp), "output_length_rule": peer_length_rule(Path(model), a)}
+            "peak_rss": done.peak_rss, "hyp": str(hyp), "output_length_rule": peer_length_rule(Path(model), a),
+            "engine": peer_engine(a)}
 
 
 def peer_length_rule(model: Path, a: argparse.Namespace) -> str:
@@ -741,8 +858,9 @@ def _fmt(v: Any, kind: str) -> str:
     return f"{v:,.2f}"
 
 
-def table(results: dict[str, Any], peer: bool) -> list[str]:
-    """The summary table: best-of figures of both sides and ours/peer."""
+def table(results: dict[str, Any], peer: bool, training: bool = True) -> list[str]:
+    """The summary table: best-of figures of both sides and ours/peer (without `training`, the translation
+    rows only, after the perplexity of the models that translated)."""
     o, p = results["ours"], results.get("peer", {})
     rows: list[tuple[str, Any, Any, str, str]] = []  # label, ours, peer, format, better
 
@@ -750,16 +868,22 @@ def table(results: dict[str, Any], peer: bool) -> list[str]:
         rows.append((label, ours_v, peer_v, kind, better))
 
     ot, pt = o["train"], p.get("train", [])
-    add("training target tok/s, steady state", _best(ot, "steady_tok_s"), _best(pt, "steady_tok_s"), "int", "higher")
-    add("training target tok/s, overall", _best(ot, "overall_tok_s"), _best(pt, "overall_tok_s"), "int", "higher")
-    add("updates in the budget", _best(ot, "updates"), _best(pt, "updates"), "int")
-    add("real target tokens / update", _best(ot, "target_tokens_per_update"), _best(pt, "target_tokens_per_update"),
-        "int")
-    add("training loop s (incl. checkpoints)", _best(ot, "loop_s", True), _best(pt, "loop_s", True), "f1")
-    add("  of which checkpoints/validation s", _best(ot, "checkpoint_s", True), _best(pt, "checkpoint_s", True), "f1")
-    add("training process wall s", _best(ot, "wall_s", True), _best(pt, "wall_s", True), "f1")
-    add("validation perplexity (plain NLL)", _best(ot, "val_ppl", True), _best(pt, "val_ppl", True), "f2", "lower")
-    add("peak RSS training MiB", _best(ot, "peak_rss", True), _best(pt, "peak_rss", True), "mib", "lower")
+    if not training:
+        add("validation perplexity of the model used", _best(ot, "val_ppl", True), _best(pt, "val_ppl", True), "f2",
+            "lower")
+    else:
+        add("training target tok/s, steady state", _best(ot, "steady_tok_s"), _best(pt, "steady_tok_s"), "int",
+            "higher")
+        add("training target tok/s, overall", _best(ot, "overall_tok_s"), _best(pt, "overall_tok_s"), "int", "higher")
+        add("updates in the budget", _best(ot, "updates"), _best(pt, "updates"), "int")
+        add("real target tokens / update", _best(ot, "target_tokens_per_update"), _best(pt, "target_tokens_per_update"),
+            "int")
+        add("training loop s (incl. checkpoints)", _best(ot, "loop_s", True), _best(pt, "loop_s", True), "f1")
+        add("  of which checkpoints/validation s", _best(ot, "checkpoint_s", True), _best(pt, "checkpoint_s", True),
+            "f1")
+        add("training process wall s", _best(ot, "wall_s", True), _best(pt, "wall_s", True), "f1")
+        add("validation perplexity (plain NLL)", _best(ot, "val_ppl", True), _best(pt, "val_ppl", True), "f2", "lower")
+        add("peak RSS training MiB", _best(ot, "peak_rss", True), _best(pt, "peak_rss", True), "mib", "lower")
     for mode in ("beam5", "greedy"):
         ob, pb = o.get(mode, []), p.get(mode, [])
         add(f"translate {mode} sent/s (decode)", _best(ob, "sent_s"), _best(pb, "sent_s"), "f2", "higher")
@@ -822,12 +946,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--install-peer", action="store_true", help="create the Sockeye virtualenv if it is missing")
     ap.add_argument("--ours-only", action="store_true", help="measure our side only (no Sockeye needed)")
     ap.add_argument("--no-translate", action="store_true", help="skip the translation measurements")
+    ap.add_argument("--reuse-work", type=Path, metavar="DIR",
+                    help="translate only, with the best trained model of each side in DIR (the work folder of an "
+                         "earlier run, kept; read, never written): no data preparation, no training")
+    ap.add_argument("--int8", action="store_true",
+                    help="int8 decoding on both sides: ours CTranslate2 compute type int8 (exported once, untimed), "
+                         "Sockeye --dtype int8")
     ap.add_argument("--work-dir", type=Path, help="where everything is written (default: a temporary folder)")
     ap.add_argument("--keep-work", action="store_true", help="keep the temporary work folder")
     ap.add_argument("--json", type=Path, help="write all results as JSON here (also after every run, marked partial)")
     a = ap.parse_args(argv)
     if a.train_seconds < 10 or a.repeats < 1 or a.translate_repeats < 1 or a.translate_sentences < 1:
         ap.error("--train-seconds >= 10, --repeats, --translate-repeats and --translate-sentences >= 1")
+    if a.reuse_work:
+        a.reuse_work = a.reuse_work.expanduser().resolve()
+        if not (a.reuse_work / "runs").is_dir() or not (a.reuse_work / "data").is_dir():
+            ap.error(f"--reuse-work {a.reuse_work}: no runs/ and data/ folders (the --work-dir of an earlier run)")
+        if a.no_translate:
+            ap.error("--reuse-work only translates: it cannot go with --no-translate")
+        work = a.work_dir.expanduser().resolve() if a.work_dir else None
+        if work and (work == a.reuse_work or a.reuse_work in work.parents):
+            ap.error("--work-dir must be outside --reuse-work (which is only read)")
     return a
 
 
@@ -855,7 +994,37 @@ def run(a: argparse.Namespace, work: Path, peer: Path | None) -> dict[str, Any]:
     started = time.time()
     load0 = os.getloadavg()
     print(f"bench_peer: ours vs {PEER_NAME if peer else '(ours only)'} on {cpu_name()}, {a.threads} threads per "
-          f"process, work folder {work}", flush=True)
+          f"process, work folder {work}" + (f", models of {a.reuse_work}" if a.reuse_work else ""), flush=True)
+    if a.reuse_work:
+        prep, runs = reuse_work(a.reuse_work, work / "data", a, peer)
+        results: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
+                                   "data": prep.stats, "cpu": cpu_name(), "ours": {"train": runs["ours"]}}
+        if peer:
+            results["peer"] = {"train": runs["peer"], "name": PEER_NAME}
+        print(f"reused {a.reuse_work}: {len(runs['ours'])} trained model(s) of ours"
+              + (f", {len(runs['peer'])} of Sockeye" if peer else "")
+              + f"; translating {prep.stats['test_sentences']} test sentences ({prep.stats['test_sources_cut']} cut "
+              f"to {MAX_LEN})", flush=True)
+    else:
+        prep, results = train_all(a, work, peer)
+    if not a.no_translate:
+        translate_all(results, prep, a, work, peer)
+    results["ours"]["import_torch_rss"] = import_rss(sys.executable)
+    if peer:
+        results["peer"]["import_torch_rss"] = import_rss(str(peer_python(peer)))
+    results["seconds"] = time.time() - started
+    results["loadavg"] = {"start": load0, "end": os.getloadavg()}
+    return results
+
+
+def best_models(results: dict[str, Any]) -> dict[str, str]:
+    """Each side's model to translate with: its training run of lowest validation perplexity."""
+    return {side: min(results[side]["train"], key=lambda r: r["val_ppl"])["model"]
+            for side in ("ours", "peer") if side in results}
+
+
+def train_all(a: argparse.Namespace, work: Path, peer: Path | None) -> tuple[Prepared, dict[str, Any]]:
+    """Data preparation, then the alternating training runs of both sides, each scored."""
     prep = prepare_data(work / "data", a, peer)
     limit = our_time_limit_name()
     st = prep.stats
@@ -895,38 +1064,51 @@ def run(a: argparse.Namespace, work: Path, peer: Path | None) -> dict[str, Any]:
         ot, pt = results["ours"]["train"][0]["val_tokens"], results["peer"]["train"][0]["val_tokens"]
         if ot != pt:
             print(f"WARNING: the two perplexities count different tokens: ours {ot:,}, Sockeye {pt:,}")
-    if not a.no_translate:
-        models = {side: min(results[side]["train"], key=lambda r: r["val_ppl"])["model"]
-                  for side in (["ours", "peer"] if peer else ["ours"])}
-        for mode, beam in (("beam5", 5), ("greedy", 1)):
-            for i in range(1, a.translate_repeats + 1):
-                for side in models:
-                    run_dir = work / "runs" / f"{side}-{mode}-{i}"
-                    print(f"[{time.strftime('%H:%M:%S')}] translating {side} {mode} run {i}/{a.translate_repeats} ...",
-                          flush=True)
-                    r = (translate_ours(models[side], prep, run_dir, beam, a) if side == "ours" else
-                         translate_peer(models[side], prep, peer, run_dir, beam, a))  # type: ignore[arg-type]
-                    results[side].setdefault(mode, []).append(r)
-                    if i == 1:
-                        results[side][f"{mode}_lengths"] = length_stats(Path(r["hyp"]), prep)
-                    save_partial(results, a)
-                    print(f"    {r['sent_s']:.2f} sent/s ({r['decode_s']:.1f} s decoding, {r['load_s']:.1f} s load), "
-                          f"peak RSS {r['peak_rss'] / 2**20:,.0f} MiB", flush=True)
-    results["ours"]["import_torch_rss"] = import_rss(sys.executable)
-    if peer:
-        results["peer"]["import_torch_rss"] = import_rss(str(peer_python(peer)))
-    results["seconds"] = time.time() - started
-    results["loadavg"] = {"start": load0, "end": os.getloadavg()}
-    return results
+    return prep, results
+
+
+def translate_all(results: dict[str, Any], prep: Prepared, a: argparse.Namespace, work: Path,
+                  peer: Path | None) -> None:
+    """The alternating translation runs (beam 5, then greedy) with each side's best model; with --int8 our
+    model is exported for CTranslate2 first (untimed) and Sockeye loads its model with --dtype int8."""
+    models = best_models(results)
+    for side, model in models.items():
+        ppl = min(r["val_ppl"] for r in results[side]["train"])
+        print(f"translating with {side}: {model} (validation perplexity {ppl:.2f})", flush=True)
+    if a.int8:
+        print(f"[{time.strftime('%H:%M:%S')}] exporting our model for CTranslate2 int8 (not timed) ...", flush=True)
+        exported = export_ours_int8(models["ours"], work / "runs" / "ours-int8-model", a)
+        results["ours"]["int8_export"] = exported
+        models["ours"] = exported["model"]
+        print(f"    exported in {exported['export_wall_s']:.1f} s: {exported['model']}", flush=True)
+    suffix = "-int8" if a.int8 else ""
+    for mode, beam in (("beam5", 5), ("greedy", 1)):
+        for i in range(1, a.translate_repeats + 1):
+            for side in models:
+                run_dir = work / "runs" / f"{side}-{mode}{suffix}-{i}"
+                print(f"[{time.strftime('%H:%M:%S')}] translating {side} {mode}{suffix} run {i}/"
+                      f"{a.translate_repeats} ...", flush=True)
+                r = (translate_ours(models[side], prep, run_dir, beam, a) if side == "ours" else
+                     translate_peer(models[side], prep, peer, run_dir, beam, a))  # type: ignore[arg-type]
+                results[side].setdefault(mode, []).append(r)
+                if i == 1:
+                    results[side][f"{mode}_lengths"] = length_stats(Path(r["hyp"]), prep)
+                save_partial(results, a)
+                print(f"    {r['sent_s']:.2f} sent/s ({r['decode_s']:.1f} s decoding, {r['load_s']:.1f} s load), "
+                      f"peak RSS {r['peak_rss'] / 2**20:,.0f} MiB", flush=True)
 
 
 def report(results: dict[str, Any], a: argparse.Namespace) -> None:
     """Print the table and the notes that say how to read it."""
+    if a.reuse_work:
+        report_translation(results, a)
+        return
     peer = "peer" in results
     o = results["ours"]["train"]
     print()
     print(f"ours vs {PEER_NAME if peer else '(ours only)'}: {a.train_seconds} s of training per run (best of "
-          f"{a.repeats}), translation of {results['data']['test_sentences']} test sentences, batch "
+          f"{a.repeats}), translation{' in int8 on both sides' if a.int8 else ''} of "
+          f"{results['data']['test_sentences']} test sentences, batch "
           f"{a.translate_batch_size} (best of {a.translate_repeats}); {a.threads} threads, {results['cpu']}; "
           f"load average {results['loadavg']['start'][0]:.1f} at start, {results['loadavg']['end'][0]:.1f} at end")
     print()
@@ -944,16 +1126,53 @@ def report(results: dict[str, Any], a: argparse.Namespace) -> None:
         print(f"note: {skipped} of our progress lines followed a 'validating' line and were left out of the steady "
               "state: their window subtracts the whole validation although it began before the window, so they "
               "overstate the rate (model/training.py Progress.log_line)")
-    for side in ("ours", "peer") if peer else ("ours",):
-        runs = results[side].get("beam5") or results[side].get("greedy") or []
-        if runs:
-            who = "ours" if side == "ours" else "Sockeye"
-            print(f"output length limit, {who}: {runs[0].get('output_length_rule')}")
+    translation_notes(results, a)
     if peer:
         logged = _best(results["peer"]["train"], "logged_padded_source_tok_s")
         print(f"Sockeye's own tok/sec log figure (padded source positions, not comparable): median "
               f"{_fmt(logged, 'int')}; its padding share of target positions: "
               f"{_fmt(_best(results['peer']['train'], 'padding_share', True), 'pct')}")
+
+
+def translation_notes(results: dict[str, Any], a: argparse.Namespace) -> None:
+    """Each side's output length rule and decoding engine / compute type."""
+    peer = "peer" in results
+    for side in ("ours", "peer") if peer else ("ours",):
+        runs = results[side].get("beam5") or results[side].get("greedy") or []
+        if runs:
+            who = "ours" if side == "ours" else "Sockeye"
+            print(f"output length limit, {who}: {runs[0].get('output_length_rule')}")
+    for side in ("ours", "peer") if peer else ("ours",):
+        runs = results[side].get("beam5") or results[side].get("greedy") or []
+        if runs:
+            who = "ours" if side == "ours" else "Sockeye"
+            engine = runs[0].get("engine")
+            if side == "ours" and engine == "torch":
+                engine = "torch (our search), float32"
+            print(f"decoding engine, {who}: {engine}")
+    exported = results["ours"].get("int8_export")
+    if exported:
+        print(f"ours int8: `python -m model.ctranslate export --compute-type int8` of a copy of "
+              f"{exported['source_model']} (float32 + 7-bit int8 weights, {exported['export_wall_s']:.1f} s, before "
+              f"and outside the timed runs); CTranslate2 int8 holds every linear layer and the embeddings (the tied "
+              f"output layer with them) in int8, Sockeye's int8 its nn.Linear layers only")
+
+
+def report_translation(results: dict[str, Any], a: argparse.Namespace) -> None:
+    """--reuse-work: the translation rows of the table, for the models of the kept work folder."""
+    peer = "peer" in results
+    print()
+    print(f"ours vs {PEER_NAME if peer else '(ours only)'}, translation only with the models of {a.reuse_work}"
+          f"{' (int8 on both sides)' if a.int8 else ''}: {results['data']['test_sentences']} test sentences, batch "
+          f"{a.translate_batch_size} (best of {a.translate_repeats}); {a.threads} threads, {results['cpu']}; "
+          f"load average {results['loadavg']['start'][0]:.1f} at start, {results['loadavg']['end'][0]:.1f} at end")
+    print()
+    for line in table(results, peer, training=False):
+        print(line)
+    print()
+    print("ours/peer: ↑ higher is better, ↓ lower is better. Each side translates with its training run of lowest "
+          "validation perplexity (the perplexity its scoring step wrote in the work folder).")
+    translation_notes(results, a)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.peer_ours score --model DIR --source S --target T --output OUT.json
     .venv/bin/python -m benchmarks.peer_ours translate --model DIR --input S --output HYP --beam-size 5 ...
+        [--engine torch|ctranslate2|auto] [--compute-type int8]
 
 A separate process for the same reasons Sockeye's ``sockeye-score`` / ``sockeye-translate`` are one:
 its peak RSS can be sampled alone, its threads are set by the same environment (``OMP_NUM_THREADS``)
@@ -14,7 +15,13 @@ and ``torch.set_num_threads``, and the benchmark driver itself never loads torch
 - ``translate`` is ``Translator.translate`` in ``tokens`` text format (the input is already
   subword-split), as serving and batch transform run it. Model loading is timed apart from decoding;
   the decoding time covers what Sockeye's own "Total time" covers: turning lines into ids, the
-  length-sorted batched search, and turning ids back into token strings.
+  length-sorted batched search, and turning ids back into token strings. ``--engine`` and
+  ``--compute-type`` are the product's ``InferenceConfig.engine`` / ``compute_type`` (what
+  ``SEQ2SEQ_ENGINE`` / ``SEQ2SEQ_COMPUTE_TYPE`` set for serving, model/engines.py): ``torch`` (the
+  default here: our search, even where the model directory holds an export) or ``ctranslate2`` on the
+  directory's ``python -m model.ctranslate export`` (``--compute-type int8``: its 7-bit int8 weights).
+  The engine that decoded is written to the output's ``.json`` (``engine``). The output length rule and
+  the length penalty are the Translator's whichever engine decodes.
 """
 
 from __future__ import annotations
@@ -48,11 +55,13 @@ def score(a: argparse.Namespace) -> dict:
 
 def translate(a: argparse.Namespace) -> dict:
     """Translate a token file; load and decode times apart."""
+    from model import engines
     from model.inference import InferenceConfig, Translator
 
     t0 = time.perf_counter()
-    translator = Translator.load(a.model, InferenceConfig(batch_size=a.batch_size, beam_size=a.beam_size,
-                                                          text_format="tokens"), "cpu")
+    config = InferenceConfig(batch_size=a.batch_size, beam_size=a.beam_size, text_format="tokens", engine=a.engine,
+                             compute_type=a.compute_type)
+    translator = Translator.load(a.model, config, "cpu")
     loaded = time.perf_counter()
     lines = _lines(a.input)
     t1 = time.perf_counter()
@@ -62,6 +71,7 @@ def translate(a: argparse.Namespace) -> dict:
     Path(a.output).write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     return {"sentences": len(lines), "load_s": loaded - t0, "decode_s": decode_s,
             "beam_size": translator.beam_size, "batch_size": a.batch_size,
+            "engine": engines.describe(translator.engine, translator.config),
             "max_output_length": translator.max_output_length,
             "output_length_rule": getattr(translator, "output_length_rule", f"{translator.max_output_length} tokens")}
 
@@ -75,6 +85,9 @@ def main() -> None:
     t = sub.add_parser("translate")
     t.add_argument("--input", required=True)
     t.add_argument("--beam-size", type=int, required=True)
+    t.add_argument("--engine", choices=("torch", "ctranslate2", "auto"), default="torch",
+                   help="InferenceConfig.engine (torch: our search even where the model has an export)")
+    t.add_argument("--compute-type", help="InferenceConfig.compute_type for ctranslate2 (int8, float32, ...)")
     for p in (s, t):
         p.add_argument("--model", required=True)
         p.add_argument("--output", required=True)
