@@ -446,6 +446,8 @@ def our_time_limit_name() -> str | None:
 
 def our_hyperparameters(a: argparse.Namespace, limit_name: str | None) -> dict[str, str]:
     """The shared configuration in our hyperparameter names (strings, as SageMaker passes them)."""
+    from model.hyperparameters import format_value
+
     hp = {
         "encoder_type": "transformer", "decoder_type": "transformer",
         "num_layers_encoder": 3, "num_layers_decoder": 3, "transformer_model_size": 256,
@@ -463,7 +465,7 @@ def our_hyperparameters(a: argparse.Namespace, limit_name: str | None) -> dict[s
     }
     if limit_name:
         hp[limit_name] = a.train_seconds
-    return {k: str(v) for k, v in hp.items()}
+    return {k: format_value(v) for k, v in hp.items()}
 
 
 _DURATION = r"(?:\d+h)?\d+m\d+s"

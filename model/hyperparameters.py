@@ -2,11 +2,13 @@
 our documented extensions, parsed from the string → string ``hyperparameters.json`` SageMaker writes.
 
 One frozen dataclass holds them all because the training job, the checkpoints and the serving side
-must agree on one typed view; the parser is the only place strings become values.
+must agree on one typed view; the parser is the only place strings become values, and
+:func:`format_value` the only place values become the strings SageMaker passes.
 
-What each name allows (choices, ranges) and means lives in one table, :data:`_SPECS`; the parser,
-:func:`validate` and :func:`describe_markdown` all read it, so the README cannot drift from the checks.
-The value *types* come from the dataclass annotations, so they are not written down twice either.
+What each name allows (choices, ranges) and means is written beside its field, in the field's
+metadata (:func:`_hp`); the parser, :func:`validate` and :func:`describe_markdown` all read it, so the
+README cannot drift from the checks. The value *types* come from the dataclass annotations, so they
+are not written down twice either.
 """
 
 from __future__ import annotations
@@ -19,83 +21,165 @@ import re
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import Field, dataclass, field, fields
+from numbers import Integral, Real
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 
+# --------------------------------------------------------------------------------------------------
+# What a hyperparameter allows and means, carried by its own dataclass field
+
+
+@dataclass(frozen=True)
+class _Spec:
+    meaning: str
+    choices: tuple[str, ...] = ()  # for str fields: the allowed values
+    extension_choices: tuple[str, ...] = ()  # those of ``choices`` the built-in algorithm lacks
+    low: float | None = None  # numeric range; None = unbounded
+    high: float | None = None
+    low_open: bool = False  # True: low itself is excluded
+    high_open: bool = False
+    special: int | None = None  # one extra value outside the range (e.g. -1 = no limit)
+    accepts_none: bool = False  # "none" parses to None
+    extension: bool = False  # not a built-in name
+    default_text: str | None = None  # how describe_markdown shows a default that is not a value
+
+
+_SPEC_KEY = "spec"
+
+
+def _hp(default: Any, meaning: str, choices: tuple[str, ...] = (), extension_choices: tuple[str, ...] = (), *,
+        low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False,
+        special: int | None = None, accepts_none: bool = False, extension: bool = False,
+        default_text: str | None = None) -> Any:
+    """A dataclass field whose metadata says what the hyperparameter allows and means, so that a new
+    name cannot be added without its checks and its README row."""
+    spec = _Spec(meaning, choices, extension_choices, low, high, low_open, high_open, special, accepts_none,
+                 extension, default_text)
+    return field(default=default, metadata={_SPEC_KEY: spec})
+
+
+_DROPOUT = {"low": 0.0, "high": 1.0, "high_open": True}
+_POSITIVE = {"low": 1}
+# Upper bounds no real model reaches, so that a slip (1e9 for 1024) is named here, not found as an
+# allocation failure deep inside torch after the data was prepared.
+_SIZE = {"low": 1, "high": 16384}  # hidden, embedding and model sizes
+_LAYERS = {"low": 1, "high": 128}
+_LENGTH = {"low": 1, "high": 16384}  # tokens per sentence
+_WIDTH = {"low": 1, "high": 64}  # convolution kernels
+
+
 @dataclass(frozen=True)
 class Hyperparameters:
     # --- the built-in algorithm's names, defaults as in seq2seq-hyperparameters.md ---
-    batch_size: int = 64
-    beam_size: int = 5
-    bleu_sample_size: int = 0
-    bucket_width: int = 10
-    bucketing_enabled: bool = True
-    checkpoint_frequency_num_batches: int = 1000
-    checkpoint_threshold: int = 3
-    clip_gradient: float = 1.0
-    cnn_activation_type: str = "glu"
-    cnn_hidden_dropout: float = 0.0
-    cnn_kernel_width_decoder: int = 5
-    cnn_kernel_width_encoder: int = 3
-    cnn_num_hidden: int = 512
-    decoder_type: str = "rnn"
-    embed_dropout_source: float = 0.0
-    embed_dropout_target: float = 0.0
-    encoder_type: str = "rnn"
-    fixed_rate_lr_half_life: int = 10
-    learning_rate: float = 0.0003
-    loss_type: str = "cross-entropy"
-    lr_scheduler_type: str = "plateau_reduce"
-    max_num_batches: int = -1
-    max_num_epochs: int | None = None
-    max_seq_len_source: int = 100
-    max_seq_len_target: int = 100
-    min_num_epochs: int = 0
-    momentum: float | None = None
-    num_embed_source: int = 512
-    num_embed_target: int = 512
-    num_layers_decoder: int = 1
-    num_layers_encoder: int = 1
-    optimized_metric: str = "perplexity"
-    optimizer_type: str = "adam"
-    plateau_reduce_lr_factor: float = 0.5
-    plateau_reduce_lr_threshold: int = 3
-    rnn_attention_in_upper_layers: bool = True
-    rnn_attention_num_hidden: int | None = None  # None in the dataclass = "same as rnn_num_hidden"
-    rnn_attention_type: str = "mlp"
-    rnn_cell_type: str = "lstm"
-    rnn_decoder_hidden_dropout: float = 0.0
-    rnn_decoder_state_init: str = "last"
-    rnn_first_residual_layer: int = 2
-    rnn_num_hidden: int = 1024
-    rnn_residual_connections: bool = False
-    training_metric: str = "perplexity"
-    weight_decay: float = 0.0
-    weight_init_scale: float = 2.34
-    weight_init_type: str = "xavier"
-    xavier_factor_type: str = "in"
+    batch_size: int = _hp(
+        64, "batch_type=sentence: sentences per batch; batch_type=word: real target tokens per batch (</s> counted, "
+        "padding not), filled to within 8 sentences of it in multiples of 8 sentences", low=1, high=2**20)
+    beam_size: int = _hp(5, "beam for BLEU during training and for inference", low=1, high=256)
+    bleu_sample_size: int = _hp(0, "validation sentences scored with BLEU at checkpoints; -1 = all, 0 = none", low=-1)
+    bucket_width: int = _hp(
+        10, "width of the (source, target) length buckets of batch_type=sentence; word batches are cut from the "
+        "epoch sorted by exact length instead, which pads less", **_POSITIVE)
+    bucketing_enabled: bool = _hp(True, "batch sentences of similar length together; false: a plain shuffle")
+    checkpoint_frequency_num_batches: int = _hp(1000, "checkpoint and evaluate every N batches", **_POSITIVE)
+    checkpoint_threshold: int = _hp(3, "stop after N checkpoints without improvement of optimized_metric",
+                                    **_POSITIVE)
+    clip_gradient: float = _hp(1.0, "clip absolute gradient values above it; <= 0 disables")
+    cnn_activation_type: str = _hp(
+        "glu", "activation of the convolutional layers", ("glu", "relu", "softrelu", "sigmoid", "tanh"))
+    cnn_hidden_dropout: float = _hp(0.0, "dropout between convolutional layers", **_DROPOUT)
+    cnn_kernel_width_decoder: int = _hp(5, "kernel width of the cnn decoder", **_WIDTH)
+    cnn_kernel_width_encoder: int = _hp(3, "kernel width of the cnn encoder", **_WIDTH)
+    cnn_num_hidden: int = _hp(512, "hidden size of the cnn layers", **_SIZE)
+    decoder_type: str = _hp("rnn", "decoder architecture", ("rnn", "cnn", "transformer"), ("transformer",))
+    embed_dropout_source: float = _hp(0.0, "dropout on the source embeddings", **_DROPOUT)
+    embed_dropout_target: float = _hp(0.0, "dropout on the target embeddings", **_DROPOUT)
+    encoder_type: str = _hp(
+        "rnn", "encoder architecture (rnn: Bahdanau-style attention, cnn: Gehring-style convolutional)",
+        ("rnn", "cnn", "transformer"), ("transformer",))
+    fixed_rate_lr_half_life: int = _hp(10, "checkpoints until the fixed_rate_* schedulers halve the rate",
+                                       **_POSITIVE)
+    learning_rate: float = _hp(0.0003, "initial learning rate", low=0.0, high=10.0, low_open=True)
+    loss_type: str = _hp("cross-entropy", "training loss", ("cross-entropy",))
+    lr_scheduler_type: str = _hp(
+        "plateau_reduce", "learning-rate schedule", ("plateau_reduce", "fixed_rate_inv_t", "fixed_rate_inv_sqrt_t"))
+    max_num_batches: int = _hp(-1, "stop after N batches; -1 = no limit", low=1, special=-1)
+    max_num_epochs: int | None = _hp(None, "stop after N epochs; none = no limit", low=1, accepts_none=True)
+    max_seq_len_source: int = _hp(100, "longer source sentences are truncated", **_LENGTH)
+    max_seq_len_target: int = _hp(100, "longer target sentences are truncated", **_LENGTH)
+    min_num_epochs: int = _hp(0, "do not stop early before this many epochs", low=0)
+    momentum: float | None = _hp(
+        None, "momentum of sgd (ignored by the other optimizers)", low=0.0, high=1.0, high_open=True,
+        accepts_none=True)
+    num_embed_source: int = _hp(512, "source embedding size", **_SIZE)
+    num_embed_target: int = _hp(512, "target embedding size", **_SIZE)
+    num_layers_decoder: int = _hp(1, "decoder layers", **_LAYERS)
+    num_layers_encoder: int = _hp(1, "encoder layers", **_LAYERS)
+    optimized_metric: str = _hp(
+        "perplexity", "validation metric that picks the best checkpoint and drives early stopping",
+        ("perplexity", "accuracy", "bleu"))
+    optimizer_type: str = _hp("adam", "optimizer", ("adam", "sgd", "rmsprop"))
+    plateau_reduce_lr_factor: float = _hp(
+        0.5, "plateau_reduce multiplies the rate by it on a plateau", low=0.0, high=1.0, low_open=True)
+    plateau_reduce_lr_threshold: int = _hp(3, "checkpoints without improvement before plateau_reduce acts",
+                                           **_POSITIVE)
+    rnn_attention_in_upper_layers: bool = _hp(
+        True, "feed the attention context to the upper decoder layers (like GNMT)")
+    # None in the dataclass = "same as rnn_num_hidden"
+    rnn_attention_num_hidden: int | None = _hp(None, "hidden size of the mlp attention", **_SIZE,
+                                               default_text="rnn_num_hidden")
+    rnn_attention_type: str = _hp("mlp", "rnn decoder attention", ("dot", "fixed", "mlp", "bilinear"))
+    rnn_cell_type: str = _hp("lstm", "recurrent cell", ("lstm", "gru"))
+    rnn_decoder_hidden_dropout: float = _hp(0.0, "dropout on the decoder's hidden state with context", **_DROPOUT)
+    rnn_decoder_state_init: str = _hp(
+        "last", "how the decoder's state starts from the encoder's", ("last", "avg", "zero"))
+    rnn_first_residual_layer: int = _hp(2, "first rnn layer with a residual connection", **_POSITIVE)
+    rnn_num_hidden: int = _hp(
+        1024, "rnn hidden size; even for an rnn encoder (its first layer is bidirectional)", **_SIZE)
+    rnn_residual_connections: bool = _hp(False, "residual connections between stacked rnn layers")
+    training_metric: str = _hp("perplexity", "metric reported on the training data", ("perplexity", "accuracy"))
+    weight_decay: float = _hp(0.0, "L2 weight decay", low=0.0, high=1.0)
+    weight_init_scale: float = _hp(
+        2.34, "xavier: the scale (> 0); uniform: values in ±scale", low=-100.0, high=100.0)
+    weight_init_type: str = _hp("xavier", "weight initialisation", ("uniform", "xavier"))
+    xavier_factor_type: str = _hp("in", "fan used by xavier", ("in", "out", "avg"))
 
     # --- extensions (not in the built-in algorithm; documented as such) ---
     # encoder_type / decoder_type also accept "transformer".
-    transformer_model_size: int = 512
-    transformer_attention_heads: int = 8
-    transformer_feed_forward_num_hidden: int = 2048
-    transformer_dropout: float = 0.1
-    transformer_positional_embedding_type: str = "fixed"  # fixed (sinusoidal) | learned
-    weight_tying: bool = False
-    weight_tying_type: str = "trg_softmax"  # trg_softmax | src_trg | src_trg_softmax
-    label_smoothing: float = 0.0
-    learning_rate_warmup: int = 0  # batches of linear warm-up before the scheduler takes over
-    batch_type: str = "sentence"  # sentence: batch_size sentences | word: about batch_size target tokens
-    max_training_seconds: int | None = None  # wall-clock budget of the training loop (Sockeye's --max-seconds)
-    length_penalty_alpha: float = 1.0
-    length_penalty_beta: float = 0.0
-    seed: int = 13
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
-    torch_compile: str = "auto"  # auto (on CUDA only) | on | off: torch.compile of the training step
+    transformer_model_size: int = _hp(512, "transformer model (and embedding) size", **_SIZE, extension=True)
+    transformer_attention_heads: int = _hp(
+        8, "transformer attention heads; must divide transformer_model_size", low=1, high=256, extension=True)
+    transformer_feed_forward_num_hidden: int = _hp(
+        2048, "transformer feed-forward hidden size", low=1, high=65536, extension=True)
+    transformer_dropout: float = _hp(
+        0.1, "transformer dropout (attention, feed-forward, residual)", **_DROPOUT, extension=True)
+    transformer_positional_embedding_type: str = _hp(  # fixed (sinusoidal) | learned
+        "fixed", "fixed: sinusoidal; learned: trained position embeddings", ("fixed", "learned"), extension=True)
+    weight_tying: bool = _hp(False, "share embedding/output weights per weight_tying_type", extension=True)
+    weight_tying_type: str = _hp(  # trg_softmax | src_trg | src_trg_softmax
+        "trg_softmax", "which weights weight_tying shares", ("trg_softmax", "src_trg", "src_trg_softmax"),
+        extension=True)
+    label_smoothing: float = _hp(0.0, "label smoothing of the cross-entropy loss", **_DROPOUT, extension=True)
+    learning_rate_warmup: int = _hp(  # batches of linear warm-up before the scheduler takes over
+        0, "batches of linear learning-rate warm-up; 0 = none", low=0, extension=True)
+    batch_type: str = _hp(  # sentence: batch_size sentences | word: about batch_size target tokens
+        "sentence", "sentence: batch_size sentences; word: about batch_size real target tokens",
+        ("sentence", "word"), extension=True)
+    max_training_seconds: int | None = _hp(  # wall-clock budget of the training loop (Sockeye's --max-seconds)
+        None, "stop training after this many seconds of wall-clock time (across restarts), then checkpoint and keep "
+        "the best model; none = no limit", low=1, accepts_none=True, extension=True)
+    length_penalty_alpha: float = _hp(
+        1.0, "beam search length penalty exponent; 0 = no penalty", low=0.0, extension=True)
+    length_penalty_beta: float = _hp(0.0, "beam search length penalty constant", low=0.0, extension=True)
+    seed: int = _hp(13, "random seed", low=0, high=2**32 - 1, extension=True)
+    precision: str = _hp(  # auto (bf16 autocast on CUDA, fp32 on CPU) | bf16 | fp32
+        "auto", "auto: bf16 autocast on CUDA, fp32 on CPU", ("auto", "bf16", "fp32"), extension=True)
+    torch_compile: str = _hp(  # auto (on CUDA only) | on | off: torch.compile of the training step
+        "auto", "torch.compile the training step: auto = on CUDA only (on a small CPU the minutes it takes to "
+        "compile outweigh the 20 % it gains per step within a short job); on; off. A model that fails to compile "
+        "trains on uncompiled, with a warning", ("auto", "on", "off"), extension=True)
 
     @property
     def attention_num_hidden(self) -> int:
@@ -138,145 +222,36 @@ class UnknownHyperparameterError(HyperparameterError):
         return (type(self), (self.value,))
 
 
+def _shown(value: object) -> str:
+    """A value as messages show it: spelt as SageMaker passes it when it is a plain JSON-like value, so a
+    message quotes what the user wrote; anything else (a list, a numpy scalar) as Python shows it."""
+    if isinstance(value, str):
+        return value
+    if value is None or type(value) in (bool, int, float):
+        return format_value(value)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
 def _quote(value: object) -> str:
-    return json.dumps(value if isinstance(value, str) else _format(value), ensure_ascii=False)
+    return json.dumps(_shown(value), ensure_ascii=False)
 
 
 # --------------------------------------------------------------------------------------------------
-# The one table of what each hyperparameter allows and means
-
-
-@dataclass(frozen=True)
-class _Spec:
-    meaning: str
-    choices: tuple[str, ...] = ()  # for str fields: the allowed values
-    extension_choices: tuple[str, ...] = ()  # those of ``choices`` the built-in algorithm lacks
-    low: float | None = None  # numeric range; None = unbounded
-    high: float | None = None
-    low_open: bool = False  # True: low itself is excluded
-    high_open: bool = False
-    special: int | None = None  # one extra value outside the range (e.g. -1 = no limit)
-    accepts_none: bool = False  # "none" parses to None
-    extension: bool = False  # not a built-in name
-    default_text: str | None = None  # how describe_markdown shows a default that is not a value
-
-
-_DROPOUT = {"low": 0.0, "high": 1.0, "high_open": True}
-_POSITIVE = {"low": 1}
-# Upper bounds no real model reaches, so that a slip (1e9 for 1024) is named here, not found as an
-# allocation failure deep inside torch after the data was prepared.
-_SIZE = {"low": 1, "high": 16384}  # hidden, embedding and model sizes
-_LAYERS = {"low": 1, "high": 128}
-_LENGTH = {"low": 1, "high": 16384}  # tokens per sentence
-_WIDTH = {"low": 1, "high": 64}  # convolution kernels
-
-_SPECS: dict[str, _Spec] = {
-    "batch_size": _Spec(
-        "batch_type=sentence: sentences per batch; batch_type=word: real target tokens per batch (</s> counted, "
-        "padding not), filled to within 8 sentences of it in multiples of 8 sentences", low=1, high=2**20),
-    "beam_size": _Spec("beam for BLEU during training and for inference", low=1, high=256),
-    "bleu_sample_size": _Spec("validation sentences scored with BLEU at checkpoints; -1 = all, 0 = none", low=-1),
-    "bucket_width": _Spec(
-        "width of the (source, target) length buckets of batch_type=sentence; word batches are cut from the epoch "
-        "sorted by exact length instead, which pads less", **_POSITIVE),
-    "bucketing_enabled": _Spec("batch sentences of similar length together; false: a plain shuffle"),
-    "checkpoint_frequency_num_batches": _Spec("checkpoint and evaluate every N batches", **_POSITIVE),
-    "checkpoint_threshold": _Spec("stop after N checkpoints without improvement of optimized_metric", **_POSITIVE),
-    "clip_gradient": _Spec("clip absolute gradient values above it; <= 0 disables"),
-    "cnn_activation_type": _Spec(
-        "activation of the convolutional layers", ("glu", "relu", "softrelu", "sigmoid", "tanh")
-    ),
-    "cnn_hidden_dropout": _Spec("dropout between convolutional layers", **_DROPOUT),
-    "cnn_kernel_width_decoder": _Spec("kernel width of the cnn decoder", **_WIDTH),
-    "cnn_kernel_width_encoder": _Spec("kernel width of the cnn encoder", **_WIDTH),
-    "cnn_num_hidden": _Spec("hidden size of the cnn layers", **_SIZE),
-    "decoder_type": _Spec("decoder architecture", ("rnn", "cnn", "transformer"), ("transformer",)),
-    "embed_dropout_source": _Spec("dropout on the source embeddings", **_DROPOUT),
-    "embed_dropout_target": _Spec("dropout on the target embeddings", **_DROPOUT),
-    "encoder_type": _Spec(
-        "encoder architecture (rnn: Bahdanau-style attention, cnn: Gehring-style convolutional)",
-        ("rnn", "cnn", "transformer"),
-        ("transformer",),
-    ),
-    "fixed_rate_lr_half_life": _Spec("checkpoints until the fixed_rate_* schedulers halve the rate", **_POSITIVE),
-    "learning_rate": _Spec("initial learning rate", low=0.0, high=10.0, low_open=True),
-    "loss_type": _Spec("training loss", ("cross-entropy",)),
-    "lr_scheduler_type": _Spec(
-        "learning-rate schedule", ("plateau_reduce", "fixed_rate_inv_t", "fixed_rate_inv_sqrt_t")
-    ),
-    "max_num_batches": _Spec("stop after N batches; -1 = no limit", low=1, special=-1),
-    "max_num_epochs": _Spec("stop after N epochs; none = no limit", low=1, accepts_none=True),
-    "max_seq_len_source": _Spec("longer source sentences are truncated", **_LENGTH),
-    "max_seq_len_target": _Spec("longer target sentences are truncated", **_LENGTH),
-    "min_num_epochs": _Spec("do not stop early before this many epochs", low=0),
-    "momentum": _Spec(
-        "momentum of sgd (ignored by the other optimizers)", low=0.0, high=1.0, high_open=True, accepts_none=True
-    ),
-    "num_embed_source": _Spec("source embedding size", **_SIZE),
-    "num_embed_target": _Spec("target embedding size", **_SIZE),
-    "num_layers_decoder": _Spec("decoder layers", **_LAYERS),
-    "num_layers_encoder": _Spec("encoder layers", **_LAYERS),
-    "optimized_metric": _Spec(
-        "validation metric that picks the best checkpoint and drives early stopping", ("perplexity", "accuracy", "bleu")
-    ),
-    "optimizer_type": _Spec("optimizer", ("adam", "sgd", "rmsprop")),
-    "plateau_reduce_lr_factor": _Spec(
-        "plateau_reduce multiplies the rate by it on a plateau", low=0.0, high=1.0, low_open=True
-    ),
-    "plateau_reduce_lr_threshold": _Spec("checkpoints without improvement before plateau_reduce acts", **_POSITIVE),
-    "rnn_attention_in_upper_layers": _Spec("feed the attention context to the upper decoder layers (like GNMT)"),
-    "rnn_attention_num_hidden": _Spec("hidden size of the mlp attention", **_SIZE, default_text="rnn_num_hidden"),
-    "rnn_attention_type": _Spec("rnn decoder attention", ("dot", "fixed", "mlp", "bilinear")),
-    "rnn_cell_type": _Spec("recurrent cell", ("lstm", "gru")),
-    "rnn_decoder_hidden_dropout": _Spec("dropout on the decoder's hidden state with context", **_DROPOUT),
-    "rnn_decoder_state_init": _Spec("how the decoder's state starts from the encoder's", ("last", "avg", "zero")),
-    "rnn_first_residual_layer": _Spec("first rnn layer with a residual connection", **_POSITIVE),
-    "rnn_num_hidden": _Spec("rnn hidden size; even for an rnn encoder (its first layer is bidirectional)", **_SIZE),
-    "rnn_residual_connections": _Spec("residual connections between stacked rnn layers"),
-    "training_metric": _Spec("metric reported on the training data", ("perplexity", "accuracy")),
-    "weight_decay": _Spec("L2 weight decay", low=0.0, high=1.0),
-    "weight_init_scale": _Spec("xavier: the scale (> 0); uniform: values in ±scale", low=-100.0, high=100.0),
-    "weight_init_type": _Spec("weight initialisation", ("uniform", "xavier")),
-    "xavier_factor_type": _Spec("fan used by xavier", ("in", "out", "avg")),
-    # --- extensions ---
-    "transformer_model_size": _Spec("transformer model (and embedding) size", **_SIZE, extension=True),
-    "transformer_attention_heads": _Spec(
-        "transformer attention heads; must divide transformer_model_size", low=1, high=256, extension=True
-    ),
-    "transformer_feed_forward_num_hidden": _Spec("transformer feed-forward hidden size", low=1, high=65536,
-                                                 extension=True),
-    "transformer_dropout": _Spec("transformer dropout (attention, feed-forward, residual)", **_DROPOUT, extension=True),
-    "transformer_positional_embedding_type": _Spec(
-        "fixed: sinusoidal; learned: trained position embeddings", ("fixed", "learned"), extension=True
-    ),
-    "weight_tying": _Spec("share embedding/output weights per weight_tying_type", extension=True),
-    "weight_tying_type": _Spec(
-        "which weights weight_tying shares", ("trg_softmax", "src_trg", "src_trg_softmax"), extension=True
-    ),
-    "label_smoothing": _Spec("label smoothing of the cross-entropy loss", **_DROPOUT, extension=True),
-    "learning_rate_warmup": _Spec("batches of linear learning-rate warm-up; 0 = none", low=0, extension=True),
-    "batch_type": _Spec(
-        "sentence: batch_size sentences; word: about batch_size real target tokens", ("sentence", "word"),
-        extension=True,
-    ),
-    "max_training_seconds": _Spec(
-        "stop training after this many seconds of wall-clock time (across restarts), then checkpoint and keep "
-        "the best model; none = no limit", low=1, accepts_none=True, extension=True),
-    "length_penalty_alpha": _Spec("beam search length penalty exponent; 0 = no penalty", low=0.0, extension=True),
-    "length_penalty_beta": _Spec("beam search length penalty constant", low=0.0, extension=True),
-    "seed": _Spec("random seed", low=0, high=2**32 - 1, extension=True),
-    "precision": _Spec("auto: bf16 autocast on CUDA, fp32 on CPU", ("auto", "bf16", "fp32"), extension=True),
-    "torch_compile": _Spec(
-        "torch.compile the training step: auto = on CUDA only (on a small CPU the minutes it takes to compile "
-        "outweigh the 20 % it gains per step within a short job); on; off. A model that fails to compile "
-        "trains on uncompiled, with a warning", ("auto", "on", "off"), extension=True),
-}
+# The fields' specs and types, read once
 
 _IGNORED_PREFIXES = ("_tuning", "sagemaker_")
 
+_FIELDS: dict[str, Field[Any]] = {f.name: f for f in fields(Hyperparameters)}
+
+
+def _spec(name: str) -> _Spec:
+    return _FIELDS[name].metadata[_SPEC_KEY]
+
 
 def _kinds() -> dict[str, tuple[type, bool]]:
-    """(base type, optional) per field, from the dataclass annotations: the single source of types."""
+    """(base type, optional) per field, from the dataclass annotations: the single source of types.
+
+    Fails at import, not in a training job, when a field has no spec or its spec does not fit its type."""
     out = {}
     for name, hint in typing.get_type_hints(Hyperparameters).items():
         optional = False
@@ -284,27 +259,18 @@ def _kinds() -> dict[str, tuple[type, bool]]:
             args = [a for a in typing.get_args(hint) if a is not type(None)]
             optional = len(args) < len(typing.get_args(hint))
             (hint,) = args
+        spec = _FIELDS[name].metadata.get(_SPEC_KEY)
+        if spec is None:
+            raise RuntimeError(f"hyperparameter {name} has no spec: declare it with _hp(...)")
+        if (hint is str) != bool(spec.choices) or (spec.accepts_none and not optional):
+            raise RuntimeError(f"hyperparameter spec of {name} does not fit its type")
         out[name] = (hint, optional)
     return out
 
 
 _KINDS = _kinds()
-_DEFAULTS = {f.name: f.default for f in fields(Hyperparameters)}
 
-
-def _check_table() -> None:
-    """Fail at import, not in a training job, when the table and the dataclass disagree."""
-    if list(_SPECS) != list(_KINDS):
-        raise RuntimeError(f"hyperparameter table and dataclass differ: {set(_SPECS) ^ set(_KINDS)}")
-    for name, spec in _SPECS.items():
-        kind, optional = _KINDS[name]
-        if (kind is str) != bool(spec.choices) or (spec.accepts_none and not optional):
-            raise RuntimeError(f"hyperparameter table entry for {name} does not fit its type")
-
-
-_check_table()
-
-EXTENSIONS: tuple[str, ...] = tuple(name for name, spec in _SPECS.items() if spec.extension)
+EXTENSIONS: tuple[str, ...] = tuple(name for name in _FIELDS if _spec(name).extension)
 """The names the built-in algorithm does not have."""
 
 
@@ -314,7 +280,7 @@ def _fmt_number(x: float) -> str:
 
 def _allowed(name: str) -> str:
     """What a value of ``name`` may be, as the noun phrase the error messages and the README use."""
-    spec = _SPECS[name]
+    spec = _spec(name)
     kind, _ = _KINDS[name]
     if kind is bool:
         return "true or false"
@@ -352,19 +318,15 @@ def _as_text(name: str, raw: object) -> str:
     read exactly as their JSON spelling so that 64 and "64" (or true and "true") mean the same."""
     if isinstance(raw, str):
         return raw.strip()
-    if raw is None:
-        return "none"
-    if isinstance(raw, bool):
-        return "true" if raw else "false"
-    if isinstance(raw, int | float):
-        return str(raw)
+    if raw is None or isinstance(raw, bool | int | float):
+        return format_value(raw)
     raise HyperparameterError(name, raw, f"must be a string (or a JSON number/boolean); allowed: {_allowed(name)}")
 
 
 def _convert(name: str, text: str) -> object:
     """The typed value of ``text``; only the type is checked here, ranges by :func:`_check_value`."""
     kind, _ = _KINDS[name]
-    spec = _SPECS[name]
+    spec = _spec(name)
     if spec.accepts_none and text.lower() == "none":
         return None
     if kind is bool:
@@ -383,14 +345,14 @@ def _convert(name: str, text: str) -> object:
 
 
 def _type_reason(what: str, name: str) -> str:
-    if _SPECS[name].accepts_none:
+    if _spec(name).accepts_none:
         what += " or none"
     return f"must be {what}; allowed: {_allowed(name)}"
 
 
 def _check_value(name: str, value: object, shown: object) -> None:
     """Raise unless ``value`` (already of the field's type) is one the table allows."""
-    spec = _SPECS[name]
+    spec = _spec(name)
     kind, optional = _KINDS[name]
     if value is None:
         if optional:  # the parser yields None only for accepts_none names; in code, None means the default
@@ -443,7 +405,7 @@ def _check_cross_fields(hp: Hyperparameters) -> None:
     if hp.momentum is not None and hp.optimizer_type != "sgd":
         logger.warning(
             "momentum=%s is ignored: optimizer_type is %s, momentum applies to sgd only",
-            _format(hp.momentum),
+            _shown(hp.momentum),
             hp.optimizer_type,
         )
 
@@ -453,7 +415,7 @@ def _ignored(name: object) -> bool:
 
 
 def _suggest(name: str) -> str | None:
-    close = difflib.get_close_matches(name.lower(), list(_SPECS), n=1)
+    close = difflib.get_close_matches(name.lower(), list(_FIELDS), n=1)
     return close[0] if close else None
 
 
@@ -468,14 +430,14 @@ def parse_hyperparameters(raw: Mapping[str, str]) -> Hyperparameters:
     (``_tuning*``) entries are ignored; any other unknown name is an error, because a misspelt
     hyperparameter that silently keeps its default wastes a whole training job.
     """
-    unknown = {k: v for k, v in raw.items() if k not in _SPECS and not _ignored(k)}
+    unknown = {k: v for k, v in raw.items() if k not in _FIELDS and not _ignored(k)}
     if unknown:
         raise UnknownHyperparameterError(unknown)
     for k in raw:
         if _ignored(k):
             logger.debug("ignoring SageMaker hyperparameter %s", k)
     values: dict[str, object] = {}
-    for name in _SPECS:  # table order, so the first error reported does not depend on the file's order
+    for name in _FIELDS:  # field order, so the first error reported does not depend on the file's order
         if name in raw:
             text = _as_text(name, raw[name])
             value = _convert(name, text)
@@ -488,40 +450,51 @@ def parse_hyperparameters(raw: Mapping[str, str]) -> Hyperparameters:
 
 def validate(hp: Hyperparameters) -> None:
     """Apply the parser's checks to a dataclass built in code (e.g. with ``dataclasses.replace``)."""
-    for name in _SPECS:
+    for name in _FIELDS:
         value = getattr(hp, name)
         _check_value(name, value, value)
     _check_cross_fields(hp)
 
 
-def _format(value: object) -> str:
-    if value is None:
-        return "none"
+def format_value(value: object) -> str:
+    """A hyperparameter value as SageMaker passes it and :func:`parse_hyperparameters` reads it back: the
+    one spelling for job requests, checkpoints and the README (``true``/``false``, ``none``, integers as
+    digits, floats as their shortest exact form).
+
+    Raises TypeError for a value no hyperparameter can hold (a list, a dict, an arbitrary object)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)  # shortest string that reads back as the same float
-    return str(value)
+    if value is None:
+        return "none"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Integral):
+        return str(int(value))
+    if isinstance(value, Real):
+        return repr(float(value))  # shortest string that reads back as the same float
+    raise TypeError(f"{type(value).__name__} value {value!r} is not a hyperparameter value "
+                    "(a string, number, boolean or None)")
 
 
 def to_strings(hp: Hyperparameters) -> dict[str, str]:
     """Every hyperparameter as SageMaker passes it, so that ``parse_hyperparameters(to_strings(hp)) == hp``:
     what a launcher sends to SageMaker and what a checkpoint records."""
     return {
-        name: _format(getattr(hp, name))
-        for name in _SPECS
+        name: format_value(getattr(hp, name))
+        for name in _FIELDS
         if not (name == "rnn_attention_num_hidden" and hp.rnn_attention_num_hidden is None)
     }
 
 
 def describe_markdown() -> str:
-    """The README's hyperparameter table, generated from the same table the parser checks against."""
+    """The README's hyperparameter table, generated from the same field specs the parser checks against."""
     rows = [
         "| name | default | allowed | built-in or extension | meaning |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for name, spec in _SPECS.items():
-        default = spec.default_text or _format(_DEFAULTS[name])
+    for name, f in _FIELDS.items():
+        spec = _spec(name)
+        default = spec.default_text or format_value(f.default)
         allowed = _allowed(name)
         allowed = allowed.removeprefix("an ").removeprefix("a ")
         origin = "extension" if spec.extension else "built-in"

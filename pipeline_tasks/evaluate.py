@@ -19,7 +19,6 @@ so the evaluated model is the model users get.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from model.constants import HYPERPARAMETERS_FILE, PARAMS_FILE
 from model.constants import METRICS_FILE as MODEL_METRICS_FILE
 from pipeline_tasks.atomic import check_output_dir, staged_dir
 from pipeline_tasks.progress import Progress
+from pipeline_tasks.storage import sha256_file
 from pipeline_tasks.textio import EmptyInputError, MisalignedError, TextStats, iter_lines
 
 log = logging.getLogger(__name__)
@@ -79,14 +79,6 @@ def read_text(path: str | os.PathLike[str]) -> tuple[list[str], TextStats]:
     lines = list(iter_lines(path, stats))
     stats.warn_if_replaced()
     return lines, stats
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _file_identity(stats: TextStats) -> dict[str, Any]:

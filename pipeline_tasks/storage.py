@@ -74,6 +74,7 @@ def s3_client():
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
+    """In 1 MiB blocks, so that a multi-GB archive or model is hashed without being read into memory."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):

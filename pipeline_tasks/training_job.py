@@ -40,12 +40,11 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from numbers import Integral, Real
 from pathlib import Path
 from typing import IO, Any
 
 from model.constants import CHANNEL_CONTENT_TYPES, CHECKPOINT_LOCAL_PATH, HYPERPARAMETERS_FILE, MODEL_ARCHIVE
-from model.hyperparameters import parse_hyperparameters
+from model.hyperparameters import format_value, parse_hyperparameters
 from model.metrics import METRIC_DEFINITIONS
 from pipeline_tasks import process, storage
 
@@ -113,19 +112,11 @@ def hyperparameter_strings(hyperparameters: Mapping[str, Any]) -> dict[str, str]
     for name, value in hyperparameters.items():
         if not isinstance(name, str):
             raise ValueError(f"hyperparameter names must be strings, got {name!r}")
-        if isinstance(value, bool):
-            text = "true" if value else "false"
-        elif value is None:
-            text = "none"
-        elif isinstance(value, str):
-            text = value
-        elif isinstance(value, Integral):
-            text = str(int(value))
-        elif isinstance(value, Real):
-            text = repr(float(value))
-        else:
+        try:
+            text = format_value(value)
+        except TypeError:
             raise ValueError(f"hyperparameter {name}: {type(value).__name__} value {value!r} cannot be passed to a "
-                             "training job (use a string, number, boolean or None)")
+                             "training job (use a string, number, boolean or None)") from None
         if len(text) > MAX_HYPERPARAMETER_VALUE_CHARS:
             raise ValueError(f"hyperparameter {name}: value longer than {MAX_HYPERPARAMETER_VALUE_CHARS} characters")
         out[name] = text
