@@ -43,6 +43,7 @@ from model.beam_search import (
 )
 from model.checkpoint import LoadedModel, load_model
 from model.constants import JSON_CONTENT_TYPE, JSONLINES_CONTENT_TYPE, RECORDIO_CONTENT_TYPE, TOKENIZER_FILE
+from model.ctranslate import COMPUTE_TYPES
 from model.tokenizer import Tokenizer
 from model.vocab import EOS_ID, PAD_ID, UNK_ID
 
@@ -88,7 +89,7 @@ class InferenceConfig:
             raise ValueError(f"max_output_length must be >= 1, got {self.max_output_length}")
         for name, allowed in (("text_format", TEXT_FORMATS), ("unknown_tokens", UNKNOWN_POLICIES),
                               ("on_error", ERROR_POLICIES), ("engine", engines.ENGINES),
-                              ("compute_type", engines.COMPUTE_TYPES), ("quantize", engines.QUANTIZE_MODES)):
+                              ("compute_type", COMPUTE_TYPES), ("quantize", engines.QUANTIZE_MODES)):
             value = getattr(self, name)
             if value is not None and value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
