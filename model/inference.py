@@ -321,7 +321,7 @@ class Translator:
 
 
 def _autocast(device: torch.device, precision: str):
-    from model.training import autocast_context
+    from model.precision import autocast_context
 
     return autocast_context(device, precision)
 

@@ -218,7 +218,7 @@ def perplexity_on(translator: Any, sources: Sequence[Any], references_tok: Seque
     are skipped as training skips them, and the pairs are scored by training's own evaluate_likelihood,
     so test and validation perplexity mean the same thing."""
     from model import data_io
-    from model.training import evaluate_likelihood
+    from model.checkpoint_decoder import evaluate_likelihood
     from model.vocab import UNK_ID
 
     loaded = translator.loaded
