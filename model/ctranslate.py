@@ -1,5 +1,5 @@
 """CTranslate2 for our Transformer models: the export (``python -m model.ctranslate export MODEL_DIR``) and
-the decoding engine :class:`model.inference.Translator` uses when a model directory holds the export.
+the decoding engine :class:`model.translator.Translator` uses when a model directory holds the export.
 
 Why: CTranslate2 decodes a Transformer several times faster than our PyTorch search on a CPU, most of all
 with int8 weights (``compute_type=int8``), which is what CPU serving and batch transform pay for. The

@@ -1,4 +1,4 @@
-"""Which engine decodes for a :class:`model.inference.Translator`: our PyTorch search (fp32, or with
+"""Which engine decodes for a :class:`model.translator.Translator`: our PyTorch search (fp32, or with
 ``torch.ao`` dynamic int8 quantization on CPU), or CTranslate2 on the model directory's export.
 
 Selected per model (an export in ``MODEL_DIR/ctranslate2/`` and its recorded compute type) and per
