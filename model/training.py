@@ -19,7 +19,6 @@ import logging
 import math
 import signal
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,7 +118,6 @@ class Trainer:
         checkpoint_dir: Path,
         device: torch.device,
         dist: DistInfo | None = None,
-        emit: Callable[[Mapping[str, float]], None] = metrics.emit,
     ) -> None:
         self.hp = hp
         self.model = model
@@ -132,7 +130,6 @@ class Trainer:
         self.checkpoint_dir = checkpoint_dir
         self.device = device
         self.dist = dist or DistInfo()
-        self.emit = emit
         self.config = data_io.DataConfig.from_hyperparameters(hp)
         self.state = TrainingState()
         self.bleu_indices = bleu_sample(len(val_data), hp)
@@ -237,7 +234,7 @@ class Trainer:
             values["validation:bleu"] = evaluate_bleu(model, self.val_data, self.bleu_indices, self.hp,
                                                       self.target_tokens, self.device,
                                                       length_ratio=self.length_ratio)
-        self.emit(values)
+        metrics.emit(values)
         current = values[f"validation:{self.hp.optimized_metric}"]
         improved = metrics.is_better(self.hp.optimized_metric, current, self.state.best_metric)
         self._count_checkpoint(improved)

@@ -241,7 +241,7 @@ def perplexity_on(translator: Any, sources: Sequence[Any], references_tok: Seque
     if not src_ids:
         log.warning("no pair with both sides non-blank: no test perplexity")
         return {**result, "perplexity": None, "accuracy": None, "nll_sum": 0.0, "tokens": 0}
-    data = data_io._from_lists(src_ids, trg_ids)
+    data = data_io.from_lists(src_ids, trg_ids)
     lik = evaluate_likelihood(loaded.model, data, batch_size, translator.device, loaded.hp.precision)
     return {**result, "perplexity": lik["perplexity"], "accuracy": lik["accuracy"], "nll_sum": lik["nll"],
             "tokens": lik["tokens"], "mean_nll": lik["nll"] / lik["tokens"]}
