@@ -7,6 +7,9 @@ checkpoint's perplexity and the evaluation report's are computed alike.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import numpy as np
 import torch
 from torch import nn
@@ -18,15 +21,25 @@ from model.loss import forward_real, token_losses
 from model.precision import autocast_context
 
 
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Dropout off while scoring, and the model's own mode back afterwards, also on error: a checkpoint
+    scores the model the training loop goes on training."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.inference_mode()
 def evaluate_likelihood(model: nn.Module, data: data_io.ParallelData, batch_size: int,
                         device: torch.device, precision: str) -> dict[str, float]:
     """Validation perplexity (exp mean NLL, ``</s>`` counted, ``<pad>`` not) and token accuracy."""
-    was_training = model.training
-    model.eval()
     total_nll = 0.0
     correct = tokens = 0
-    try:
+    with _eval_mode(model):
         for indices in data_io.evaluation_batches(data, batch_size):
             batch = data_io.collate(data, indices).to(device)
             with autocast_context(device, precision):
@@ -35,8 +48,6 @@ def evaluate_likelihood(model: nn.Module, data: data_io.ParallelData, batch_size
             total_nll += float(nll)
             correct += int(corr)
             tokens += batch.num_target_tokens
-    finally:
-        model.train(was_training)
     return {"perplexity": metrics.perplexity(total_nll, tokens), "accuracy": correct / tokens if tokens else 0.0,
             "nll": total_nll, "tokens": tokens}
 
@@ -62,13 +73,11 @@ def evaluate_bleu(model: nn.Module, data: data_io.ParallelData, indices: np.ndar
                   length_ratio: tuple[float, float] | None = None) -> float:
     """Token-level BLEU of beam-search output against the validation targets (the algorithm's view), with
     the output length limits serving uses (``length_ratio`` of the training data)."""
-    was_training = model.training
-    model.eval()
     hyps: dict[int, str] = {}
     refs: dict[int, str] = {}
     subset = data.subset(indices)
     factor = length_factor(length_ratio)
-    try:
+    with _eval_mode(model):
         for batch_indices in data_io.evaluation_batches(subset, batch_size):
             batch = data_io.collate(subset, batch_indices).to(device)
             with autocast_context(device, hp.precision):
@@ -80,7 +89,5 @@ def evaluate_bleu(model: nn.Module, data: data_io.ParallelData, indices: np.ndar
             for i, translation in zip(batch_indices.tolist(), out):
                 hyps[i] = " ".join(target_tokens[t] for t in translation.tokens)
                 refs[i] = " ".join(target_tokens[t] for t in subset.target(i))
-    finally:
-        model.train(was_training)
     order = sorted(hyps)
     return metrics.corpus_bleu([hyps[i] for i in order], [refs[i] for i in order])
