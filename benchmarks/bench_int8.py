@@ -10,7 +10,7 @@
   exported with ``model.ctranslate.export`` (float32 + 7-bit int8 weights).
 - engines: Transformer with our torch search (fp32), CTranslate2 float32 and CTranslate2 int8; LSTM with
   our torch search fp32 and with ``torch.ao`` dynamic int8 (``quantize=int8``). Each through
-  ``model.inference.Translator.translate`` (batches of 32 sentences sorted by length), as serving, batch
+  ``model.translator.Translator.translate`` (batches of 32 sentences sorted by length), as serving, batch
   transform and evaluation call it.
 - input: the first ``--lines`` sentences of the sample's test split (already tokenized), beam 5 and greedy.
 - timing: ``--runs`` rounds, each engine once per round in turn (so a load spike on this shared machine hits
@@ -35,7 +35,7 @@ import torch
 
 from benchmarks.bench_transform import DEMO_HP
 from benchmarks.common import SAMPLE
-from model.inference import InferenceConfig, Translator
+from model.translator import InferenceConfig, Translator
 
 log = logging.getLogger("bench_int8")
 

@@ -1127,7 +1127,7 @@ def report(results: dict[str, Any], a: argparse.Namespace) -> None:
     if skipped:
         print(f"note: {skipped} of our progress lines followed a 'validating' line and were left out of the steady "
               "state: their window subtracts the whole validation although it began before the window, so they "
-              "overstate the rate (model/training.py Progress.log_line)")
+              "overstate the rate (model/progress.py Progress.log_line)")
     translation_notes(results, a)
     if peer:
         logged = _best(results["peer"]["train"], "logged_padded_source_tok_s")

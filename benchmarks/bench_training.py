@@ -10,7 +10,7 @@ capped at --vocab words a side) and read back with ``model.data_io.load_channel`
 
 - ours: ``model.training.Trainer`` as the product configures it (bucketing_enabled, bucket_width 10,
   batch_type sentence). What is timed is exactly ``fit()``'s inner loop: ``data_io.collate`` of each
-  ``data_io.make_batches`` batch, then ``trainer._train_step``. ``fit()`` itself is not called
+  ``data_io.make_batches`` batch, then ``trainer.train_step``. ``fit()`` itself is not called
   because it ends with a checkpoint (validation, writing the model), which is not training; timing the
   loop directly needs no subtraction of a separately measured evaluation.
 - baseline: the same ``build_model`` under the same seed (the initial weights are checked to be
@@ -151,12 +151,12 @@ def run_ours(hp: Hyperparameters, corpus: Corpus, updates: int, warmup: int, dev
     trainer = Trainer(hp, model, optimizer, build_schedule(optimizer, hp), data, data, [], workdir, workdir, device)
     plan = batch_plan(lambda epoch: data_io.make_batches(data, trainer.config, epoch), warmup + updates)
     for indices in plan[:warmup]:
-        trainer._train_step(data_io.collate(data, indices).to(device))
+        trainer.train_step(data_io.collate(data, indices).to(device))
     timed = plan[warmup:]
     _sync(device)
     t0 = time.perf_counter()
     for indices in timed:
-        trainer._train_step(data_io.collate(data, indices).to(device))
+        trainer.train_step(data_io.collate(data, indices).to(device))
     _sync(device)
     seconds = time.perf_counter() - t0
     assert trainer.state.num_updates == warmup + updates

@@ -33,7 +33,7 @@ import torch
 
 from benchmarks.common import SAMPLE, PeakRSS
 from model.beam_search import beam_search, greedy_search
-from model.inference import InferenceConfig, Translator
+from model.translator import InferenceConfig, Translator
 from model.vocab import EOS_ID, UNK_ID
 from pipeline_tasks.transform import TransformConfig, transform
 

@@ -9,7 +9,7 @@ its peak RSS can be sampled alone, its threads are set by the same environment (
 and ``torch.set_num_threads``, and the benchmark driver itself never loads torch.
 
 - ``score`` is the product's own test-perplexity code, ``pipeline_tasks.evaluate.perplexity_on``:
-  sources prepared by ``model.inference.Translator`` (truncated to max_seq_len_source), targets mapped
+  sources prepared by ``model.translator.Translator`` (truncated to max_seq_len_source), targets mapped
   with the model's vocabulary and truncated to max_seq_len_target, scored by training's
   ``evaluate_likelihood``: plain NLL (no label smoothing) per target token, ``</s>`` counted.
 - ``translate`` is ``Translator.translate`` in ``tokens`` text format (the input is already
@@ -42,7 +42,7 @@ def _lines(path: str) -> list[str]:
 
 def score(a: argparse.Namespace) -> dict:
     """Validation NLL and perplexity of the model on (source, target) token files."""
-    from model.inference import InferenceConfig, Translator
+    from model.translator import InferenceConfig, Translator
     from pipeline_tasks.evaluate import perplexity_on
 
     translator = Translator.load(a.model, InferenceConfig(batch_size=a.batch_size, text_format="tokens"), "cpu")
@@ -56,7 +56,7 @@ def score(a: argparse.Namespace) -> dict:
 def translate(a: argparse.Namespace) -> dict:
     """Translate a token file; load and decode times apart."""
     from model import engines
-    from model.inference import InferenceConfig, Translator
+    from model.translator import InferenceConfig, Translator
 
     t0 = time.perf_counter()
     config = InferenceConfig(batch_size=a.batch_size, beam_size=a.beam_size, text_format="tokens", engine=a.engine,

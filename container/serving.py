@@ -1,9 +1,9 @@
 """The SageMaker inference HTTP contract (DESIGN §4) as an ASGI app (Starlette), and the event-loop worker
 that ``container/serve`` runs it in under gunicorn (uvicorn's HTTP protocol on an asyncio/uvloop loop).
 
-All translation and content-type logic lives in :func:`model.inference.invoke`, which batch transform and
+All translation and content-type logic lives in :func:`model.serving_codecs.invoke`, which batch transform and
 evaluation share, so this module only does what is HTTP-specific: reading the body within
-``SAGEMAKER_MAX_PAYLOAD_IN_MB``, mapping :class:`~model.inference.RequestError` to a status code with a
+``SAGEMAKER_MAX_PAYLOAD_IN_MB``, mapping :class:`~model.serving_codecs.RequestError` to a status code with a
 JSON ``{"error": …}`` body, and answering ``/ping`` and ``/execution-parameters``.
 
 Why an event loop and not a thread per connection: SageMaker takes a ``/ping`` that does not answer
@@ -44,9 +44,10 @@ from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from model import engines
-from model.constants import MODEL_FILES, TOKENIZER_FILE
-from model.inference import JSON, InferenceConfig, RequestError, Translator, invoke
+from model.constants import JSON_CONTENT_TYPE, MODEL_FILES, TOKENIZER_FILE
 from model.sagemaker import SageMakerPaths
+from model.serving_codecs import RequestError, invoke
+from model.translator import InferenceConfig, Translator
 
 log = logging.getLogger("serving")
 
@@ -171,7 +172,7 @@ def error_body(message: str) -> bytes:
 
 
 def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(error_body(message), status_code=status, media_type=JSON, headers=headers)
+    return Response(error_body(message), status_code=status, media_type=JSON_CONTENT_TYPE, headers=headers)
 
 
 class ClientGone(Exception):
@@ -217,12 +218,12 @@ def create_app(translator_factory: Callable[[], Translator] | None = None,
     pool = ThreadPoolExecutor(settings.threads, thread_name_prefix="decode")
 
     async def ping(request: Request) -> Response:
-        return Response(b'{"status": "ok"}\n', media_type=JSON)
+        return Response(b'{"status": "ok"}\n', media_type=JSON_CONTENT_TYPE)
 
     async def execution_parameters(request: Request) -> Response:
         body = {"MaxConcurrentTransforms": settings.workers, "BatchStrategy": "MULTI_RECORD",
                 "MaxPayloadInMB": settings.max_payload_mb}
-        return Response(json.dumps(body).encode(), media_type=JSON)
+        return Response(json.dumps(body).encode(), media_type=JSON_CONTENT_TYPE)
 
     async def invocations(request: Request) -> Response:
         try:

@@ -1,8 +1,8 @@
-"""Greedy and beam-search decoding over the :class:`~model.model.Decoder` step interface.
+"""Greedy and beam-search decoding over the :class:`~model.encoder_decoder.Decoder` step interface.
 
 One search drives every architecture because it only touches ``Seq2Seq.encode``,
-``decoder.init_state``, ``decoder.step``, :func:`~model.model.reorder_state` and
-:meth:`~model.model.EncoderOutput.index_select`.
+``decoder.init_state``, ``decoder.step``, :func:`~model.encoder_decoder.reorder_state` and
+:meth:`~model.encoder_decoder.EncoderOutput.index_select`.
 
 Ranking follows Sockeye 1.x, which the built-in SageMaker algorithm is built on; the best-ever record,
 the stopping bound and the shrinking batch are our additions and do not change what is ranked how:
@@ -36,7 +36,8 @@ from typing import overload
 import torch
 from torch import Tensor
 
-from model.model import EncoderOutput, Seq2Seq, reorder_state
+from model.encoder_decoder import EncoderOutput, reorder_state
+from model.model import Seq2Seq
 from model.vocab import BOS_ID, EOS_ID, PAD_ID
 
 NEG_INF = float("-inf")

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.encoder_decoder import Decoder, Encoder, EncoderOutput, selected
 from model.hyperparameters import Hyperparameters
-from model.model import Decoder, Encoder, EncoderOutput, selected
 from model.vocab import PAD_ID
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {

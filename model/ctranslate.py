@@ -1,5 +1,5 @@
 """CTranslate2 for our Transformer models: the export (``python -m model.ctranslate export MODEL_DIR``) and
-the decoding engine :class:`model.inference.Translator` uses when a model directory holds the export.
+the decoding engine :class:`model.translator.Translator` uses when a model directory holds the export.
 
 Why: CTranslate2 decodes a Transformer several times faster than our PyTorch search on a CPU, most of all
 with int8 weights (``compute_type=int8``), which is what CPU serving and batch transform pay for. The
@@ -67,6 +67,9 @@ EXPORT_FORMAT = 1
 DEFAULT_MAX_POSITIONS = 1024    # rows of the position tables: source tokens and decoding steps
 INT8_DIR = "int8"               # inside the export: the same model with int8 weights, for int8 compute types
 INT8_WEIGHT_MAX = 63            # 7 bits: see quantize_int8_7bit
+# CTranslate2's compute types (weights and arithmetic); int8 is the CPU speed path.
+COMPUTE_TYPES = ("default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
+                 "bfloat16", "float32")
 
 
 class ExportError(ValueError):
@@ -228,8 +231,6 @@ def export(model_dir: str | os.PathLike[str], compute_type: str = "int8", max_po
     export leaves the previous export (or none), never a partial one.
 
     `compute_type` is recorded as this model's default for decoding (``SEQ2SEQ_COMPUTE_TYPE`` overrides it)."""
-    from model.engines import COMPUTE_TYPES
-
     if compute_type not in COMPUTE_TYPES:
         raise ExportError(f"compute_type must be one of {', '.join(COMPUTE_TYPES)}, got {compute_type!r}")
     root = Path(model_dir)
@@ -420,8 +421,6 @@ class CTranslate2Engine:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m model.ctranslate export MODEL_DIR``: one line on success, one ``error: …`` line and
     exit status 1 on failure."""
-    from model.engines import COMPUTE_TYPES
-
     p = argparse.ArgumentParser(prog="python -m model.ctranslate", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     e = sub.add_parser("export", help="write MODEL_DIR/ctranslate2/ from a transformer model directory")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +85,7 @@ class ParallelData:
     def subset(self, indices: np.ndarray) -> ParallelData:
         src = [self.source(i) for i in indices]
         trg = [self.target(i) for i in indices]
-        return _from_lists(src, trg)
+        return from_lists(src, trg)
 
 
 def _offsets(lengths: list[int]) -> np.ndarray:
@@ -95,7 +94,9 @@ def _offsets(lengths: list[int]) -> np.ndarray:
     return out
 
 
-def _from_lists(src: list, trg: list) -> ParallelData:
+def from_lists(src: list, trg: list) -> ParallelData:
+    """Pairs held in memory (a subset, test pairs to score) in the layout a channel loads into, so that
+    batching, collation and scoring treat them as they treat a channel."""
     def flat(seqs: list) -> np.ndarray:
         return np.concatenate([np.asarray(s, dtype=np.int32) for s in seqs]) if seqs else np.zeros(0, np.int32)
 
@@ -161,7 +162,7 @@ def load_channel(
         "channel %s: %d pairs (%d truncated to %d/%d tokens, %d with an empty side skipped)",
         channel, len(src), truncated, max_seq_len_source, max_seq_len_target, skipped,
     )
-    return _from_lists(src, trg)
+    return from_lists(src, trg)
 
 
 @dataclass
@@ -302,11 +303,6 @@ def shard(batches: list[np.ndarray], rank: int, world_size: int) -> list[np.ndar
     that does not divide evenly is dropped) so that no rank waits forever in an all-reduce."""
     usable = (len(batches) // world_size) * world_size
     return batches[rank:usable:world_size]
-
-
-def iterate(data: ParallelData, batches: list[np.ndarray], start: int = 0) -> Iterator[Batch]:
-    for indices in batches[start:]:
-        yield collate(data, indices)
 
 
 def padding_fraction(data: ParallelData, batches: list[np.ndarray], side: str = "target") -> float:

@@ -1,4 +1,4 @@
-"""Which engine decodes for a :class:`model.inference.Translator`: our PyTorch search (fp32, or with
+"""Which engine decodes for a :class:`model.translator.Translator`: our PyTorch search (fp32, or with
 ``torch.ao`` dynamic int8 quantization on CPU), or CTranslate2 on the model directory's export.
 
 Selected per model (an export in ``MODEL_DIR/ctranslate2/`` and its recorded compute type) and per
@@ -39,9 +39,6 @@ from model.constants import MODEL_CONFIG_FILE
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "torch", "ctranslate2")
-# CTranslate2's compute types (weights and arithmetic); int8 is the CPU speed path.
-COMPUTE_TYPES = ("default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
-                 "bfloat16", "float32")
 QUANTIZE_MODES = ("none", "int8")
 
 

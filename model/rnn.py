@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from model.encoder_decoder import Decoder, Encoder, EncoderOutput, selected
 from model.hyperparameters import Hyperparameters
-from model.model import Decoder, Encoder, EncoderOutput, selected
 
 CELL_TYPES = ("lstm", "gru")
 ATTENTION_TYPES = ("dot", "bilinear", "mlp", "fixed")

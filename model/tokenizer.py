@@ -66,7 +66,9 @@ def _moses_detokenizer(lang: str):
 
 
 @lru_cache(maxsize=8)
-def _spm(path: str):
+def sentencepiece_processor(path: str):
+    """A ``sentencepiece.SentencePieceProcessor`` of the model at `path`, loaded once per process: tokenizing
+    applies it line by line. The library is imported only when a subword model is used."""
     import sentencepiece as spm
     return spm.SentencePieceProcessor(model_file=path)
 
@@ -111,7 +113,7 @@ class Tokenizer:
         text = pretokenize(line, self.cfg.mode, lang, self.cfg.moses_escape)
         model = self.cfg.bpe_model_file(lang)
         if model:
-            text = " ".join(_spm(str(self.dir / model)).encode(text, out_type=str))
+            text = " ".join(sentencepiece_processor(str(self.dir / model)).encode(text, out_type=str))
         return text
 
     def decode(self, tokens: str, side: str = "target") -> str:
@@ -119,7 +121,7 @@ class Tokenizer:
         lang = self._lang(side)
         model = self.cfg.bpe_model_file(lang)
         if model:
-            tokens = _spm(str(self.dir / model)).decode(tokens.split())
+            tokens = sentencepiece_processor(str(self.dir / model)).decode(tokens.split())
         if self.cfg.detokenizer == "moses":
             return _moses_detokenizer(lang).detokenize(tokens.split())
         return " ".join(tokens.split())

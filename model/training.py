@@ -1,5 +1,5 @@
 """The training loop: updates, checkpoints, evaluation, early stopping, resume — the built-in
-algorithm's semantics (DESIGN §4, seq2seq-hyperparameters.md) on PyTorch.
+algorithm's semantics (docs/ARCHITECTURE.md §4, seq2seq-hyperparameters.md) on PyTorch.
 
 Every ``checkpoint_frequency_num_batches`` updates the model is evaluated on the validation channel
 (perplexity and accuracy always, BLEU with beam search when ``bleu_sample_size`` asks for it or
@@ -18,25 +18,23 @@ import contextlib
 import logging
 import math
 import signal
-import threading
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from model import checkpoint as ckpt
 from model import data_io, metrics
-from model.beam_search import beam_search, length_factor, output_length_limits
+from model.checkpoint_decoder import bleu_sample, evaluate_bleu, evaluate_likelihood
 from model.constants import CHECKPOINT_FILE
 from model.hyperparameters import Hyperparameters
+from model.loss import forward_real, token_losses
 from model.optim import LearningRateSchedule, clip_gradients
-from model.vocab import PAD_ID
+from model.precision import autocast_context
+from model.progress import Progress, format_duration
 
 log = logging.getLogger(__name__)
 
@@ -74,33 +72,6 @@ class TrainingState:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA by default (``precision=auto``); fp32 on CPU unless bf16 is asked for."""
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def token_losses(logits: torch.Tensor, targets: torch.Tensor, label_smoothing: float) -> tuple[torch.Tensor, ...]:
-    """(smoothed loss sum, NLL sum, correct count) over the real (non-pad) target tokens.
-
-    ``logits`` are ``…×V`` for ``targets`` of shape ``…``: the padded ``B×T`` grid, or the real positions
-    only (``N``, as :func:`forward_real` gives them). The NLL is kept apart from the smoothed loss because
-    perplexity must be the model's real likelihood, whatever smoothing the optimisation uses."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    mask = targets != PAD_ID
-    nll = -logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    nll = nll.masked_fill(~mask, 0.0)
-    if label_smoothing > 0:
-        smooth = -logp.mean(dim=-1).masked_fill(~mask, 0.0)
-        loss = (1.0 - label_smoothing) * nll.sum() + label_smoothing * smooth.sum()
-    else:
-        loss = nll.sum()
-    correct = ((logp.argmax(-1) == targets) & mask).sum()
-    return loss, nll.sum().detach(), correct.detach()
-
-
 def compile_for_training(model: nn.Module, hp: Hyperparameters, device: torch.device) -> nn.Module:
     """The model the training step runs: ``torch.compile``d (dynamic shapes, since every batch has its own)
     when ``torch_compile`` asks for it, else the model itself. Evaluation and search always run the plain
@@ -109,81 +80,6 @@ def compile_for_training(model: nn.Module, hp: Hyperparameters, device: torch.de
         return model
     log.info("compiling the training step with torch.compile (the first updates take longer)")
     return torch.compile(model, dynamic=True)
-
-
-def forward_real(model: nn.Module, batch: data_io.Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits at the real target positions only (``N×V``) and their targets (``N``): the output layer and
-    the softmax never run on padding."""
-    select = batch.trg_out != PAD_ID
-    return model(batch.src, batch.lengths, batch.trg_in, select), batch.trg_out[select]
-
-
-@torch.inference_mode()
-def evaluate_likelihood(model: nn.Module, data: data_io.ParallelData, batch_size: int,
-                        device: torch.device, precision: str) -> dict[str, float]:
-    """Validation perplexity (exp mean NLL, ``</s>`` counted, ``<pad>`` not) and token accuracy."""
-    was_training = model.training
-    model.eval()
-    total_nll = 0.0
-    correct = tokens = 0
-    try:
-        for indices in data_io.evaluation_batches(data, batch_size):
-            batch = data_io.collate(data, indices).to(device)
-            with autocast_context(device, precision):
-                logits, targets = forward_real(model, batch)
-            _, nll, corr = token_losses(logits, targets, 0.0)
-            total_nll += float(nll)
-            correct += int(corr)
-            tokens += batch.num_target_tokens
-    finally:
-        model.train(was_training)
-    return {"perplexity": metrics.perplexity(total_nll, tokens), "accuracy": correct / tokens if tokens else 0.0,
-            "nll": total_nll, "tokens": tokens}
-
-
-def bleu_sample(num_pairs: int, hp: Hyperparameters) -> np.ndarray | None:
-    """Which validation pairs BLEU is computed on: fixed for the whole run so checkpoints compare.
-
-    ``bleu_sample_size`` -1 is all of them, 0 none — except that ``optimized_metric=bleu`` needs BLEU,
-    so 0 then means all (the AWS example sets optimized_metric=bleu and leaves the sample size alone)."""
-    n = hp.bleu_sample_size
-    if n == 0 and hp.optimized_metric == "bleu":
-        n = -1
-    if n == 0:
-        return None
-    if n < 0 or n >= num_pairs:
-        return np.arange(num_pairs)
-    rng = np.random.default_rng(hp.seed)
-    return np.sort(rng.choice(num_pairs, size=n, replace=False))
-
-
-def evaluate_bleu(model: nn.Module, data: data_io.ParallelData, indices: np.ndarray, hp: Hyperparameters,
-                  target_tokens: list[str], device: torch.device, batch_size: int = 32,
-                  length_ratio: tuple[float, float] | None = None) -> float:
-    """Token-level BLEU of beam-search output against the validation targets (the algorithm's view), with
-    the output length limits serving uses (``length_ratio`` of the training data)."""
-    was_training = model.training
-    model.eval()
-    hyps: dict[int, str] = {}
-    refs: dict[int, str] = {}
-    subset = data.subset(indices)
-    factor = length_factor(length_ratio)
-    try:
-        for batch_indices in data_io.evaluation_batches(subset, batch_size):
-            batch = data_io.collate(subset, batch_indices).to(device)
-            with autocast_context(device, hp.precision):
-                out = beam_search(model, batch.src, batch.lengths, beam_size=hp.beam_size,
-                                  max_output_length=output_length_limits(batch.lengths, factor,
-                                                                         hp.max_seq_len_target + 1),
-                                  length_penalty_alpha=hp.length_penalty_alpha,
-                                  length_penalty_beta=hp.length_penalty_beta)
-            for i, translation in zip(batch_indices.tolist(), out):
-                hyps[i] = " ".join(target_tokens[t] for t in translation.tokens)
-                refs[i] = " ".join(target_tokens[t] for t in subset.target(i))
-    finally:
-        model.train(was_training)
-    order = sorted(hyps)
-    return metrics.corpus_bleu([hyps[i] for i in order], [refs[i] for i in order])
 
 
 class StopSignal:
@@ -222,7 +118,6 @@ class Trainer:
         checkpoint_dir: Path,
         device: torch.device,
         dist: DistInfo | None = None,
-        emit: Callable[[Mapping[str, float]], None] = metrics.emit,
     ) -> None:
         self.hp = hp
         self.model = model
@@ -235,7 +130,6 @@ class Trainer:
         self.checkpoint_dir = checkpoint_dir
         self.device = device
         self.dist = dist or DistInfo()
-        self.emit = emit
         self.config = data_io.DataConfig.from_hyperparameters(hp)
         self.state = TrainingState()
         self.bleu_indices = bleu_sample(len(val_data), hp)
@@ -244,7 +138,7 @@ class Trainer:
             1, hp.batch_size // (hp.max_seq_len_target + 1))
         self._window = {"loss": 0.0, "nll": 0.0, "correct": 0, "tokens": 0}
         self._clock_start: tuple[float, float] | None = None  # (monotonic time, state.seconds) when fit began
-        self._step_model: nn.Module | None = None  # what _train_step runs: the model, or it compiled
+        self._step_model: nn.Module | None = None  # what train_step runs: the model, or it compiled
         self._step_sums: list[torch.Tensor] = []  # loss, NLL, correct of the steps not yet in _window
 
     # --- checkpoints -------------------------------------------------------------------------------
@@ -252,7 +146,7 @@ class Trainer:
     def checkpoint_file(self) -> Path:
         return self.checkpoint_dir / CHECKPOINT_FILE
 
-    def _tick(self) -> float:
+    def tick(self) -> float:
         """The training loop's wall-clock seconds so far, over every run of the job (kept in the state,
         so that ``max_training_seconds`` is one budget for a job however often it is restarted)."""
         if self._clock_start is not None:
@@ -261,7 +155,7 @@ class Trainer:
         return self.state.seconds
 
     def save_checkpoint(self) -> None:
-        self._tick()
+        self.tick()
         if not self.dist.is_main:
             return
         ckpt.torch_save(self.checkpoint_file, {
@@ -340,7 +234,7 @@ class Trainer:
             values["validation:bleu"] = evaluate_bleu(model, self.val_data, self.bleu_indices, self.hp,
                                                       self.target_tokens, self.device,
                                                       length_ratio=self.length_ratio)
-        self.emit(values)
+        metrics.emit(values)
         current = values[f"validation:{self.hp.optimized_metric}"]
         improved = metrics.is_better(self.hp.optimized_metric, current, self.state.best_metric)
         self._count_checkpoint(improved)
@@ -388,7 +282,7 @@ class Trainer:
         (loss / batch.num_target_tokens).backward()
         return loss, nll, correct
 
-    def _train_step(self, batch: data_io.Batch) -> None:
+    def train_step(self, batch: data_io.Batch) -> None:
         step_model = self._step_model or self.model
         try:
             loss, nll, correct = self._forward_backward(step_model, batch)
@@ -459,9 +353,9 @@ class Trainer:
                 if self.dist.is_main and self.state.batch_in_epoch == 0:
                     log.info("epoch %d: %s", self.state.epoch + 1, data_io.describe_batches(self.train_data, batches))
                 for i in range(self.state.batch_in_epoch, len(batches)):
-                    self._train_step(data_io.collate(self.train_data, batches[i]).to(self.device))
+                    self.train_step(data_io.collate(self.train_data, batches[i]).to(self.device))
                     self.state.batch_in_epoch = i + 1
-                    seconds = self._tick()
+                    seconds = self.tick()
                     out_of_time = hp.max_training_seconds is not None and seconds >= hp.max_training_seconds
                     sigterm, out_of_time = self._stops_agreed(stop_signal, out_of_time)
                     if sigterm:
@@ -496,7 +390,7 @@ class Trainer:
                      self.state.stop_reason, self.state.num_updates,
                      progress.updates_done if progress else 0,
                      (progress.tokens_done if progress else 0) * self.dist.world_size / max(train_s, 1e-9),
-                     _duration(train_s), _duration(eval_s), hp.optimized_metric,
+                     format_duration(train_s), format_duration(eval_s), hp.optimized_metric,
                      self.state.best_metric if self.state.best_metric is not None else math.nan,
                      self.state.best_checkpoint)
         return self.state
@@ -506,100 +400,3 @@ class Trainer:
             return self.checkpoint()
         with progress.phase(f"checkpoint {self.state.num_checkpoints + 1}: validating"):
             return self.checkpoint()
-
-
-class Progress:
-    """A progress line at least every `interval` seconds, from a daemon thread, so that neither a slow
-    batch nor a long validation leaves the task log silent. Rates are over the last window (since the
-    previous line), not since the start, so they show what the job does now; time spent in checkpoints
-    and validation is counted apart from training time."""
-
-    def __init__(self, trainer: Trainer, interval: float) -> None:
-        self.trainer = trainer
-        self.interval = interval
-        self.num_batches = 0
-        self.checkpoint_seconds = 0.0
-        self._started = time.monotonic()
-        self._phase: str | None = None
-        self._phase_started = 0.0
-        self._start_updates = trainer.state.num_updates
-        self._start_tokens = trainer.state.target_tokens
-        self._mark = (self._started, self._start_updates, self._start_tokens, 0.0)
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="training-progress", daemon=True)
-
-    @property
-    def updates_done(self) -> int:
-        return self.trainer.state.num_updates - self._start_updates
-
-    @property
-    def tokens_done(self) -> int:
-        return self.trainer.state.target_tokens - self._start_tokens
-
-    @property
-    def training_seconds(self) -> float:
-        return time.monotonic() - self._started - self.checkpoint_seconds - self._current_phase_seconds()
-
-    def _current_phase_seconds(self) -> float:
-        return time.monotonic() - self._phase_started if self._phase else 0.0
-
-    def __enter__(self) -> Progress:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=5)
-
-    @contextlib.contextmanager
-    def phase(self, what: str) -> Any:
-        with self._lock:
-            self._phase, self._phase_started = what, time.monotonic()
-        try:
-            yield
-        finally:
-            with self._lock:
-                self.checkpoint_seconds += time.monotonic() - self._phase_started
-                self._phase = None
-
-    def _run(self) -> None:
-        while not self._done.wait(self.interval):
-            try:
-                self.log_line()
-            except Exception:  # progress must never take training down
-                log.debug("progress line failed", exc_info=True)
-
-    def log_line(self) -> None:
-        with self._lock:
-            phase, phase_started = self._phase, self._phase_started
-            now = time.monotonic()
-            state = self.trainer.state
-            t0, u0, k0, c0 = self._mark
-            self._mark = (now, state.num_updates, state.target_tokens, self.checkpoint_seconds)
-        if phase:
-            log.info("%s (%s so far; update %d)", phase, _duration(now - phase_started), state.num_updates)
-            return
-        hp = self.trainer.hp
-        window = max(now - t0 - (self.checkpoint_seconds - c0), 1e-9)
-        updates, tokens = state.num_updates - u0, state.target_tokens - k0
-        rate = updates / window
-        if hp.max_num_batches > 0:
-            remaining = hp.max_num_batches - state.num_updates
-            target = f"update {state.num_updates}/{hp.max_num_batches}"
-        else:
-            remaining = self.num_batches - state.batch_in_epoch
-            target = f"update {state.num_updates}"
-        eta = _duration(remaining / rate if rate else math.inf) + ("" if hp.max_num_batches > 0 else " (epoch)")
-        if hp.max_training_seconds is not None:
-            eta += f", time budget {_duration(max(hp.max_training_seconds - self.trainer._tick(), 0.0))} left"
-        log.info("epoch %d batch %d/%d, %s; last %s: %.2f updates/s, %.0f target tokens/s; lr %.3g, ETA %s",
-                 state.epoch + 1, state.batch_in_epoch, self.num_batches, target, _duration(window), rate,
-                 tokens * self.trainer.dist.world_size / window, self.trainer.schedule.current_lr, eta)
-
-
-def _duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    s = int(seconds)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

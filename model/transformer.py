@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.encoder_decoder import Decoder, Encoder, EncoderOutput, selected, source_mask
 from model.hyperparameters import Hyperparameters
-from model.model import Decoder, Encoder, EncoderOutput, selected, source_mask
 from model.vocab import PAD_ID
 
 POSITIONAL_TYPES = ("fixed", "learned")
@@ -238,7 +238,7 @@ class TransformerDecoder(Decoder):
 
     The search state holds, per layer ``l``, the cross-attention keys/values ``ck{l}``/``cv{l}``
     (``B×S×D``, computed once in :meth:`init_state`) and the self-attention cache ``sk{l}``/``sv{l}``
-    (``B×t×D`` after ``t`` steps), all batch-first for :func:`model.model.reorder_state`.
+    (``B×t×D`` after ``t`` steps), all batch-first for :func:`model.encoder_decoder.reorder_state`.
     """
 
     def __init__(self, hp: Hyperparameters, vocab_size: int, encoder_size: int) -> None:

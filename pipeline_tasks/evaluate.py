@@ -13,7 +13,7 @@ What it writes into the output folder, atomically (a failure leaves no half-writ
   was evaluated (model and data checksums, decoding settings), with the commands that recompute them;
 - ``report/``: learning curves and attention heatmaps as PNGs with an HTML page (pipeline_tasks/report.py).
 
-Translation goes through model.inference.Translator, the same code path as serving and batch transform,
+Translation goes through model.translator.Translator, the same code path as serving and batch transform,
 so the evaluated model is the model users get.
 """
 
@@ -121,7 +121,7 @@ class Translated:
 
     hypotheses: list[str]        # detokenized (or tokens, for text_format=tokens)
     hypotheses_tok: list[str]    # model tokens
-    sources: list[Any]           # model.inference.Source as the model saw it (truncated); None: nothing to translate
+    sources: list[Any]           # model.translator.Source as the model saw it (truncated); None: nothing to translate
     empty_lines: list[int]       # 1-based line numbers of sources with nothing to translate
     truncated_sources: int
     examples: list[dict[str, Any]]
@@ -140,7 +140,7 @@ def _chunks(n: int, size: int) -> Iterator[range]:
 
 def translate_lines(translator: Any, sources: Sequence[str], cfg: EvaluateConfig) -> Translated:
     """Translate every line; blank (or untokenizable) sources get an empty hypothesis and are counted."""
-    from model.inference import InputError
+    from model.translator import InputError
 
     hyps: list[str] = [""] * len(sources)
     hyps_tok: list[str] = [""] * len(sources)
@@ -205,13 +205,13 @@ def perplexity_on(translator: Any, sources: Sequence[Any], references_tok: Seque
                   batch_size: int) -> dict[str, Any]:
     """exp(mean token NLL) of the reference given the source, ``</s>`` counted, ``<pad>`` not (docs/ARCHITECTURE.md §7).
 
-    `sources` are model.inference.Source items as the translator prepared them (already truncated to
+    `sources` are model.translator.Source items as the translator prepared them (already truncated to
     max_seq_len_source; None for a blank line). Targets are prepared as training prepares them (same
     vocabulary, ``<unk>`` for unknown tokens, truncation to max_seq_len_target), pairs with a blank side
     are skipped as training skips them, and the pairs are scored by training's own evaluate_likelihood,
     so test and validation perplexity mean the same thing."""
     from model import data_io
-    from model.training import evaluate_likelihood
+    from model.checkpoint_decoder import evaluate_likelihood
     from model.vocab import UNK_ID
 
     loaded = translator.loaded
@@ -234,7 +234,7 @@ def perplexity_on(translator: Any, sources: Sequence[Any], references_tok: Seque
     if not src_ids:
         log.warning("no pair with both sides non-blank: no test perplexity")
         return {**result, "perplexity": None, "accuracy": None, "nll_sum": 0.0, "tokens": 0}
-    data = data_io._from_lists(src_ids, trg_ids)
+    data = data_io.from_lists(src_ids, trg_ids)
     lik = evaluate_likelihood(loaded.model, data, batch_size, translator.device, loaded.hp.precision)
     return {**result, "perplexity": lik["perplexity"], "accuracy": lik["accuracy"], "nll_sum": lik["nll"],
             "tokens": lik["tokens"], "mean_nll": lik["nll"] / lik["tokens"]}
@@ -290,7 +290,7 @@ def evaluate(model_dir: str | os.PathLike[str], source: str | os.PathLike[str], 
     import torch
 
     from model import metrics as model_metrics
-    from model.inference import InferenceConfig, Translator
+    from model.translator import InferenceConfig, Translator
 
     cfg = cfg or EvaluateConfig()
     started = time.monotonic()

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from model.constants import TOKENIZER_FILE
-from model.tokenizer import DETOKENIZERS, MODES, Tokenizer, TokenizerConfig, _spm, pretokenize
+from model.tokenizer import DETOKENIZERS, MODES, Tokenizer, TokenizerConfig, pretokenize, sentencepiece_processor
 from pipeline_tasks.atomic import staged_dir
 from pipeline_tasks.parallel import WorkerPool, default_workers
 from pipeline_tasks.progress import Progress
@@ -72,7 +72,7 @@ def _train_bpe(inputs: list[Path], model_prefix: Path, cfg: TokenizerConfig, wor
 
 
 def _apply_bpe(src: Path, dst: Path, model: Path) -> None:
-    sp = _spm(str(model))
+    sp = sentencepiece_processor(str(model))
     with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
         while lines := f.readlines(1 << 22):
             pieces = sp.encode([line.rstrip("\n") for line in lines], out_type=str)

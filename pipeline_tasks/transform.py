@@ -227,7 +227,7 @@ class TransformConfig:
         self.inference_config()  # validates the rest
 
     def inference_config(self):
-        from model.inference import InferenceConfig
+        from model.translator import InferenceConfig
 
         return InferenceConfig(batch_size=self.batch_size, beam_size=self.beam_size,
                                max_output_length=self.max_output_length, text_format=self.text_format,
@@ -294,7 +294,8 @@ def transform(model: str | os.PathLike[str], input_uri: str, output_uri: str,
     Progress is logged every `progress_interval_s` (:data:`PROGRESS_INTERVAL_S`), counted per decoded
     batch, so a chunk that takes minutes still shows its lines coming."""
     from model import engines
-    from model.inference import RequestError, Translator, encode_jsonlines, translate_jsonlines
+    from model.serving_codecs import RequestError, encode_jsonlines, translate_jsonlines
+    from model.translator import Translator
 
     cfg = cfg or TransformConfig()
     input_uri, output_uri = os.fspath(input_uri), os.fspath(output_uri)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from model.model import Decoder, EncoderOutput
+from model.encoder_decoder import Decoder, EncoderOutput
 
 
 def stepwise(decoder: Decoder, enc: EncoderOutput, trg_in: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Decode ``trg_in`` the way beam search does, one ``step`` per position from ``init_state``, so tests
-    can hold it against the teacher-forced ``forward`` (the contract in :class:`model.model.Decoder`).
+    can hold it against the teacher-forced ``forward`` (the contract in :class:`model.encoder_decoder.Decoder`).
 
     Returns ``B×T×V`` logits, ``B×T×S`` attention weights and the state after the last position.
     Runs under ``torch.no_grad``; an autocast the caller has entered still applies.

@@ -18,8 +18,10 @@ import torch
 
 from model import ctranslate
 from model.beam_search import beam_search, greedy_search, output_length_limits
-from model.inference import JSON, JSONLINES, InferenceConfig, Translator, invoke
+from model.constants import JSON_CONTENT_TYPE, JSONLINES_CONTENT_TYPE
 from model.metrics import corpus_bleu as bleu
+from model.serving_codecs import invoke
+from model.translator import InferenceConfig, Translator
 from pipeline_tasks.transform import TransformConfig, transform
 from tests.models import jsonlines
 
@@ -117,12 +119,12 @@ def test_the_serving_contract_is_unchanged(exported):
     ct2 = load(exported)  # auto: the export, int8 (its recorded compute type)
     assert ct2.engine is not None and ct2.engine.compute_type == "int8"
     inputs = texts(50, seed=4, lo=3, hi=8)
-    body, ctype = invoke(ct2, jsonlines(inputs), JSONLINES)
+    body, ctype = invoke(ct2, jsonlines(inputs), JSONLINES_CONTENT_TYPE)
     got = [json.loads(line)["target"] for line in body.decode().splitlines()]
-    assert ctype == JSONLINES and len(got) == 50 and sum(a == b for a, b in zip(got, inputs)) >= 47
+    assert ctype == JSONLINES_CONTENT_TYPE and len(got) == 50 and sum(a == b for a, b in zip(got, inputs)) >= 47
     request = {"instances": [{"data": "a b c d", "configuration": {"attention_matrix": "true"}}, {"data": "p o"}]}
-    a = json.loads(invoke(ct2, json.dumps(request).encode(), JSON)[0])["predictions"]
-    b = json.loads(invoke(torch_t, json.dumps(request).encode(), JSON)[0])["predictions"]
+    a = json.loads(invoke(ct2, json.dumps(request).encode(), JSON_CONTENT_TYPE)[0])["predictions"]
+    b = json.loads(invoke(torch_t, json.dumps(request).encode(), JSON_CONTENT_TYPE)[0])["predictions"]
     assert [p["target"] for p in a] == [p["target"] for p in b] == ["a b c d", "p o"]
     assert a[0]["source_tokens"] == a[0]["target_tokens"] == ["a", "b", "c", "d"] and "matrix" not in a[1]
     matrix = np.array(a[0]["matrix"])

@@ -29,7 +29,8 @@ import pytest
 import requests
 
 from model import record_pb2, recordio
-from model.inference import JSON, JSONLINES, RECORDIO, InferenceConfig, Translator
+from model.constants import JSON_CONTENT_TYPE, JSONLINES_CONTENT_TYPE, RECORDIO_CONTENT_TYPE
+from model.translator import InferenceConfig, Translator
 from tests.conftest import ROOT
 from tests.models import jsonlines, records, sentences
 
@@ -153,7 +154,7 @@ def reference(copy_model):
     return translate
 
 
-def post(server: Running, body: bytes | Iterator[bytes], content_type: str | None = JSONLINES,
+def post(server: Running, body: bytes | Iterator[bytes], content_type: str | None = JSONLINES_CONTENT_TYPE,
          accept: str | None = None) -> requests.Response:
     headers = {k: v for k, v in (("Content-Type", content_type), ("Accept", accept)) if v is not None}
     return requests.post(server.url + "/invocations", data=body, headers=headers, timeout=60)
@@ -177,16 +178,16 @@ def test_ping_and_execution_parameters(server):
 
 def test_jsonlines(server):
     texts = sentences(30, seed=1)
-    r = post(server, jsonlines(texts), accept=JSONLINES)
-    assert r.status_code == 200 and r.headers["Content-Type"] == JSONLINES
+    r = post(server, jsonlines(texts), accept=JSONLINES_CONTENT_TYPE)
+    assert r.status_code == 200 and r.headers["Content-Type"] == JSONLINES_CONTENT_TYPE
     assert targets(r.content) == texts
 
 
 def test_json_with_attention_matrix(server):
     request = {"instances": [{"data": "a b c d", "configuration": {"attention_matrix": "true"}},
                              {"data": "p o n m l k"}]}
-    r = post(server, json.dumps(request).encode(), JSON, accept=JSON)
-    assert r.status_code == 200 and r.headers["Content-Type"] == JSON
+    r = post(server, json.dumps(request).encode(), JSON_CONTENT_TYPE, accept=JSON_CONTENT_TYPE)
+    assert r.status_code == 200 and r.headers["Content-Type"] == JSON_CONTENT_TYPE
     first, second = r.json()["predictions"]
     assert (first["target"], second) == ("a b c d", {"target": "p o n m l k"})
     assert len(first["matrix"]) == 4 and {len(row) for row in first["matrix"]} == {4}
@@ -194,34 +195,35 @@ def test_json_with_attention_matrix(server):
 
 def test_recordio(server):
     ids = [[4, 5, 6], [19, 18, 17, 16, 15], [7, 7, 8]]
-    r = post(server, records(ids), RECORDIO, accept=RECORDIO)
-    assert r.status_code == 200 and r.headers["Content-Type"] == RECORDIO
+    r = post(server, records(ids), RECORDIO_CONTENT_TYPE, accept=RECORDIO_CONTENT_TYPE)
+    assert r.status_code == 200 and r.headers["Content-Type"] == RECORDIO_CONTENT_TYPE
     out = [record_pb2.Record.FromString(p) for _, p in recordio.iter_frames(io.BytesIO(r.content), "response")]
     assert [list(rec.features["target"].int32_tensor.values) for rec in out] == ids
 
 
 @pytest.mark.parametrize(("body", "content_type", "accept", "status", "expected"), [
-    (b'{"instances": [{"data": "a b"', JSON, None, 400, "not valid JSON"),
-    (b'{"source": "a b"}\n{"source": "c d"}\n{"text": "e"}\n', JSONLINES, None, 400,
+    (b'{"instances": [{"data": "a b"', JSON_CONTENT_TYPE, None, 400, "not valid JSON"),
+    (b'{"source": "a b"}\n{"source": "c d"}\n{"text": "e"}\n', JSONLINES_CONTENT_TYPE, None, 400,
      'line 3: expected an object with "source"'),
-    (b'{"source": "a b"}\n{"source": ""}\n', JSONLINES, None, 400, "line 2: empty source"),
-    (b'{"source": "a b zz c"}\n', JSONLINES, None, 400, "line 1: 1 token(s) not in the source vocabulary: 'zz'"),
-    (b"", JSONLINES, None, 400, "empty request"),
-    (records([[4, 5], [4, 999]]), RECORDIO, None, 400, "record 2: source id(s) 999 not allowed"),
-    (b"\x00\x01\x02\x03\x04\x05\x06\x07", RECORDIO, None, 400, "request body"),
+    (b'{"source": "a b"}\n{"source": ""}\n', JSONLINES_CONTENT_TYPE, None, 400, "line 2: empty source"),
+    (b'{"source": "a b zz c"}\n', JSONLINES_CONTENT_TYPE, None, 400,
+     "line 1: 1 token(s) not in the source vocabulary: 'zz'"),
+    (b"", JSONLINES_CONTENT_TYPE, None, 400, "empty request"),
+    (records([[4, 5], [4, 999]]), RECORDIO_CONTENT_TYPE, None, 400, "record 2: source id(s) 999 not allowed"),
+    (b"\x00\x01\x02\x03\x04\x05\x06\x07", RECORDIO_CONTENT_TYPE, None, 400, "request body"),
     (b"a b c", "text/csv", None, 415, "'text/csv' is not supported"),
     (b"a b c", None, None, 415, "is not supported"),
-    (b'{"source": "a b"}\n', JSONLINES, "text/csv", 406, "cannot answer a application/jsonlines request"),
+    (b'{"source": "a b"}\n', JSONLINES_CONTENT_TYPE, "text/csv", 406, "cannot answer a application/jsonlines request"),
     # the client's mistakes that used to be 500s: a lone surrogate, nesting too deep to decode, a huge integer
-    (b'{"source": "a b"}\n{"source": "c \\ud800 d"}\n', JSONLINES, None, 400,
+    (b'{"source": "a b"}\n{"source": "c \\ud800 d"}\n', JSONLINES_CONTENT_TYPE, None, 400,
      "line 2: not valid Unicode: a lone surrogate U+D800 at character 2"),
-    (b'{"instances": [{"data": "a b"}, {"data": "\\udfff"}]}', JSON, None, 400,
+    (b'{"instances": [{"data": "a b"}, {"data": "\\udfff"}]}', JSON_CONTENT_TYPE, None, 400,
      "instances[1]: not valid Unicode: a lone surrogate U+DFFF"),
-    (b'{"source": "a b"}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n", JSONLINES, None, 400,
+    (b'{"source": "a b"}\n' + b"[" * 100_000 + b"]" * 100_000 + b"\n", JSONLINES_CONTENT_TYPE, None, 400,
      "line 2: JSON nested too deeply to decode (arrays/objects: over 100 levels at character 100)"),
-    (b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", JSON, None, 400,
+    (b'{"instances": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", JSON_CONTENT_TYPE, None, 400,
      "request body is JSON nested too deeply to decode"),
-    (b'{"source": ' + b"7" * 5000 + b"}\n", JSONLINES, None, 400, "line 1: JSON that cannot be decoded"),
+    (b'{"source": ' + b"7" * 5000 + b"}\n", JSONLINES_CONTENT_TYPE, None, 400, "line 1: JSON that cannot be decoded"),
 ])
 def test_bad_request_is_4xx_with_a_message_and_the_server_carries_on(server, body, content_type, accept, status,
                                                                      expected):
@@ -377,11 +379,11 @@ def test_unexpected_error_is_500_logged_with_traceback_and_the_app_carries_on(ap
     real = translator.translate
     monkeypatch.setattr(translator, "translate", lambda *a, **k: [][0])
     with caplog.at_level(logging.ERROR, logger="serving"):
-        r = client.post("/invocations", content=jsonlines(["a b c"]), headers={"Content-Type": JSONLINES})
+        r = client.post("/invocations", content=jsonlines(["a b c"]), headers={"Content-Type": JSONLINES_CONTENT_TYPE})
     assert r.status_code == 500 and "IndexError" in r.json()["error"]
     assert any(rec.exc_info and rec.exc_info[0] is IndexError for rec in caplog.records)
     monkeypatch.setattr(translator, "translate", real)
-    r = client.post("/invocations", content=jsonlines(["a b c"]), headers={"Content-Type": JSONLINES})
+    r = client.post("/invocations", content=jsonlines(["a b c"]), headers={"Content-Type": JSONLINES_CONTENT_TYPE})
     assert r.status_code == 200 and targets(r.content) == ["a b c"]
     assert client.get("/ping").status_code == 200
 
@@ -394,7 +396,7 @@ def test_lone_surrogate_with_the_sentencepiece_tokenizer_is_the_clients_error(wm
                                  "cpu")
     body = b'{"source": "Thank you ."}\n{"source": "Thank \\ud83d you ."}\n{"source": "Good morning ."}\n'
     for client in app_test_client(translator):
-        r = client.post("/invocations", content=body, headers={"Content-Type": JSONLINES})
+        r = client.post("/invocations", content=body, headers={"Content-Type": JSONLINES_CONTENT_TYPE})
         if on_error == "fail":
             assert r.status_code == 400 and r.json()["error"].startswith("line 2: not valid Unicode: a lone surrogate "
                                                                          "U+D83D at character 6"), r.text
@@ -494,7 +496,7 @@ def test_slow_clients_do_not_hold_up_ping_or_short_requests(default_server):
         latencies = [ping_latency(default_server) for _ in range(5)]
         texts = sentences(5, seed=3)
         r = requests.post(default_server.url + "/invocations", data=jsonlines(texts),
-                          headers={"Content-Type": JSONLINES}, timeout=5)
+                          headers={"Content-Type": JSONLINES_CONTENT_TYPE}, timeout=5)
         assert r.status_code == 200 and targets(r.content) == texts
         assert all(after is None for after in slow.closed_after), "still trickling: not cut off yet"
     finally:

@@ -37,7 +37,7 @@ TINY = {
 def held_out_bleu(model_dir, reverse: bool, search: str = "beam") -> float:
     loaded = load_model(model_dir)
     test = pairs(sequences(200, seed=99), reverse)
-    data = data_io._from_lists([s for s, _ in test], [t for _, t in test])
+    data = data_io.from_lists([s for s, _ in test], [t for _, t in test])
     batch = data_io.collate(data, np.arange(len(test)))
     if search == "beam":
         out = beam_search(loaded.model, batch.src, batch.lengths, beam_size=5, max_output_length=21)

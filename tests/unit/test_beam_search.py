@@ -18,7 +18,8 @@ from model.beam_search import (
     length_penalty,
     output_length_limits,
 )
-from model.model import Decoder, Encoder, EncoderOutput, Seq2Seq
+from model.encoder_decoder import Decoder, Encoder, EncoderOutput
+from model.model import Seq2Seq
 from model.vocab import BOS_ID, EOS_ID, PAD_ID, UNK_ID
 
 A, B, C = 4, 5, 6  # the toy target words

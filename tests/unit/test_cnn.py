@@ -8,8 +8,9 @@ import torch
 from torch import Tensor
 
 from model.cnn import CnnDecoder, CnnEncoder
+from model.encoder_decoder import EncoderOutput, reorder_state
 from model.hyperparameters import Hyperparameters
-from model.model import EncoderOutput, Seq2Seq, initialize, reorder_state, tie_weights
+from model.model import Seq2Seq, initialize, tie_weights
 from model.vocab import BOS_ID, EOS_ID, PAD_ID
 from tests.torch_helpers import stepwise
 

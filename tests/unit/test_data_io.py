@@ -111,7 +111,7 @@ def sample_lengths(max_len=60):
     root = Path(__file__).resolve().parents[2] / "pipeline_tasks" / "sample_data" / "wmt-toy-ende"
     en = (root / "train.en").read_text(encoding="utf-8").splitlines()
     de = (root / "train.de").read_text(encoding="utf-8").splitlines()
-    return data_io._from_lists([[4] * min(len(a.split()), max_len) for a in en],
+    return data_io.from_lists([[4] * min(len(a.split()), max_len) for a in en],
                                [[4] * min(len(b.split()), max_len) for b in de])
 
 

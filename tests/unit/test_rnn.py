@@ -8,8 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
+from model.encoder_decoder import EncoderOutput, reorder_state
 from model.hyperparameters import Hyperparameters
-from model.model import EncoderOutput, Seq2Seq, initialize, reorder_state, tie_weights
+from model.model import Seq2Seq, initialize, tie_weights
 from model.rnn import RnnDecoder, RnnEncoder
 from model.vocab import BOS_ID, EOS_ID, PAD_ID
 from tests.torch_helpers import stepwise

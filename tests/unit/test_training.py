@@ -1,4 +1,4 @@
-"""The training loop's rules: losses, stopping, epochs, precision — on the tiny copy task."""
+"""The training loop's rules: stopping, epochs, precision — on the tiny copy task."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from model import metrics
 from model.sagemaker import SageMakerPaths
 from model.train import run
-from model.training import bleu_sample, token_losses
 from tests.system.copy_task import make_sagemaker_tree
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -25,23 +23,6 @@ def train(tmp_path, **hp) -> dict:
     root = make_sagemaker_tree(tmp_path, {**TINY, **hp}, n_train=160, n_val=20)
     assert run(SageMakerPaths(root)) == 0
     return json.loads((root / "model" / "metrics.json").read_text())
-
-
-@pytest.mark.parametrize("smoothing", [0.0, 0.1])
-def test_token_losses_match_torch_cross_entropy_and_ignore_padding(smoothing):
-    torch.manual_seed(0)
-    logits = torch.randn(3, 5, 11)
-    targets = torch.randint(1, 11, (3, 5))
-    targets[0, 3:] = 0
-    targets[2, 1:] = 0
-    loss, nll, correct = token_losses(logits, targets, smoothing)
-    expected = F.cross_entropy(logits.view(-1, 11), targets.view(-1), ignore_index=0, reduction="sum",
-                               label_smoothing=smoothing)
-    assert torch.allclose(loss, expected, atol=1e-4)
-    plain = F.cross_entropy(logits.view(-1, 11), targets.view(-1), ignore_index=0, reduction="sum")
-    assert torch.allclose(nll, plain, atol=1e-4)  # perplexity never sees the smoothing
-    mask = targets != 0
-    assert int(correct) == int(((logits.argmax(-1) == targets) & mask).sum())
 
 
 def test_early_stop_waits_for_min_num_epochs(tmp_path):
@@ -119,17 +100,6 @@ def test_plateau_reduce_lowers_the_rate_in_the_history(tmp_path):
     assert rates[0] == pytest.approx(1e-12) and rates[-1] < rates[0]
 
 
-def test_bleu_sample_rules():
-    from model.hyperparameters import Hyperparameters
-
-    assert bleu_sample(100, Hyperparameters()) is None
-    assert len(bleu_sample(100, Hyperparameters(optimized_metric="bleu"))) == 100  # bleu needs BLEU: all
-    assert len(bleu_sample(100, Hyperparameters(bleu_sample_size=-1))) == 100
-    sample = bleu_sample(100, Hyperparameters(bleu_sample_size=10))
-    assert len(sample) == 10 and len(set(sample.tolist())) == 10
-    assert (sample == bleu_sample(100, Hyperparameters(bleu_sample_size=10))).all()
-
-
 def test_metric_definitions_read_what_emit_prints():
     import io
     import re
@@ -145,38 +115,3 @@ def test_metric_definitions_read_what_emit_prints():
     assert float(found["validation:accuracy"][0]) == 0.51
     assert found["train:perplexity"] == []
     assert set(metrics.OBJECTIVE_METRICS) <= {d["Name"] for d in metrics.METRIC_DEFINITIONS}
-
-
-def test_progress_lines_come_during_validation_too_and_rates_are_per_window(caplog):
-    """The task log hears from training at least every interval, whatever it is doing, and the rates
-    describe the last window: an idle window reads 0, not the average since the start."""
-    import logging
-    import time
-    from types import SimpleNamespace
-
-    from model.hyperparameters import parse_hyperparameters
-    from model.training import DistInfo, Progress, TrainingState
-
-    hp = parse_hyperparameters({"max_num_batches": "1000"})
-    trainer = SimpleNamespace(state=TrainingState(), hp=hp, dist=DistInfo(),
-                              schedule=SimpleNamespace(current_lr=0.0003))
-    caplog.set_level(logging.INFO, logger="model.training")
-    with Progress(trainer, interval=3600) as progress:
-        progress.num_batches = 50
-        trainer.state.num_updates, trainer.state.target_tokens, trainer.state.batch_in_epoch = 100, 5000, 10
-        time.sleep(0.05)
-        progress.log_line()
-        assert "update 100/1000" in caplog.text and " 0.00 updates/s" not in caplog.text
-        caplog.clear()
-        progress.log_line()  # nothing trained since the last line
-        assert " 0.00 updates/s, 0 target tokens/s" in caplog.text
-        caplog.clear()
-        with progress.phase("checkpoint 1: validating"):
-            time.sleep(0.05)
-            progress.log_line()
-        assert "checkpoint 1: validating (0m00s so far; update 100)" in caplog.text
-        assert progress.checkpoint_seconds >= 0.05
-    caplog.clear()
-    with Progress(trainer, interval=0.02):
-        time.sleep(0.2)  # the thread alone must speak up
-    assert caplog.text.count("target tokens/s") >= 2

@@ -1,29 +1,20 @@
-"""model/inference.py's serving contract on bytes, without HTTP: the content types (DESIGN §4), order,
-attention matrices, truncation, the unknown-token and error policies, every refusal's status and message,
-and InferenceConfig's environment form. The copy model echoes its input (a..p, 3–8 tokens reliably), so
+"""model/serving_codecs.py's serving contract on bytes, without HTTP: the content types
+(docs/ARCHITECTURE.md §4), order, attention matrices, truncation, the unknown-token and error policies, and
+every refusal's status and message. The copy model echoes its input (a..p, 3–8 tokens reliably), so
 each output can be checked against its own input; the WMT model covers the raw-text path."""
 
 from __future__ import annotations
 
 import io
 import json
-import math
 
 import pytest
 
 from model import record_pb2, recordio
-from model.inference import (
-    JSON,
-    JSONLINES,
-    RECORDIO,
-    InferenceConfig,
-    InputError,
-    RequestError,
-    Translator,
-    invoke,
-    split_lines,
-)
+from model.constants import JSON_CONTENT_TYPE, JSONLINES_CONTENT_TYPE, RECORDIO_CONTENT_TYPE
+from model.serving_codecs import RequestError, invoke, split_lines
 from model.tokenizer import Tokenizer
+from model.translator import InferenceConfig, Translator
 from tests.conftest import NEWSTEST
 from tests.models import jsonlines, records, sentences
 
@@ -32,14 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SYMBOLS = "abcdefghijklmnop"
 
 
-
-
-
-
 def parse_jsonlines(body: bytes) -> list[dict]:
     return [json.loads(line) for line in body.decode("utf-8").splitlines()]
-
-
 
 
 def parse_records(body: bytes) -> list[record_pb2.Record]:
@@ -65,8 +50,8 @@ def refused(translator: Translator, body: bytes, content_type: str | None, accep
 
 def test_jsonlines_one_target_per_line_in_order(translator):
     texts = sentences(40)
-    body, ctype = invoke(translator, jsonlines(texts), JSONLINES, JSONLINES)
-    assert ctype == JSONLINES and body.endswith(b"\n")
+    body, ctype = invoke(translator, jsonlines(texts), JSONLINES_CONTENT_TYPE, JSONLINES_CONTENT_TYPE)
+    assert ctype == JSONLINES_CONTENT_TYPE and body.endswith(b"\n")
     assert parse_jsonlines(body) == [{"target": t} for t in texts]
 
 
@@ -75,19 +60,8 @@ def test_jsonlines_framing_variants(translator):
     texts = sentences(3, seed=1)
     body = b"\r\n".join(json.dumps({"source": t}).encode() for t in texts)
     out, ctype = invoke(translator, body, "application/jsonl; charset=utf-8")
-    assert ctype == JSONLINES and [o["target"] for o in parse_jsonlines(out)] == texts
+    assert ctype == JSONLINES_CONTENT_TYPE and [o["target"] for o in parse_jsonlines(out)] == texts
     assert split_lines(b"x\ny\n") == [b"x", b"y"] and split_lines(b"x\r\n\r\n") == [b"x", b""]
-
-
-def test_batching_keeps_input_order(copy_model, translator):
-    texts = sentences(25, seed=2, lo=3, hi=8)
-    small_batches = with_config(copy_model, batch_size=2)
-    assert small_batches.translate_texts(texts) == translator.translate_texts(texts) == texts
-
-
-def test_greedy_decoding_copies_too(copy_model):
-    texts = sentences(10, seed=3)
-    assert with_config(copy_model, beam_size=1).translate_texts(texts) == texts
 
 
 def test_json_instances_and_attention_matrix(translator):
@@ -97,8 +71,8 @@ def test_json_instances_and_attention_matrix(translator):
         {"data": texts[1]},
         {"data": texts[2], "configuration": {"attention_matrix": False}},
     ]}
-    body, ctype = invoke(translator, json.dumps(request).encode(), JSON, "application/json")
-    assert ctype == JSON
+    body, ctype = invoke(translator, json.dumps(request).encode(), JSON_CONTENT_TYPE, "application/json")
+    assert ctype == JSON_CONTENT_TYPE
     predictions = json.loads(body)["predictions"]
     assert [p["target"] for p in predictions] == texts
     assert "matrix" not in predictions[1] and "matrix" not in predictions[2]
@@ -116,7 +90,7 @@ def test_attention_matrix_of_unequal_lengths(translator):
     # "a" alone is outside the copy model's training lengths: it answers with a different number of tokens,
     # and the matrix still has one row per target token and one column per source token
     request = {"instances": [{"data": "a", "configuration": {"attention_matrix": True}}]}
-    prediction = json.loads(invoke(translator, json.dumps(request).encode(), JSON)[0])["predictions"][0]
+    prediction = json.loads(invoke(translator, json.dumps(request).encode(), JSON_CONTENT_TYPE)[0])["predictions"][0]
     assert len(prediction["matrix"]) == len(prediction["target"].split()) == len(prediction["target_tokens"])
     assert {len(row) for row in prediction["matrix"]} == {1}
 
@@ -125,8 +99,8 @@ def test_recordio_source_ids_to_target_ids(translator):
     vocab = translator.loaded.source_vocab
     texts = sentences(12, seed=4)
     ids = [[vocab[t] for t in text.split()] for text in texts]
-    body, ctype = invoke(translator, records(ids), RECORDIO, RECORDIO)
-    assert ctype == RECORDIO
+    body, ctype = invoke(translator, records(ids), RECORDIO_CONTENT_TYPE, RECORDIO_CONTENT_TYPE)
+    assert ctype == RECORDIO_CONTENT_TYPE
     out = parse_records(body)
     assert [list(r.features["target"].int32_tensor.values) for r in out] == ids
     assert [list(r.features["target"].int32_tensor.shape) for r in out] == [[len(i)] for i in ids]
@@ -138,8 +112,8 @@ def test_raw_text_is_tokenized_translated_and_detokenized(wmt_model):
     assert translator.text_format == "raw"
     texts = NEWSTEST.joinpath("newstest2017.en-de.en").read_text(encoding="utf-8").splitlines()[:4]
     request = {"instances": [{"data": t, "configuration": {"attention_matrix": "true"}} for t in texts]}
-    predictions = json.loads(invoke(translator, json.dumps(request).encode(), JSON)[0])["predictions"]
-    lines = parse_jsonlines(invoke(translator, jsonlines(texts), JSONLINES)[0])
+    predictions = json.loads(invoke(translator, json.dumps(request).encode(), JSON_CONTENT_TYPE)[0])["predictions"]
+    lines = parse_jsonlines(invoke(translator, jsonlines(texts), JSONLINES_CONTENT_TYPE)[0])
     for text, p, line in zip(texts, predictions, lines):
         expected_source = tokenizer.encode(text, "source").split()[:translator.max_source_tokens]
         assert p["source_tokens"] == expected_source
@@ -155,41 +129,42 @@ def test_over_long_input_is_truncated_not_refused(translator):
     source = translator.source_from_text(text)
     assert source.truncated and len(source.ids) == n
     request = {"instances": [{"data": text, "configuration": {"attention_matrix": "true"}}]}
-    prediction = json.loads(invoke(translator, json.dumps(request).encode(), JSON)[0])["predictions"][0]
+    prediction = json.loads(invoke(translator, json.dumps(request).encode(), JSON_CONTENT_TYPE)[0])["predictions"][0]
     assert prediction["source_tokens"] == text.split()[:n]
     assert {len(row) for row in prediction["matrix"]} == {n}
-    records_out = parse_records(invoke(translator, records([[4 + i % 16 for i in range(n + 7)]]), RECORDIO)[0])
+    records_out = parse_records(invoke(translator, records([[4 + i % 16 for i in range(n + 7)]]),
+                                       RECORDIO_CONTENT_TYPE)[0])
     assert len(records_out) == 1 and not records_out[0].metadata
 
 
 def test_unknown_tokens_map_to_unk_by_default(translator):
-    out = parse_jsonlines(invoke(translator, jsonlines(["a b zz c"]), JSONLINES)[0])
+    out = parse_jsonlines(invoke(translator, jsonlines(["a b zz c"]), JSONLINES_CONTENT_TYPE)[0])
     assert len(out) == 1 and "target" in out[0]
     assert translator.source_from_text("a zz").ids == [4 + SYMBOLS.index("a"), 1]
 
 
 def test_unknown_tokens_rejected_when_asked(copy_model):
     strict = with_config(copy_model, unknown_tokens="reject")
-    e = refused(strict, jsonlines(["a b c", "d e f", "a zz c QQ"]), JSONLINES)
+    e = refused(strict, jsonlines(["a b c", "d e f", "a zz c QQ"]), JSONLINES_CONTENT_TYPE)
     assert e.status == 400 and str(e).startswith("line 3: ") and "'zz'" in str(e) and "'QQ'" in str(e)
-    assert parse_jsonlines(invoke(strict, jsonlines(["a b c"]), JSONLINES)[0]) == [{"target": "a b c"}]
+    assert parse_jsonlines(invoke(strict, jsonlines(["a b c"]), JSONLINES_CONTENT_TYPE)[0]) == [{"target": "a b c"}]
 
 
 def test_on_error_record_keeps_every_slot(copy_model):
     lenient = with_config(copy_model, on_error="record")
     body = b'{"source": "a b c"}\n{"text": "x"}\nnot json\n{"source": ""}\n{"source": "d e f g"}\n'
-    out = parse_jsonlines(invoke(lenient, body, JSONLINES)[0])
+    out = parse_jsonlines(invoke(lenient, body, JSONLINES_CONTENT_TYPE)[0])
     assert len(out) == 5
     assert out[0] == {"target": "a b c"} and out[4] == {"target": "d e f g"}
     assert list(out[1]) == list(out[2]) == list(out[3]) == ["error"]
     assert "source" in out[1]["error"] and "JSON" in out[2]["error"] and "empty" in out[3]["error"]
 
     request = {"instances": [{"data": "a b c"}, {"nodata": 1}, {"data": "e f g"}]}
-    predictions = json.loads(invoke(lenient, json.dumps(request).encode(), JSON)[0])["predictions"]
+    predictions = json.loads(invoke(lenient, json.dumps(request).encode(), JSON_CONTENT_TYPE)[0])["predictions"]
     assert predictions[0] == {"target": "a b c"} and predictions[2] == {"target": "e f g"}
     assert "data" in predictions[1]["error"]
 
-    out_records = parse_records(invoke(lenient, records([[4, 5, 6], [999], [7, 8, 9]]), RECORDIO)[0])
+    out_records = parse_records(invoke(lenient, records([[4, 5, 6], [999], [7, 8, 9]]), RECORDIO_CONTENT_TYPE)[0])
     assert [list(r.features["target"].int32_tensor.values) for r in out_records] == [[4, 5, 6], [], [7, 8, 9]]
     assert "999" in json.loads(out_records[1].metadata)["error"] and not out_records[0].metadata
 
@@ -197,37 +172,40 @@ def test_on_error_record_keeps_every_slot(copy_model):
 # --- refusals: status and a message that says what and where ------------------------------------------
 
 @pytest.mark.parametrize(("body", "content_type", "status", "expected"), [
-    (b'{"instances": [', JSON, 400, "not valid JSON"),
-    (b"\xff\xfe", JSON, 400, "not UTF-8"),
-    (b'{"data": "a b c"}', JSON, 400, '"instances"'),
-    (b'{"instances": [{"data": "a b c"}, {"text": "a"}]}', JSON, 400, 'instances[1]: expected an object with "data"'),
-    (b'{"instances": [{"data": "a b", "configuration": {"attention_matrix": "maybe"}}]}', JSON, 400,
+    (b'{"instances": [', JSON_CONTENT_TYPE, 400, "not valid JSON"),
+    (b"\xff\xfe", JSON_CONTENT_TYPE, 400, "not UTF-8"),
+    (b'{"data": "a b c"}', JSON_CONTENT_TYPE, 400, '"instances"'),
+    (b'{"instances": [{"data": "a b c"}, {"text": "a"}]}', JSON_CONTENT_TYPE, 400,
+     'instances[1]: expected an object with "data"'),
+    (b'{"instances": [{"data": "a b", "configuration": {"attention_matrix": "maybe"}}]}', JSON_CONTENT_TYPE, 400,
      "instances[0]: attention_matrix must be true or false"),
-    (b'{"instances": [{"data": 7}]}', JSON, 400, "instances[0]: expected a string"),
-    (b'{"source": "a b"}\n{"source": "c d"}\n{"target": "a"}\n', JSONLINES, 400,
+    (b'{"instances": [{"data": 7}]}', JSON_CONTENT_TYPE, 400, "instances[0]: expected a string"),
+    (b'{"source": "a b"}\n{"source": "c d"}\n{"target": "a"}\n', JSONLINES_CONTENT_TYPE, 400,
      'line 3: expected an object with "source"'),
-    (b'{"source": "a b"}\n{"source": \n', JSONLINES, 400, "line 2: not valid JSON"),
-    (b'{"source": "a b"}\n\n{"source": "c"}\n', JSONLINES, 400, "line 2: empty line"),
-    (b'{"source": "   "}\n', JSONLINES, 400, "line 1: empty source"),
-    (b'{"source": "a"}\n\xff\n', JSONLINES, 400, "line 2: not UTF-8"),
-    (b"", JSON, 400, "not valid JSON"),
-    (b"", JSONLINES, 400, "empty request"),
-    (b"", RECORDIO, 400, "empty request"),
-    (b"not recordio at all", RECORDIO, 400, "request body"),
+    (b'{"source": "a b"}\n{"source": \n', JSONLINES_CONTENT_TYPE, 400, "line 2: not valid JSON"),
+    (b'{"source": "a b"}\n\n{"source": "c"}\n', JSONLINES_CONTENT_TYPE, 400, "line 2: empty line"),
+    (b'{"source": "   "}\n', JSONLINES_CONTENT_TYPE, 400, "line 1: empty source"),
+    (b'{"source": "a"}\n\xff\n', JSONLINES_CONTENT_TYPE, 400, "line 2: not UTF-8"),
+    (b"", JSON_CONTENT_TYPE, 400, "not valid JSON"),
+    (b"", JSONLINES_CONTENT_TYPE, 400, "empty request"),
+    (b"", RECORDIO_CONTENT_TYPE, 400, "empty request"),
+    (b"not recordio at all", RECORDIO_CONTENT_TYPE, 400, "request body"),
     (b"a b c", "text/plain", 415, "'text/plain' is not supported"),
     (b"a b c", None, 415, "(none)"),
     # valid UTF-8 and valid JSON syntax, yet the client's mistake: a lone surrogate, nesting too deep to
     # decode (json's RecursionError), an integer over Python's 4,300 digits (a plain ValueError)
-    (b'{"source": "a b"}\n{"source": "a \\udc00 b"}\n', JSONLINES, 400,
+    (b'{"source": "a b"}\n{"source": "a \\udc00 b"}\n', JSONLINES_CONTENT_TYPE, 400,
      "line 2: not valid Unicode: a lone surrogate U+DC00 at character 2"),
-    (b'{"instances": [{"data": "a b"}, {"data": "\\ud800"}]}', JSON, 400,
+    (b'{"instances": [{"data": "a b"}, {"data": "\\ud800"}]}', JSON_CONTENT_TYPE, 400,
      "instances[1]: not valid Unicode: a lone surrogate U+D800 at character 0"),
-    (b"[" * 100_000 + b"]" * 100_000, JSON, 400,
+    (b"[" * 100_000 + b"]" * 100_000, JSON_CONTENT_TYPE, 400,
      "request body is JSON nested too deeply to decode (arrays/objects: over 100 levels at character 100)"),
-    (b'{"source": "a"}\n{"source": "a", "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}\n", JSONLINES, 400,
+    (b'{"source": "a"}\n{"source": "a", "x": ' + b"[" * 50_000 + b"]" * 50_000 + b"}\n", JSONLINES_CONTENT_TYPE, 400,
      "line 2: JSON nested too deeply to decode (arrays/objects: over 100 levels at character 120)"),
-    (b'{"instances": [{"data": ' + b"9" * 4500 + b"}]}", JSON, 400, "request body is JSON that cannot be decoded"),
-    (b'{"source": ' + b"9" * 4500 + b"}\n", JSONLINES, 400, "line 1: JSON that cannot be decoded: Exceeds the limit"),
+    (b'{"instances": [{"data": ' + b"9" * 4500 + b"}]}", JSON_CONTENT_TYPE, 400,
+     "request body is JSON that cannot be decoded"),
+    (b'{"source": ' + b"9" * 4500 + b"}\n", JSONLINES_CONTENT_TYPE, 400,
+     "line 1: JSON that cannot be decoded: Exceeds the limit"),
 ])
 def test_bad_requests(translator, body, content_type, status, expected):
     e = refused(translator, body, content_type)
@@ -238,102 +216,46 @@ def test_lone_surrogates_and_deep_nesting_are_bad_items_in_record_mode(copy_mode
     lenient = with_config(copy_model, on_error="record")
     body = (b'{"source": "a b c"}\n{"source": "d \\ud800"}\n' + b"[" * 20_000 + b"]" * 20_000 + b"\n"
             b'{"source": "\\ud83d\\ude00"}\n{"source": "e f g"}\n')
-    out = parse_jsonlines(invoke(lenient, body, JSONLINES)[0])
+    out = parse_jsonlines(invoke(lenient, body, JSONLINES_CONTENT_TYPE)[0])
     assert len(out) == 5 and out[0] == {"target": "a b c"} and out[4] == {"target": "e f g"}
     assert set(out[1]) == {"error"} and "U+D800" in out[1]["error"]
     assert set(out[2]) == {"error"} and "nested too deeply" in out[2]["error"]
     assert "target" in out[3]  # a surrogate *pair* is a real character (U+1F600): an unknown token, not an error
     request = {"instances": [{"data": "a b c"}, {"data": "\udfff x"}]}
-    predictions = json.loads(invoke(lenient, json.dumps(request).encode(), JSON)[0])["predictions"]
+    predictions = json.loads(invoke(lenient, json.dumps(request).encode(), JSON_CONTENT_TYPE)[0])["predictions"]
     assert predictions[0] == {"target": "a b c"} and "U+DFFF" in predictions[1]["error"]
 
 
 def test_messages_do_not_echo_huge_or_deep_values(copy_model, translator):
     deep = "[" * 500 + "]" * 500  # decodes (under the recursion limit), but must not come back repr'd
     body = ('{"instances": [{"data": "a b", "configuration": {"attention_matrix": ' + deep + "}}]}").encode()
-    e = refused(translator, body, JSON)
+    e = refused(translator, body, JSON_CONTENT_TYPE)
     assert e.status == 400 and str(e) == "instances[0]: attention_matrix must be true or false, got list"
     strict = with_config(copy_model, unknown_tokens="reject")
-    e = refused(strict, jsonlines(["a " + "z" * 100_000]), JSONLINES)
+    e = refused(strict, jsonlines(["a " + "z" * 100_000]), JSONLINES_CONTENT_TYPE)
     assert e.status == 400 and "'" + "z" * 40 + "…'" in str(e) and len(str(e)) < 200
 
 
 def test_recordio_ids_the_model_does_not_have(translator):
     size = len(translator.loaded.source_vocab)
     for bad in (size, 2, 0, -3):
-        e = refused(translator, records([[4, 5], [5, bad, 6]]), RECORDIO)
+        e = refused(translator, records([[4, 5], [5, bad, 6]]), RECORDIO_CONTENT_TYPE)
         assert e.status == 400 and str(e).startswith("record 2: ") and str(bad) in str(e)
-    e = refused(translator, records([[]]), RECORDIO)
+    e = refused(translator, records([[]]), RECORDIO_CONTENT_TYPE)
     assert e.status == 400 and "record 1: empty source" in str(e)
     no_source = record_pb2.Record()
     no_source.features["target"].int32_tensor.values.extend([4])
-    e = refused(translator, recordio.frame(no_source.SerializeToString()), RECORDIO)
+    e = refused(translator, recordio.frame(no_source.SerializeToString()), RECORDIO_CONTENT_TYPE)
     assert 'record 1: no features["source"]' in str(e)
 
 
 @pytest.mark.parametrize("accept", ["text/csv", "application/json", "application/x-recordio-protobuf, text/plain"])
 def test_accept_that_excludes_the_response_type(translator, accept):
-    e = refused(translator, jsonlines(["a b c"]), JSONLINES, accept)
-    assert e.status == 406 and accept in str(e) and JSONLINES in str(e)
+    e = refused(translator, jsonlines(["a b c"]), JSONLINES_CONTENT_TYPE, accept)
+    assert e.status == 406 and accept in str(e) and JSONLINES_CONTENT_TYPE in str(e)
 
 
 @pytest.mark.parametrize("accept", ["*/*", "application/*", "text/html, application/jsonlines;q=0.9", ""])
 def test_accept_that_allows_the_response_type(translator, accept):
-    assert invoke(translator, jsonlines(["a b c"]), JSONLINES, accept) == (b'{"target": "a b c"}\n', JSONLINES)
-
-
-# --- InferenceConfig from the environment ---------------------------------------------------------------
-
-@pytest.mark.parametrize(("env", "expected"), [
-    ({"SEQ2SEQ_BATCH_SIZE": "big"}, "SEQ2SEQ_BATCH_SIZE='big': expected an integer"),
-    ({"SEQ2SEQ_BATCH_SIZE": "0"}, "SEQ2SEQ_BATCH_SIZE='0'"),
-    ({"SEQ2SEQ_BEAM_SIZE": "-1"}, "SEQ2SEQ_BEAM_SIZE='-1'"),
-    ({"SEQ2SEQ_MAX_OUTPUT_LENGTH": "1.5"}, "SEQ2SEQ_MAX_OUTPUT_LENGTH='1.5'"),
-    ({"SEQ2SEQ_TEXT_FORMAT": "bpe"}, "SEQ2SEQ_TEXT_FORMAT='bpe': text_format must be one of raw, tokens"),
-    ({"SEQ2SEQ_UNKNOWN_TOKENS": "drop"}, "SEQ2SEQ_UNKNOWN_TOKENS='drop'"),
-    ({"SEQ2SEQ_ON_ERROR": "skip"}, "SEQ2SEQ_ON_ERROR='skip': on_error must be one of fail, record"),
-])
-def test_config_from_env_errors_name_the_variable(env, expected):
-    with pytest.raises(ValueError) as e:
-        InferenceConfig.from_env(env)
-    assert expected in str(e.value), str(e.value)
-
-
-def test_config_env_round_trip():
-    assert InferenceConfig.from_env({}) == InferenceConfig()
-    assert InferenceConfig.from_env({"SEQ2SEQ_BEAM_SIZE": " ", "OTHER": "x"}) == InferenceConfig()
-    config = InferenceConfig(batch_size=7, beam_size=2, max_output_length=30, text_format="tokens",
-                             unknown_tokens="reject", on_error="record")
-    assert config.to_env()["SEQ2SEQ_BATCH_SIZE"] == "7"
-    assert InferenceConfig.from_env(config.to_env()) == config
-    assert InferenceConfig.from_env(InferenceConfig().to_env()) == InferenceConfig()
-
-
-def test_output_length_follows_the_source_by_default(wmt_model):
-    """Without max_output_length each sentence may run to ceil(factor x its source length), the factor made
-    from the training data's length ratio stored with the model (Sockeye's rule)."""
-    config = json.loads((wmt_model / "config.json").read_text())
-    mean, std = config["length_ratio_mean"], config["length_ratio_std"]
-    assert 0.5 < mean < 2.0 and 0.0 < std < 2.0
-    translator = Translator.load(wmt_model, InferenceConfig(beam_size=1, text_format="tokens"), "cpu")
-    assert translator.length_factor == pytest.approx(mean + 2 * std)
-    assert "ceil(" in translator.output_length_rule
-    texts = ["the", "the european union", " ".join(["the"] * 40)]
-    sources = [translator.source_from_text(t) for t in texts]
-    for src, out in zip(sources, translator.translate(sources)):
-        limit = min(math.ceil(translator.length_factor * (len(src.ids) + 1)), translator.max_output_length)
-        assert len(out.target_ids) <= limit
-    wider = Translator.load(wmt_model, InferenceConfig(beam_size=1, text_format="tokens",
-                                                       max_output_length_num_stds=4), "cpu")
-    assert wider.length_factor == pytest.approx(mean + 4 * std)
-    assert InferenceConfig.from_env({"SEQ2SEQ_MAX_OUTPUT_LENGTH_NUM_STDS": "-1"}).max_output_length_num_stds == -1
-    fixed = Translator.load(wmt_model, InferenceConfig(beam_size=1, max_output_length=5), "cpu")
-    assert fixed.output_length_rule == "5 tokens"
-
-
-def test_config_applies_to_the_translator(copy_model):
-    t = with_config(copy_model, beam_size=1, max_output_length=3, text_format="tokens")
-    assert (t.beam_size, t.max_output_length, t.text_format) == (1, 3, "tokens")
-    assert t.translate_texts(["a b c d e f"]) == ["a b c"]  # cut at the length limit, before its </s>
-    with pytest.raises(InputError, match="item 2: empty source"):
-        t.translate_texts(["a b", ""])
+    assert invoke(translator, jsonlines(["a b c"]), JSONLINES_CONTENT_TYPE, accept) == (b'{"target": "a b c"}\n',
+                                                                                 JSONLINES_CONTENT_TYPE)
