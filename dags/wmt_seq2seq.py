@@ -17,25 +17,26 @@ Module level stays light: no torch, no boto3 client, no network.
 
 from __future__ import annotations
 
-import os
-from datetime import datetime, timedelta
+from airflow.sdk import Param, TriggerRule, dag, task
 
-from airflow.sdk import Asset, Param, TriggerRule, dag, task
+from seq2seq_airflow.assets import DATASET, MODEL
+from seq2seq_airflow.branches import training_branch, transform_branch, transform_task_id
+from seq2seq_airflow.operators import JOB_PREFIX_KEY
+from seq2seq_airflow.settings import (
+    DEFAULT_ARGS,
+    START_DATE,
+    TRAINING_DAG_ID,
+    TRAINING_SCHEDULE,
+    artifact_root_param,
+    backend_param,
+    beam_size_param,
+    image_param,
+    max_output_length_param,
+    role_arn,
+    role_arn_param,
+)
 
-from seq2seq_airflow.operators import DEFERRABLE, JOB_PREFIX_KEY, Seq2SeqTrainingOperator, Seq2SeqTransformOperator
-
-DAG_ID = "wmt_seq2seq"
-DATASET = Asset(name="wmt_seq2seq_dataset", uri="wmt-seq2seq://dataset")
-MODEL = Asset(name="wmt_seq2seq_model", uri="wmt-seq2seq://model")
-
-SCHEDULE = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_SCHEDULE", "").strip() or None
-if SCHEDULE and SCHEDULE.lower() == "none":
-    SCHEDULE = None
-RETRIES = int(os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_RETRIES", "2"))
-# Seconds between DescribeTrainingJob/DescribeTransformJob polls of the SageMaker operators.
-CHECK_INTERVAL_S = int(os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_CHECK_INTERVAL", "60"))
-DEFAULT_ROOT = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_ARTIFACT_ROOT", "").strip() or os.path.join(
-    os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "wmt-seq2seq-artifacts")
+DAG_ID = TRAINING_DAG_ID
 
 # The AWS English–German example's hyperparameters (its notebook's values; everything else defaults).
 AWS_EXAMPLE_HYPERPARAMETERS = {
@@ -94,14 +95,10 @@ PARAMS = {
                              # message names the bad one and suggests the nearest.
                              propertyNames={"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"},
                              additionalProperties={"type": ["string", "number", "boolean", "null"]}),
-    "backend": Param("local", enum=["local", "docker", "sagemaker"], title="Training backend",
-                     description="local: a process here; docker: the built image; sagemaker: training and "
-                                 "transform jobs (artifact root must be s3://)."),
-    "image": Param("wmt-seq2seq:latest", type="string", minLength=1, title="Image",
-                   description="Our image (ECR URI for sagemaker, a local tag for docker) or the built-in "
-                               "seq2seq image URI for the region."),
-    "role_arn": Param(None, type=["string", "null"], title="SageMaker execution role",
-                      description="IAM role ARN (or name) for the sagemaker backend; null for local and docker."),
+    "backend": backend_param("Training backend", "local: a process here; docker: the built image; sagemaker: "
+                                                 "training and transform jobs (artifact root must be s3://)."),
+    "image": image_param(),
+    "role_arn": role_arn_param(),
     "instance_type": Param("ml.p3.2xlarge", type="string", pattern="^ml\\.", title="Training instance type",
                            description="SageMaker instance type for training (sagemaker backend)."),
     "instance_count": Param(1, type="integer", minimum=1, title="Training instances",
@@ -113,14 +110,11 @@ PARAMS = {
     "transform_instance_type": Param("ml.m5.xlarge", type="string", pattern="^ml\\.",
                                      title="Transform instance type",
                                      description="SageMaker instance type for the batch transform job."),
-    "artifact_root": Param(DEFAULT_ROOT, type="string", minLength=1, title="Artifact root",
-                           description="A path or s3://bucket/prefix; runs write under <root>/<dag_id>/<run_id>/."),
-    "beam_size": Param(5, type="integer", minimum=1, title="Beam size (evaluate, transform)",
-                       description="Beam width for evaluation and batch transform; 1 is greedy."),
-    "max_output_length": Param(None, type=["integer", "null"], minimum=1, title="Max output length",
-                               description="Most output tokens of a sentence (</s> counted); null: per "
-                                           "sentence, the training data's target/source length ratio + 2 "
-                                           "standard deviations times the source length."),
+    "artifact_root": artifact_root_param("A path or s3://bucket/prefix; runs write under "
+                                         "<root>/<dag_id>/<run_id>/."),
+    "beam_size": beam_size_param("Beam size (evaluate, transform)",
+                                 "Beam width for evaluation and batch transform; 1 is greedy."),
+    "max_output_length": max_output_length_param(),
     "eval_max_sentences": Param(None, type=["integer", "null"], minimum=1, title="Test sentences",
                                 description="Evaluate on the first N test sentences; null: all."),
     "gate": Param({"metric": "test:bleu", "min_delta": 0.0}, type="object", title="Quality gate",
@@ -152,13 +146,13 @@ def _corpus(params):
 
 @dag(
     dag_id=DAG_ID,
-    schedule=SCHEDULE,
-    start_date=datetime(2026, 1, 1),
+    schedule=TRAINING_SCHEDULE,
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     params=PARAMS,
     tags=["seq2seq", "sagemaker", "wmt"],
-    default_args={"retries": RETRIES, "retry_delay": timedelta(minutes=1)},
+    default_args=DEFAULT_ARGS,
     doc_md=__doc__,
 )
 def wmt_seq2seq():
@@ -228,7 +222,7 @@ def wmt_seq2seq():
         layout = _layout(params, run_id)
         config = training_job_config(
             job_name=job_name(DAG_ID, run_id, 1), image_uri=params["image"],
-            role_arn=params["role_arn"] or "arn:aws:iam::000000000000:role/local", channels=data["channels"],
+            role_arn=role_arn(params["role_arn"]), channels=data["channels"],
             output_uri=layout.uri("model"), hyperparameters=params["hyperparameters"],
             instance_type=params["instance_type"], instance_count=params["instance_count"],
             max_runtime_s=params["max_runtime_s"], use_spot=params["use_spot"],
@@ -236,29 +230,6 @@ def wmt_seq2seq():
         if params["backend"] == "sagemaker":
             check_sagemaker_request(config)
         return {**config, JOB_PREFIX_KEY: DAG_ID}
-
-    @task.branch
-    def training_backend(params=None) -> str:
-        return "train_sagemaker" if params["backend"] == "sagemaker" else "train_local"
-
-    @task
-    def train_local(request: dict, params=None, run_id=None, ti=None) -> dict:
-        """Runs the request on this machine (local process or docker); the training log streams here."""
-        from pipeline_tasks.pipeline import train_step
-
-        return train_step(request, params["backend"], run_id, ti.try_number)
-
-    @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
-    def trained(params=None, ti=None) -> dict:
-        """What the backend's job reported: the model artifact and final metrics, never a guessed name."""
-        branch = "train_sagemaker" if params["backend"] == "sagemaker" else "train_local"
-        job = ti.xcom_pull(task_ids=branch)["Training"]
-        if not job.get("ModelArtifacts", {}).get("S3ModelArtifacts"):
-            raise RuntimeError(f"training job {job['TrainingJobName']} ended {job['TrainingJobStatus']} "
-                               f"without a model")
-        return {"job_name": job["TrainingJobName"], "status": job["TrainingJobStatus"],
-                "model": job["ModelArtifacts"]["S3ModelArtifacts"],
-                "final_metrics": {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList") or []}}
 
     @task
     def evaluate(model: dict, params=None, run_id=None) -> dict:
@@ -306,23 +277,12 @@ def wmt_seq2seq():
         name = job_name(f"{DAG_ID}-transform", run_id, 1)
         config = transform_job_config(
             job_name=name, model_name=name, image_uri=params["image"], model_data_url=promotion["model"],
-            role_arn=params["role_arn"] or "arn:aws:iam::000000000000:role/local",
+            role_arn=role_arn(params["role_arn"]),
             input_uri=transform_input_step(layout, _corpus(params), params["transform_input"]),
             output_uri=layout.uri("transform", "output"), instance_type=params["transform_instance_type"],
             cfg=TransformConfig(beam_size=params["beam_size"], max_output_length=params["max_output_length"]),
             tags={"dag_id": DAG_ID})
         return {**config, JOB_PREFIX_KEY: f"{DAG_ID}-transform"}
-
-    @task.branch
-    def transform_backend(params=None) -> str:
-        return "transform_sagemaker" if params["backend"] == "sagemaker" else "transform_local"
-
-    @task
-    def transform_local(request: dict, params=None, run_id=None, ti=None) -> dict:
-        """The transform job on this machine: container/serve as a process, or the image (backend docker)."""
-        from pipeline_tasks.pipeline import transform_step
-
-        return transform_step(request, run_id, ti.try_number, params["backend"])
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def publish(decision: dict, scores: dict, model: dict, params=None, run_id=None, ti=None) -> dict:
@@ -330,8 +290,7 @@ def wmt_seq2seq():
 
         job = {}
         if decision["promote"]:
-            branch = "transform_sagemaker" if params["backend"] == "sagemaker" else "transform_local"
-            job = (ti.xcom_pull(task_ids=branch) or {}).get("Transform") or {}
+            job = (ti.xcom_pull(task_ids=transform_task_id(params["backend"])) or {}).get("Transform") or {}
         summary = {
             "dag_id": DAG_ID, "run_id": run_id, "backend": params["backend"], "promoted": decision["promote"],
             "gate": decision["reason"], "model": model["model"], "training_job": model["job_name"],
@@ -347,28 +306,12 @@ def wmt_seq2seq():
     # wiring
     run = plan()
     request = training_request(upload(recordio(tokenize(subset(download(run))))))
-    train_sagemaker = Seq2SeqTrainingOperator(
-        task_id="train_sagemaker", config=request,
-        wait_for_completion=True, deferrable=DEFERRABLE, check_interval=CHECK_INTERVAL_S, print_log=False,
-        action_if_job_exists="fail")
-    choice = training_backend()
-    local = train_local(request)
-    request >> choice >> [local, train_sagemaker]
-    model = trained()
-    [local, train_sagemaker] >> model
+    model = training_branch(request)
     scores = evaluate(model)
     decision = gate(scores, model)
     promotion = promote(scores, model)
     promoted(decision) >> promotion
-    t_request = transform_request(promotion)
-    transform_sagemaker = Seq2SeqTransformOperator(
-        task_id="transform_sagemaker", config=t_request,
-        wait_for_completion=True, deferrable=DEFERRABLE, check_interval=CHECK_INTERVAL_S, action_if_job_exists="fail",
-        check_if_model_exists=True, action_if_model_exists="fail")
-    t_choice = transform_backend()
-    t_local = transform_local(t_request)
-    t_request >> t_choice >> [t_local, transform_sagemaker]
-    publish(decision, scores, model) << [t_local, transform_sagemaker]
+    publish(decision, scores, model) << transform_branch(transform_request(promotion))
 
 
 wmt_seq2seq()

@@ -10,47 +10,42 @@ promoting run's own test input. Wiring only; the work is pipeline_tasks.transfor
 
 from __future__ import annotations
 
-import os
-from datetime import datetime, timedelta
+from airflow.sdk import Param, TriggerRule, dag, task
 
-from airflow.sdk import Asset, Param, TriggerRule, dag, task
-
-from seq2seq_airflow.operators import DEFERRABLE, JOB_PREFIX_KEY, Seq2SeqTransformOperator
+from seq2seq_airflow.assets import MODEL
+from seq2seq_airflow.branches import transform_branch, transform_task_id
+from seq2seq_airflow.operators import JOB_PREFIX_KEY
+from seq2seq_airflow.settings import (
+    DEFAULT_ARGS,
+    DEFAULT_TRANSFORM_INPUT,
+    START_DATE,
+    TRAINING_DAG_ID,
+    artifact_root_param,
+    backend_param,
+    beam_size_param,
+    image_param,
+    max_output_length_param,
+    role_arn,
+    role_arn_param,
+)
 
 DAG_ID = "wmt_seq2seq_batch_transform"
-TRAINING_DAG_ID = "wmt_seq2seq"
-MODEL = Asset(name="wmt_seq2seq_model", uri="wmt-seq2seq://model")
-RETRIES = int(os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_RETRIES", "2"))
-# Seconds between DescribeTrainingJob/DescribeTransformJob polls of the SageMaker operators.
-CHECK_INTERVAL_S = int(os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_CHECK_INTERVAL", "60"))
-DEFAULT_ROOT = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_ARTIFACT_ROOT", "").strip() or os.path.join(
-    os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "wmt-seq2seq-artifacts")
-DEFAULT_INPUT = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_TRANSFORM_INPUT", "").strip() or None
 
 PARAMS = {
-    "artifact_root": Param(DEFAULT_ROOT, type="string", minLength=1, title="Artifact root",
-                           description="Where wmt_seq2seq keeps its runs and the promoted-model pointer."),
-    "transform_input": Param(DEFAULT_INPUT, type=["string", "null"], title="Input",
+    "artifact_root": artifact_root_param("Where wmt_seq2seq keeps its runs and the promoted-model pointer."),
+    "transform_input": Param(DEFAULT_TRANSFORM_INPUT, type=["string", "null"], title="Input",
                              description="JSON Lines {\"source\": …} prefix or object (path or s3://); null: the "
                                          "promoting run's test input."),
-    "backend": Param("local", enum=["local", "docker", "sagemaker"], title="Backend",
-                     description="local: container/serve as a process here; docker: the built image; sagemaker: "
-                                 "a SageMaker batch transform job (artifact root must be s3://)."),
-    "image": Param("wmt-seq2seq:latest", type="string", minLength=1, title="Image",
-                   description="Our image (ECR URI for sagemaker, a local tag for docker) or the built-in "
-                               "seq2seq image URI for the region."),
-    "role_arn": Param(None, type=["string", "null"], title="SageMaker execution role",
-                      description="IAM role ARN (or name) for the sagemaker backend; null for local and docker."),
+    "backend": backend_param("Backend", "local: container/serve as a process here; docker: the built image; "
+                                        "sagemaker: a SageMaker batch transform job (artifact root must be s3://)."),
+    "image": image_param(),
+    "role_arn": role_arn_param(),
     "instance_type": Param("ml.m5.xlarge", type="string", pattern="^ml\\.", title="Transform instance type",
                            description="SageMaker instance type of the transform job (sagemaker backend)."),
     "instance_count": Param(1, type="integer", minimum=1, title="Transform instances",
                             description="SageMaker transform instances; the input objects are split among them."),
-    "beam_size": Param(5, type="integer", minimum=1, title="Beam size",
-                       description="Beam width of the decoder; 1 is greedy (fastest)."),
-    "max_output_length": Param(None, type=["integer", "null"], minimum=1, title="Max output length",
-                               description="Most output tokens of a sentence (</s> counted); null: per "
-                                           "sentence, the training data's target/source length ratio + 2 "
-                                           "standard deviations times the source length."),
+    "beam_size": beam_size_param("Beam size", "Beam width of the decoder; 1 is greedy (fastest)."),
+    "max_output_length": max_output_length_param(),
     "batch_size": Param(32, type="integer", minimum=1, title="Sentences per decoder batch",
                         description="Sentences decoded together (sorted by length within a request)."),
     "on_error": Param("fail", enum=["fail", "record"], title="Bad lines",
@@ -64,12 +59,12 @@ PARAMS = {
 @dag(
     dag_id=DAG_ID,
     schedule=[MODEL],
-    start_date=datetime(2026, 1, 1),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     params=PARAMS,
     tags=["seq2seq", "sagemaker", "wmt", "batch-transform"],
-    default_args={"retries": RETRIES, "retry_delay": timedelta(minutes=1)},
+    default_args=DEFAULT_ARGS,
     doc_md=__doc__,
 )
 def wmt_seq2seq_batch_transform():
@@ -98,7 +93,7 @@ def wmt_seq2seq_batch_transform():
         name = job_name(DAG_ID, run_id, 1)
         config = transform_job_config(
             job_name=name, model_name=name, image_uri=params["image"], model_data_url=pointer["model"],
-            role_arn=params["role_arn"] or "arn:aws:iam::000000000000:role/local", input_uri=source,
+            role_arn=role_arn(params["role_arn"]), input_uri=source,
             output_uri=RunLayout(root, DAG_ID, run_id).uri("transform", "output"),
             instance_type=params["instance_type"], instance_count=params["instance_count"],
             cfg=TransformConfig(batch_size=params["batch_size"], beam_size=params["beam_size"],
@@ -108,34 +103,15 @@ def wmt_seq2seq_batch_transform():
         print(f"model {pointer['model']} (promoted by run {pointer['run_id']}), input {source}")
         return {**config, JOB_PREFIX_KEY: DAG_ID}
 
-    @task.branch
-    def backend(params=None) -> str:
-        return "transform_sagemaker" if params["backend"] == "sagemaker" else "transform_local"
-
-    @task
-    def transform_local(request: dict, params=None, run_id=None, ti=None) -> dict:
-        """The transform job on this machine: container/serve as a process, or the image (backend docker)."""
-        from pipeline_tasks.pipeline import transform_step
-
-        return transform_step(request, run_id, ti.try_number, params["backend"])
-
     @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
     def publish(params=None, ti=None) -> dict:
-        branch = "transform_sagemaker" if params["backend"] == "sagemaker" else "transform_local"
-        job = ti.xcom_pull(task_ids=branch)["Transform"]
+        job = ti.xcom_pull(task_ids=transform_task_id(params["backend"]))["Transform"]
         out = job["TransformOutput"]["S3OutputPath"]
         print(f"batch transform {job['TransformJobName']}: {job.get('TransformJobStatus')}, output {out}")
         return {"job": job["TransformJobName"], "output": out, "lines": job.get("Lines"),
                 "errors": job.get("ErrorLines")}
 
-    request = transform_request()
-    sagemaker = Seq2SeqTransformOperator(
-        task_id="transform_sagemaker", config=request, wait_for_completion=True, deferrable=DEFERRABLE,
-        check_interval=CHECK_INTERVAL_S, action_if_job_exists="fail", check_if_model_exists=True,
-        action_if_model_exists="fail")
-    local = transform_local(request)
-    request >> backend() >> [local, sagemaker]
-    [local, sagemaker] >> publish()
+    transform_branch(transform_request(), branch_task_id="backend") >> publish()
 
 
 wmt_seq2seq_batch_transform()

@@ -15,7 +15,7 @@ botocore that aiobotocore accepts); without it the SageMaker trigger cannot run,
 on only where aiobotocore is installed (``AIRFLOW_VAR_WMT_SEQ2SEQ_DEFERRABLE=false`` turns it off) and
 the operators otherwise wait in their worker, where clearing the task does stop the job.
 
-Imported by dags/wmt_seq2seq*.py.
+Used by seq2seq_airflow/branches.py, which adds them to dags/wmt_seq2seq*.py.
 """
 
 from __future__ import annotations
