@@ -2,7 +2,7 @@
 
 download → subset → tokenize → recordio → upload → train → evaluate → gate → promote → batch transform → publish
 
-Wiring only: every task calls a function of pipeline_tasks/ on the run's URIs (DESIGN §6) and passes
+Wiring only: every task calls a function of pipeline_tasks/ on the run's URIs (docs/ARCHITECTURE.md §6) and passes
 URIs and small metrics on. Training and the batch transform run on the backend the ``backend`` param
 names: ``local`` (the container's code as a process here), ``docker`` (the built image) or
 ``sagemaker`` (the amazon provider's operators, deferrable where aiobotocore is installed); all three
