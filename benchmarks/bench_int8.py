@@ -35,7 +35,8 @@ import torch
 
 from benchmarks.bench_transform import DEMO_HP
 from benchmarks.common import SAMPLE
-from model.translator import InferenceConfig, Translator
+from model.inference_config import InferenceConfig
+from model.translator import Translator
 
 log = logging.getLogger("bench_int8")
 

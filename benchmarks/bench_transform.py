@@ -33,7 +33,8 @@ import torch
 
 from benchmarks.common import SAMPLE, PeakRSS
 from model.beam_search import beam_search, greedy_search
-from model.translator import InferenceConfig, Translator
+from model.inference_config import InferenceConfig
+from model.translator import Translator
 from model.vocab import EOS_ID, UNK_ID
 from pipeline_tasks.transform import TransformConfig, transform
 

@@ -42,7 +42,8 @@ def _lines(path: str) -> list[str]:
 
 def score(a: argparse.Namespace) -> dict:
     """Validation NLL and perplexity of the model on (source, target) token files."""
-    from model.translator import InferenceConfig, Translator
+    from model.inference_config import InferenceConfig
+    from model.translator import Translator
     from pipeline_tasks.evaluate import perplexity_on
 
     translator = Translator.load(a.model, InferenceConfig(batch_size=a.batch_size, text_format="tokens"), "cpu")
@@ -56,7 +57,8 @@ def score(a: argparse.Namespace) -> dict:
 def translate(a: argparse.Namespace) -> dict:
     """Translate a token file; load and decode times apart."""
     from model import engines
-    from model.translator import InferenceConfig, Translator
+    from model.inference_config import InferenceConfig
+    from model.translator import Translator
 
     t0 = time.perf_counter()
     config = InferenceConfig(batch_size=a.batch_size, beam_size=a.beam_size, text_format="tokens", engine=a.engine,

@@ -45,9 +45,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from model import engines
 from model.constants import JSON_CONTENT_TYPE, MODEL_FILES, TOKENIZER_FILE
+from model.inference_config import InferenceConfig
 from model.sagemaker import SageMakerPaths
 from model.serving_codecs import RequestError, invoke
-from model.translator import InferenceConfig, Translator
+from model.translator import Translator
 
 log = logging.getLogger("serving")
 

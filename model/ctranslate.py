@@ -57,6 +57,7 @@ import torch
 from model.beam_search import Translation
 from model.checkpoint import LoadedModel, load_model
 from model.constants import PARAMS_FILE
+from model.inference_config import COMPUTE_TYPES
 from model.vocab import BOS_SYMBOL, EOS_SYMBOL, PAD_SYMBOL, UNK_SYMBOL
 
 log = logging.getLogger(__name__)
@@ -67,9 +68,6 @@ EXPORT_FORMAT = 1
 DEFAULT_MAX_POSITIONS = 1024    # rows of the position tables: source tokens and decoding steps
 INT8_DIR = "int8"               # inside the export: the same model with int8 weights, for int8 compute types
 INT8_WEIGHT_MAX = 63            # 7 bits: see quantize_int8_7bit
-# CTranslate2's compute types (weights and arithmetic); int8 is the CPU speed path.
-COMPUTE_TYPES = ("default", "auto", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16", "float16",
-                 "bfloat16", "float32")
 
 
 class ExportError(ValueError):

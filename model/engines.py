@@ -38,8 +38,6 @@ from model.constants import MODEL_CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("auto", "torch", "ctranslate2")
-QUANTIZE_MODES = ("none", "int8")
 
 
 class Engine(Protocol):

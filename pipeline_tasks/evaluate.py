@@ -31,6 +31,7 @@ from typing import Any
 
 from model.constants import HYPERPARAMETERS_FILE, PARAMS_FILE
 from model.constants import METRICS_FILE as MODEL_METRICS_FILE
+from model.inference_config import InferenceConfig
 from pipeline_tasks.atomic import check_output_dir, staged_dir
 from pipeline_tasks.progress import Progress
 from pipeline_tasks.storage import sha256_file
@@ -50,23 +51,21 @@ MAX_REPORTED_LINES = 10
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
-    batch_size: int = 32               # sentences decoded together (and per perplexity batch)
-    beam_size: int | None = None       # None: the model's own beam_size
-    max_output_length: int | None = None  # tokens for every sentence; None: a multiple of each source's length
+class EvaluateConfig(InferenceConfig):
+    """The decoding settings of :class:`~model.inference_config.InferenceConfig` (``batch_size`` is also the
+    perplexity batch), plus what evaluation adds."""
+
     max_sentences: int | None = None   # evaluate the first N lines only (None: all)
     report: bool = True                # write report/ (PNGs + index.html)
     attention_examples: int = 3        # sentences whose attention the report shows
-    text_format: str | None = None     # raw | tokens; None: raw when the model ships a tokenizer
     chunk_sentences: int = 1000        # sentences per translate call: progress granularity, length sorting
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "chunk_sentences"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_sentences", "max_output_length"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        super().__post_init__()
+        if self.chunk_sentences < 1:
+            raise ValueError(f"chunk_sentences must be >= 1, got {self.chunk_sentences}")
+        if self.max_sentences is not None and self.max_sentences < 1:
+            raise ValueError(f"max_sentences must be >= 1, got {self.max_sentences}")
         if self.attention_examples < 0:
             raise ValueError(f"attention_examples must be >= 0, got {self.attention_examples}")
 
@@ -290,7 +289,7 @@ def evaluate(model_dir: str | os.PathLike[str], source: str | os.PathLike[str], 
     import torch
 
     from model import metrics as model_metrics
-    from model.translator import InferenceConfig, Translator
+    from model.translator import Translator
 
     cfg = cfg or EvaluateConfig()
     started = time.monotonic()
@@ -308,9 +307,7 @@ def evaluate(model_dir: str | os.PathLike[str], source: str | os.PathLike[str], 
     if blank_refs:
         log.warning("%s: %d blank reference line(s)", ref_stats.path, blank_refs)
 
-    translator = Translator.load(model_path, InferenceConfig(batch_size=cfg.batch_size, beam_size=cfg.beam_size,
-                                                             max_output_length=cfg.max_output_length,
-                                                             text_format=cfg.text_format), device)
+    translator = Translator.load(model_path, cfg.decoding(), device)
     log.info("evaluating %s on %d sentences of %s", model_uri or model_path, len(sources), src_stats.path)
     translated = translate_lines(translator, sources, cfg)
     references_tok = tokenize_references(translator, references)

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from model.constants import JSONLINES_CONTENT_TYPE, PARAMS_FILE
+from model.inference_config import InferenceConfig
 from pipeline_tasks import process, storage
 from pipeline_tasks.atomic import staged_file
 from pipeline_tasks.progress import format_duration
@@ -207,32 +208,16 @@ def resolve_model(uri: str | os.PathLike[str], workdir: str | os.PathLike[str]) 
 # --- in-process transform ----------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class TransformConfig:
-    """How a batch transform decodes; what `inference_config` gives the Translator (or a server's env)."""
+class TransformConfig(InferenceConfig):
+    """The decoding settings of :class:`~model.inference_config.InferenceConfig` (what the Translator, or a
+    server's environment, gets: :meth:`decoding`), plus what a batch transform adds."""
 
-    batch_size: int = 32
-    beam_size: int | None = None
-    max_output_length: int | None = None  # tokens for every line; None: a multiple of each source's length
-    text_format: str | None = None   # raw | tokens; None: raw when the model ships a tokenizer
-    unknown_tokens: str = "unk"
-    on_error: str = "fail"           # fail | record
     chunk_lines: int = 2000          # lines in memory at once (sorted by length within a chunk)
-    engine: str | None = None        # auto | torch | ctranslate2; None: auto (the model's export when it has one)
-    compute_type: str | None = None  # ctranslate2: int8, float32, …; None: the export's own
-    quantize: str | None = None      # torch: none | int8 (torch.ao dynamic, CPU)
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.chunk_lines < 1:
             raise ValueError(f"chunk_lines must be >= 1, got {self.chunk_lines}")
-        self.inference_config()  # validates the rest
-
-    def inference_config(self):
-        from model.translator import InferenceConfig
-
-        return InferenceConfig(batch_size=self.batch_size, beam_size=self.beam_size,
-                               max_output_length=self.max_output_length, text_format=self.text_format,
-                               unknown_tokens=self.unknown_tokens, on_error=self.on_error, engine=self.engine,
-                               compute_type=self.compute_type, quantize=self.quantize)
 
 
 def iter_line_chunks(f: IO[bytes], n: int) -> Iterator[list[bytes]]:
@@ -302,7 +287,7 @@ def transform(model: str | os.PathLike[str], input_uri: str, output_uri: str,
     with tempfile.TemporaryDirectory(prefix="transform-") as tmp:
         work = Path(tmp)
         model_dir = resolve_model(model, work)
-        translator = Translator.load(model_dir, cfg.inference_config(), device)
+        translator = Translator.load(model_dir, cfg.decoding(), device)
         lines = errors = 0
         error_lines: list[int] = []
         with _local_input(input_uri, work) as local_in:
@@ -348,7 +333,7 @@ def transform_job_config(*, job_name: str, model_name: str, image_uri: str, mode
     cfg = cfg or TransformConfig()
     if not 1 <= max_payload_mb <= 100:
         raise ValueError(f"max_payload_mb must be 1..100 (SageMaker's range), got {max_payload_mb}")
-    env = cfg.inference_config().to_env()
+    env = cfg.decoding().to_env()
     model: dict[str, Any] = {
         "ModelName": model_name,
         "ExecutionRoleArn": role_arn,

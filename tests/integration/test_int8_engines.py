@@ -19,9 +19,10 @@ import torch
 from model import ctranslate
 from model.beam_search import beam_search, greedy_search, output_length_limits
 from model.constants import JSON_CONTENT_TYPE, JSONLINES_CONTENT_TYPE
+from model.inference_config import InferenceConfig
 from model.metrics import corpus_bleu as bleu
 from model.serving_codecs import invoke
-from model.translator import InferenceConfig, Translator
+from model.translator import Translator
 from pipeline_tasks.transform import TransformConfig, transform
 from tests.models import jsonlines
 

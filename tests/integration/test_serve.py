@@ -30,7 +30,8 @@ import requests
 
 from model import record_pb2, recordio
 from model.constants import JSON_CONTENT_TYPE, JSONLINES_CONTENT_TYPE, RECORDIO_CONTENT_TYPE
-from model.translator import InferenceConfig, Translator
+from model.inference_config import InferenceConfig
+from model.translator import Translator
 from tests.conftest import ROOT
 from tests.models import jsonlines, records, sentences
 

@@ -134,7 +134,8 @@ def test_unknown_tokens_map_to_unk_or_are_rejected(copy_model: Path, tmp_path: P
 
 
 def test_raw_text_is_tokenized_and_detokenized_with_the_models_tokenizer(wmt_model: Path, tmp_path: Path) -> None:
-    from model.translator import InferenceConfig, Translator
+    from model.inference_config import InferenceConfig
+    from model.translator import Translator
 
     sources = ["The Commission has adopted the proposal.", "It is not acceptable that Parliament is ignored."]
     src = write_jsonl(tmp_path / "in.jsonl", sources)
@@ -156,7 +157,8 @@ UNDECODABLE = {
 
 def test_lone_surrogate_and_deep_nesting_are_bad_lines_in_both_modes(wmt_model: Path, tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture) -> None:
-    from model.translator import InferenceConfig, Translator
+    from model.inference_config import InferenceConfig
+    from model.translator import Translator
 
     sources = ["Thank you .", "-", "The Commission has adopted the proposal .", "-", "Good morning ."]
     lines = [UNDECODABLE.get(i, json.dumps({"source": s}).encode()) for i, s in enumerate(sources, 1)]

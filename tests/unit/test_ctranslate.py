@@ -21,8 +21,9 @@ from model import ctranslate, engines
 from model.checkpoint import load_model, save_model_files, save_params
 from model.constants import PARAMS_FILE
 from model.hyperparameters import parse_hyperparameters
+from model.inference_config import InferenceConfig
 from model.model import build_model
-from model.translator import InferenceConfig, Translator
+from model.translator import Translator
 from tests.system.copy_task import copy_vocab
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

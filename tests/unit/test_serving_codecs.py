@@ -12,9 +12,10 @@ import pytest
 
 from model import record_pb2, recordio
 from model.constants import JSON_CONTENT_TYPE, JSONLINES_CONTENT_TYPE, RECORDIO_CONTENT_TYPE
+from model.inference_config import InferenceConfig
 from model.serving_codecs import RequestError, invoke, split_lines
 from model.tokenizer import Tokenizer
-from model.translator import InferenceConfig, Translator
+from model.translator import Translator
 from tests.conftest import NEWSTEST
 from tests.models import jsonlines, records, sentences
 

@@ -9,7 +9,8 @@ import math
 
 import pytest
 
-from model.translator import InferenceConfig, InputError, Translator
+from model.inference_config import InferenceConfig
+from model.translator import InputError, Translator
 from tests.models import sentences
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
