@@ -22,7 +22,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, Param, TriggerRule, dag, task
 
-from seq2seq_airflow.operators import DEFERRABLE, JOB_PREFIX_KEY, Seq2SeqTrainingOperator, Seq2SeqTransformOperator
+from pipeline_tasks.jobs.names import JOB_PREFIX_KEY
+from seq2seq_airflow.operators import DEFERRABLE, Seq2SeqTrainingOperator, Seq2SeqTransformOperator
 
 DAG_ID = "wmt_seq2seq"
 DATASET = Asset(name="wmt_seq2seq_dataset", uri="wmt-seq2seq://dataset")
@@ -223,7 +224,8 @@ def wmt_seq2seq():
     @task
     def training_request(data: dict, params=None, run_id=None) -> dict:
         """The CreateTrainingJob request: the single source of truth for all three backends."""
-        from pipeline_tasks.training_job import check_sagemaker_request, job_name, training_job_config
+        from pipeline_tasks.jobs.names import job_name
+        from pipeline_tasks.jobs.requests import check_sagemaker_request, training_job_config
 
         layout = _layout(params, run_id)
         config = training_job_config(
@@ -298,9 +300,10 @@ def wmt_seq2seq():
 
     @task
     def transform_request(promotion: dict, params=None, run_id=None) -> dict:
+        from pipeline_tasks.jobs.names import job_name
+        from pipeline_tasks.jobs.requests import transform_job_config
         from pipeline_tasks.pipeline import transform_input_step
-        from pipeline_tasks.training_job import job_name
-        from pipeline_tasks.transform import TransformConfig, transform_job_config
+        from pipeline_tasks.transform import TransformConfig
 
         layout = _layout(params, run_id)
         name = job_name(f"{DAG_ID}-transform", run_id, 1)

@@ -15,7 +15,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Asset, Param, TriggerRule, dag, task
 
-from seq2seq_airflow.operators import DEFERRABLE, JOB_PREFIX_KEY, Seq2SeqTransformOperator
+from pipeline_tasks.jobs.names import JOB_PREFIX_KEY
+from seq2seq_airflow.operators import DEFERRABLE, Seq2SeqTransformOperator
 
 DAG_ID = "wmt_seq2seq_batch_transform"
 TRAINING_DAG_ID = "wmt_seq2seq"
@@ -78,10 +79,11 @@ def wmt_seq2seq_batch_transform():
         from airflow.sdk.exceptions import AirflowFailException
 
         from pipeline_tasks.gate import read_pointer
+        from pipeline_tasks.jobs.names import job_name
+        from pipeline_tasks.jobs.requests import transform_job_config
         from pipeline_tasks.plan import PlanError, check_conf
         from pipeline_tasks.runs import RunLayout
-        from pipeline_tasks.training_job import job_name
-        from pipeline_tasks.transform import TransformConfig, transform_job_config
+        from pipeline_tasks.transform import TransformConfig
 
         try:
             check_conf(dag_run.conf if dag_run else None, PARAMS)
