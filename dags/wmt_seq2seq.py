@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from airflow.sdk import Param, TriggerRule, dag, task
 
+from pipeline_tasks.jobs.names import JOB_PREFIX_KEY
 from seq2seq_airflow.assets import DATASET, MODEL
 from seq2seq_airflow.branches import training_branch, transform_branch, transform_task_id
-from seq2seq_airflow.operators import JOB_PREFIX_KEY
 from seq2seq_airflow.settings import (
     DEFAULT_ARGS,
     START_DATE,
@@ -217,7 +217,8 @@ def wmt_seq2seq():
     @task
     def training_request(data: dict, params=None, run_id=None) -> dict:
         """The CreateTrainingJob request: the single source of truth for all three backends."""
-        from pipeline_tasks.training_job import check_sagemaker_request, job_name, training_job_config
+        from pipeline_tasks.jobs.names import job_name
+        from pipeline_tasks.jobs.requests import check_sagemaker_request, training_job_config
 
         layout = _layout(params, run_id)
         config = training_job_config(
@@ -269,9 +270,10 @@ def wmt_seq2seq():
 
     @task
     def transform_request(promotion: dict, params=None, run_id=None) -> dict:
+        from pipeline_tasks.jobs.names import job_name
+        from pipeline_tasks.jobs.requests import transform_job_config
         from pipeline_tasks.pipeline import transform_input_step
-        from pipeline_tasks.training_job import job_name
-        from pipeline_tasks.transform import TransformConfig, transform_job_config
+        from pipeline_tasks.transform import TransformConfig
 
         layout = _layout(params, run_id)
         name = job_name(f"{DAG_ID}-transform", run_id, 1)

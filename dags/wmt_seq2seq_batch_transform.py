@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from airflow.sdk import Param, TriggerRule, dag, task
 
+from pipeline_tasks.jobs.names import JOB_PREFIX_KEY
 from seq2seq_airflow.assets import MODEL
 from seq2seq_airflow.branches import transform_branch, transform_task_id
-from seq2seq_airflow.operators import JOB_PREFIX_KEY
 from seq2seq_airflow.settings import (
     DEFAULT_ARGS,
     DEFAULT_TRANSFORM_INPUT,
@@ -73,10 +73,11 @@ def wmt_seq2seq_batch_transform():
         from airflow.sdk.exceptions import AirflowFailException
 
         from pipeline_tasks.gate import read_pointer
+        from pipeline_tasks.jobs.names import job_name
+        from pipeline_tasks.jobs.requests import transform_job_config
         from pipeline_tasks.plan import PlanError, check_conf
         from pipeline_tasks.runs import RunLayout
-        from pipeline_tasks.training_job import job_name
-        from pipeline_tasks.transform import TransformConfig, transform_job_config
+        from pipeline_tasks.transform import TransformConfig
 
         try:
             check_conf(dag_run.conf if dag_run else None, PARAMS)

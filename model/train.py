@@ -1,4 +1,4 @@
-"""``train``: the container's training entrypoint (SageMaker's contract, DESIGN §4).
+"""``train``: the container's training entrypoint (SageMaker's contract, docs/ARCHITECTURE.md §4).
 
 Reads the config files and channels under ``/opt/ml`` (or ``$SAGEMAKER_BASE_DIR``), trains, and
 leaves in the model directory everything serving needs. Any error ends with its reason in

@@ -131,7 +131,7 @@ def cmd_transform(a: argparse.Namespace) -> None:
 
 
 def cmd_transform_job(a: argparse.Namespace) -> None:
-    from pipeline_tasks.transform import run_transform_job
+    from pipeline_tasks.jobs.local.transform import run_transform_job
 
     with open(a.request, encoding="utf-8") as f:
         request = json.load(f)

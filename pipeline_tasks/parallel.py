@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from typing import TypeVar
 
-from pipeline_tasks.process import set_parent_death_signal
+from pipeline_tasks.jobs.local.process import set_parent_death_signal
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_tasks import storage
+from pipeline_tasks.jobs.names import job_name, job_name_prefix, name_for_try
 from pipeline_tasks.runs import RunLayout, get_tree, is_complete, put_tree
 
 log = logging.getLogger(__name__)
@@ -209,27 +210,21 @@ def publish_step(layout: RunLayout, summary: Mapping[str, Any]) -> dict[str, Any
 
 # --- the local executions of the SageMaker requests (backends local and docker) ----------------------------
 
-JOB_PREFIX_KEY = "JobNamePrefix"  # ours, in the requests the DAG builds: the job name is made per try from it
-
-
 def _request_for_try(request: Mapping[str, Any], run_id: str, try_number: int) -> tuple[dict[str, Any], str]:
-    """The AWS request with this try's job name (unique per run and try) and without our key."""
-    from pipeline_tasks.training_job import job_name
-
-    config = json.loads(json.dumps({k: v for k, v in request.items() if k != JOB_PREFIX_KEY}))
-    return config, job_name(request[JOB_PREFIX_KEY], run_id, try_number)
+    """A copy of the AWS request with this try's job name (unique per run and try) and without our key."""
+    config = json.loads(json.dumps(request))
+    return config, name_for_try(config, run_id, try_number)
 
 
 def train_step(request: Mapping[str, Any], backend: str, run_id: str, try_number: int) -> dict[str, Any]:
     """Run a CreateTrainingJob request here (local process or docker); raises when the job failed, with
     its FailureReason. Returns ``{"Training": DescribeTrainingJob-like}``, as the SageMaker operator does."""
-    from pipeline_tasks.training_job import job_name, run_training_job, stored_result
+    from pipeline_tasks.jobs.local.training import run_training_job, stored_result
 
     config, name = _request_for_try(request, run_id, try_number)
-    config["TrainingJobName"] = name
     output = config["OutputDataConfig"]["S3OutputPath"]
     for earlier in range(try_number - 1, 0, -1):  # a try that trained but died before returning
-        done = stored_result(output, job_name(request[JOB_PREFIX_KEY], run_id, earlier))
+        done = stored_result(output, job_name(job_name_prefix(request), run_id, earlier))
         if done and done.get("TrainingJobStatus") == "Completed":
             log.info("training job %s of try %d completed and stored its model: using it", done["TrainingJobName"],
                      earlier)
@@ -245,11 +240,9 @@ def transform_step(request: Mapping[str, Any], run_id: str, try_number: int,
     """Run a {"Model", "Transform"} request here against the serve entrypoint (a process, or the image
     with backend docker); raises when the job failed. Returns ``{"Transform": DescribeTransformJob-like}``,
     as the SageMaker operator does."""
-    from pipeline_tasks.transform import run_transform_job
+    from pipeline_tasks.jobs.local.transform import run_transform_job
 
     config, name = _request_for_try(request, run_id, try_number)
-    config["Transform"]["TransformJobName"] = config["Transform"]["ModelName"] = name
-    config["Model"]["ModelName"] = name
     result = run_transform_job(config, backend=backend)
     if result["TransformJobStatus"] != "Completed":
         raise RuntimeError(f"transform job {name} failed: {result.get('FailureReason')}")

@@ -38,7 +38,7 @@ def unknown_keys(given: Iterable[str], known: Iterable[str], what: str) -> str |
 def check_hyperparameters(hyperparameters: Mapping[str, Any]) -> None:
     """The container's own parser on the values the job will get, so that its message (naming the
     hyperparameter, the value and what is allowed) reaches the user before the data is prepared."""
-    from pipeline_tasks.training_job import hyperparameter_strings
+    from pipeline_tasks.jobs.requests import hyperparameter_strings
 
     try:
         parse_hyperparameters(hyperparameter_strings(hyperparameters))

@@ -6,12 +6,10 @@ counted):
 
 - :func:`transform`: in-process, streaming. Lines are read, translated and written ``chunk_lines`` at
   a time, so memory stays flat for any input size; the output is staged and published whole.
-- :func:`run_transform_job`: the local emulation of a SageMaker transform job. It executes the same
-  ``{"Model": CreateModel, "Transform": CreateTransformJob}`` request (the dict the amazon provider's
-  ``SageMakerTransformOperator`` takes, built by :func:`transform_job_config`) on this machine: starts
-  ``container/serve`` on the model, splits each input object by line (``SplitType=Line``), posts
-  mini-batches under ``MaxPayloadInMB`` (``BatchStrategy=MultiRecord``) and assembles the responses by
-  line into ``<input-name>.out`` under the output path, as SageMaker does.
+- ``run_transform_job`` (pipeline_tasks/jobs/local/transform.py): the local emulation of a SageMaker
+  transform job, executing the ``{"Model": CreateModel, "Transform": CreateTransformJob}`` request
+  that pipeline_tasks/jobs/requests.py builds against ``container/serve``; it uses this module's model
+  resolution, line reading and progress.
 
 Both log their progress at least every :data:`PROGRESS_INTERVAL_S` seconds, from a timer, not only when
 a piece of work ends: lines done of the total, lines/s over the last interval, ETA, and what is still
@@ -25,45 +23,28 @@ target folder.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
-import re
 import shutil
-import socket
-import subprocess
-import sys
 import tarfile
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from model.constants import JSONLINES_CONTENT_TYPE, PARAMS_FILE
+from model.constants import PARAMS_FILE
 from model.inference_config import InferenceConfig
-from pipeline_tasks import process, storage
+from pipeline_tasks import storage
 from pipeline_tasks.atomic import staged_file
 from pipeline_tasks.progress import format_duration
 
 log = logging.getLogger(__name__)
 
 MODEL_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-OUTPUT_SUFFIX = ".out"
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SERVE_COMMAND_ENV = "SEQ2SEQ_SERVE_COMMAND"
 PROGRESS_INTERVAL_S = 30.0   # the longest a transform stays silent in its log
-# Lines per mini-batch of the job emulation (besides MaxPayloadInMB): at a few lines/s on a CPU, a full 6 MB
-# mini-batch is minutes of decoding in one request; smaller ones show progress as each comes back, and
-# SageMaker's MultiRecord allows any batch under the payload limit. The output does not depend on it.
-MINI_BATCH_LINES = 500
-SERVE_STOP_GRACE_S = 30.0    # serve's time to finish after SIGTERM before it is killed
 
 
 # --- progress ----------------------------------------------------------------------------------------------
@@ -247,7 +228,8 @@ def count_lines(path: str | os.PathLike[str]) -> int:
 
 
 @contextlib.contextmanager
-def _local_input(uri: str, workdir: Path) -> Iterator[Path]:
+def local_input(uri: str, workdir: Path) -> Iterator[Path]:
+    """The input as a local file to stream from: the file itself, or an S3 object fetched under `workdir`."""
     loc = storage.parse(uri)
     if isinstance(loc, storage.S3Location):
         yield storage.get_file(uri, workdir / "input" / (Path(loc.key).name or "input"))
@@ -258,7 +240,7 @@ def _local_input(uri: str, workdir: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _local_output(uri: str, workdir: Path) -> Iterator[IO[bytes]]:
+def local_output(uri: str, workdir: Path) -> Iterator[IO[bytes]]:
     """A file to write; published (atomically locally, uploaded then verified on S3) only on success."""
     loc = storage.parse(uri)
     if isinstance(loc, storage.S3Location):
@@ -290,9 +272,9 @@ def transform(model: str | os.PathLike[str], input_uri: str, output_uri: str,
         translator = Translator.load(model_dir, cfg.decoding(), device)
         lines = errors = 0
         error_lines: list[int] = []
-        with _local_input(input_uri, work) as local_in:
+        with local_input(input_uri, work) as local_in:
             progress = LineProgress(f"transform {Path(local_in).name}", count_lines(local_in), progress_interval_s)
-            with progress, open(local_in, "rb") as fin, _local_output(output_uri, work) as fout:
+            with progress, open(local_in, "rb") as fin, local_output(output_uri, work) as fout:
                 for chunk in iter_line_chunks(fin, cfg.chunk_lines):
                     progress.started("chunk", f"lines {lines + 1:,}-{lines + len(chunk):,}")
                     try:
@@ -318,359 +300,3 @@ def transform(model: str | os.PathLike[str], input_uri: str, output_uri: str,
             "beam_size": translator.beam_size, "batch_size": cfg.batch_size, "text_format": translator.text_format,
             "max_output_length": translator.output_length_rule,
             "engine": engines.describe(translator.engine, translator.config)}
-
-
-# --- the SageMaker transform job request --------------------------------------------------------------------
-
-def transform_job_config(*, job_name: str, model_name: str, image_uri: str, model_data_url: str, role_arn: str,
-                         input_uri: str, output_uri: str, instance_type: str = "ml.m5.xlarge",
-                         instance_count: int = 1, cfg: TransformConfig | None = None,
-                         max_payload_mb: int = 6, max_concurrent_transforms: int | None = None,
-                         tags: dict[str, str] | None = None) -> dict[str, Any]:
-    """``{"Model": CreateModel, "Transform": CreateTransformJob}``: what SageMakerTransformOperator takes
-    and what :func:`run_transform_job` executes locally. Decoding settings travel as the container's
-    environment (the serve entrypoint reads them), so the endpoint decodes as the local transform does."""
-    cfg = cfg or TransformConfig()
-    if not 1 <= max_payload_mb <= 100:
-        raise ValueError(f"max_payload_mb must be 1..100 (SageMaker's range), got {max_payload_mb}")
-    env = cfg.decoding().to_env()
-    model: dict[str, Any] = {
-        "ModelName": model_name,
-        "ExecutionRoleArn": role_arn,
-        "PrimaryContainer": {"Image": image_uri, "ModelDataUrl": model_data_url, "Environment": env},
-    }
-    transform_job: dict[str, Any] = {
-        "TransformJobName": job_name,
-        "ModelName": model_name,
-        "BatchStrategy": "MultiRecord",
-        "MaxPayloadInMB": max_payload_mb,
-        "TransformInput": {
-            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": input_uri}},
-            "ContentType": JSONLINES_CONTENT_TYPE,
-            "SplitType": "Line",
-            "CompressionType": "None",
-        },
-        "TransformOutput": {"S3OutputPath": output_uri, "Accept": JSONLINES_CONTENT_TYPE, "AssembleWith": "Line"},
-        "TransformResources": {"InstanceType": instance_type, "InstanceCount": instance_count},
-    }
-    if max_concurrent_transforms:
-        transform_job["MaxConcurrentTransforms"] = max_concurrent_transforms
-    if tags:
-        tag_list = [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
-        model["Tags"] = tag_list
-        transform_job["Tags"] = tag_list
-    return {"Model": model, "Transform": transform_job}
-
-
-# --- the local emulation of a transform job ----------------------------------------------------------------
-
-class TransformJobError(RuntimeError):
-    """The job failed; the message is what DescribeTransformJob's FailureReason says."""
-
-
-def serve_command() -> list[str]:
-    """How to start the serving entrypoint on this machine (``$SEQ2SEQ_SERVE_COMMAND`` overrides)."""
-    override = os.environ.get(SERVE_COMMAND_ENV)
-    if override:
-        return override.split()
-    return [sys.executable, str(REPO_ROOT / "container" / "serve")]
-
-
-def docker_serve_command(image: str, model_dir: str | os.PathLike[str], port: int, environment: dict[str, str],
-                         gpus: bool, name: str) -> list[str]:
-    """``docker run`` as SageMaker starts a serving container: the model at /opt/ml/model (read-only), the
-    container's port 8080 on 127.0.0.1:`port`, the environment of the CreateModel request."""
-    cmd = ["docker", "run", "--rm", "--name", name, "-p", f"127.0.0.1:{port}:8080",
-           "-v", f"{Path(model_dir).resolve()}:/opt/ml/model:ro"]
-    if gpus:
-        cmd += ["--gpus", "all"]
-    for key, value in sorted(environment.items()):
-        cmd += ["-e", f"{key}={value}"]
-    return [*cmd, image, "serve"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LocalServer:
-    """``container/serve`` on a model directory, on 127.0.0.1, for the duration of a ``with`` block."""
-
-    def __init__(self, model_dir: Path, root: Path, environment: dict[str, str], max_payload_mb: int,
-                 workers: int | None = None, startup_timeout_s: float = 300.0, docker_image: str | None = None,
-                 gpus: bool = False) -> None:
-        self.model_dir, self.root, self.environment = model_dir, root, environment
-        self.max_payload_mb, self.workers, self.startup_timeout_s = max_payload_mb, workers, startup_timeout_s
-        self.docker_image, self.gpus = docker_image, gpus
-        self.port = 0
-        self.docker_name: str | None = None
-        self.proc: subprocess.Popen | None = None
-        self.log_file: IO[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> LocalServer:
-        ml_model = self.root / "model"
-        ml_model.parent.mkdir(parents=True, exist_ok=True)
-        if not ml_model.exists():
-            ml_model.symlink_to(self.model_dir.resolve(), target_is_directory=True)
-        self.port = _free_port()
-        server_env = {**self.environment, "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(self.max_payload_mb)}
-        if self.workers:
-            server_env["SAGEMAKER_MODEL_SERVER_WORKERS"] = str(self.workers)
-        if self.docker_image:
-            env = dict(os.environ)
-            cmd = docker_serve_command(self.docker_image, self.model_dir, self.port, server_env, self.gpus,
-                                       f"seq2seq-serve-{self.port}")
-        else:
-            env = {**os.environ, **server_env, "SAGEMAKER_BASE_DIR": str(self.root),
-                   "SAGEMAKER_BIND_TO_PORT": str(self.port), "SEQ2SEQ_BIND_HOST": "127.0.0.1",
-                   "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-            cmd = serve_command()
-        self.log_file = open(self.root / "serve.log", "w+b")
-        log.info("starting %s on port %d", " ".join(cmd), self.port)
-        self.docker_name = f"seq2seq-serve-{self.port}" if self.docker_image else None
-        # Its own session, dying with us: a killed task must not leave a server behind (pipeline_tasks/process.py).
-        self.proc = process.start(cmd, env=env, stdout=self.log_file, stderr=subprocess.STDOUT)
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.__exit__(*sys.exc_info())
-            raise
-        return self
-
-    def log_tail(self, n: int = 2000) -> str:
-        if self.log_file is None:
-            return ""
-        self.log_file.flush()
-        self.log_file.seek(0)
-        return self.log_file.read().decode("utf-8", "replace")[-n:]
-
-    def _wait_ready(self) -> None:
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise TransformJobError(f"serve exited with status {self.proc.returncode} before answering "
-                                        f"/ping: {self.log_tail().strip()}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(self.url + "/ping", timeout=2) as r:
-                if r.status == 200:
-                    return
-            time.sleep(0.2)
-        raise TransformJobError(f"serve did not answer /ping within {self.startup_timeout_s:.0f}s")
-
-    def execution_parameters(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.url + "/execution-parameters", timeout=10) as r:
-            return json.loads(r.read())
-
-    def invoke(self, body: bytes, timeout_s: float) -> tuple[int, bytes]:
-        req = urllib.request.Request(self.url + "/invocations", data=body, method="POST",
-                                     headers={"Content-Type": JSONLINES_CONTENT_TYPE, "Accept": JSONLINES_CONTENT_TYPE})
-        try:
-            with urllib.request.urlopen(req, timeout=timeout_s) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
-
-    def __exit__(self, exc_type: type[BaseException] | None = None, *exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            if exc_type is not None and not issubclass(exc_type, Exception):
-                # The task is being stopped (SIGTERM, timeout, Ctrl-C) and has seconds left: SIGTERM now,
-                # SIGKILL by a detached reaper if serve is still there after the grace period.
-                process.stop_detached(self.proc, SERVE_STOP_GRACE_S, log, "serve", docker_name=self.docker_name)
-            else:
-                process.stop(self.proc, SERVE_STOP_GRACE_S, log, "serve", docker_name=self.docker_name)
-        if self.log_file is not None:
-            self.log_file.close()
-            self.log_file = None
-
-
-def mini_batches(lines: Iterator[list[bytes]], max_bytes: int, name: str,
-                 max_lines: int | None = None) -> Iterator[tuple[int, list[bytes]]]:
-    """(first line number, lines) groups whose request body (lines + newlines) stays under
-    `max_bytes`, as SageMaker's MultiRecord strategy builds them, and holds at most `max_lines` lines;
-    a single line over the payload limit is an error."""
-    if max_lines is not None and max_lines < 1:
-        raise ValueError(f"max_lines must be >= 1, got {max_lines}")
-    batch: list[bytes] = []
-    size = 0
-    first = next_line = 1
-    for chunk in lines:
-        for line in chunk:
-            n = len(line) + 1
-            if n > max_bytes:
-                raise TransformJobError(f"{name}: line {next_line} is {n} bytes, over MaxPayloadInMB "
-                                        f"({max_bytes} bytes)")
-            if batch and (size + n > max_bytes or (max_lines is not None and len(batch) >= max_lines)):
-                yield first, batch
-                batch, size, first = [], 0, next_line
-            batch.append(line)
-            size += n
-            next_line += 1
-    if batch:
-        yield first, batch
-
-
-_LINE_MESSAGE = re.compile(r"^line (\d+): (.*)$", re.S)
-
-
-def _batch_error(name: str, first: int, status: int, body: bytes) -> str:
-    try:
-        message = json.loads(body).get("error", "")
-    except (ValueError, AttributeError):
-        message = body.decode("utf-8", "replace")[:500]
-    m = _LINE_MESSAGE.match(message)
-    if m:  # the server numbers the lines of its request; the job names the line of the input object
-        return f"{name}: line {first + int(m.group(1)) - 1}: {m.group(2)}"
-    return f"{name}: lines {first}…: HTTP {status}: {message}"
-
-
-def _transform_object(server: LocalServer, name: str, local_in: Path, out: IO[bytes], max_bytes: int,
-                      concurrency: int, timeout_s: float, max_lines: int | None = MINI_BATCH_LINES,
-                      progress_interval_s: float | None = None) -> dict[str, int]:
-    """Post one input object's mini-batches (up to `concurrency` in flight) and write the responses
-    in input order. Lines count as done when their mini-batch's answer arrives; meanwhile the progress
-    timer names the mini-batches still at the server and for how long."""
-    lines = errors = 0
-    progress = LineProgress(f"transform job {name}", count_lines(local_in), progress_interval_s)
-    pending: deque[tuple[int, list[bytes], Future]] = deque()
-
-    def post(first: int, batch: list[bytes], body: bytes) -> tuple[int, bytes]:
-        key = (first, len(batch))
-        progress.started(key, f"mini-batch of lines {first:,}-{first + len(batch) - 1:,}")
-        try:
-            status, answer = server.invoke(body, timeout_s)
-        finally:
-            progress.finished(key)
-        if status == 200:
-            progress.add(len(batch))
-        return status, answer
-
-    def drain_one() -> None:
-        nonlocal lines, errors
-        first, batch, fut = pending.popleft()
-        status, body = fut.result()
-        if status != 200:
-            raise TransformJobError(_batch_error(name, first, status, body))
-        got = body.count(b"\n") + (not body.endswith(b"\n") and bool(body))
-        if got != len(batch):
-            raise TransformJobError(f"{name}: lines {first}-{first + len(batch) - 1}: the server answered "
-                                    f"{got} line(s) for {len(batch)}")
-        errors += sum(1 for r in body.splitlines() if r.startswith(b'{"error"'))
-        out.write(body if body.endswith(b"\n") else body + b"\n")
-        lines += len(batch)
-
-    with progress, open(local_in, "rb") as fin, ThreadPoolExecutor(concurrency) as pool:
-        for first, batch in mini_batches(iter_line_chunks(fin, 4096), max_bytes, name, max_lines):
-            body = b"".join(line + b"\n" for line in batch)
-            pending.append((first, batch, pool.submit(post, first, batch, body)))
-            if len(pending) >= concurrency:
-                drain_one()
-        while pending:
-            drain_one()
-    progress.done()
-    return {"lines": lines, "errors": errors}
-
-
-def _input_objects(uri: str) -> list[tuple[str, str]]:
-    """(URI, name relative to the prefix) of every input object; S3Prefix semantics: the URI may name
-    one object or a prefix/folder."""
-    loc = storage.parse(uri)
-    if isinstance(loc, storage.S3Location):
-        if storage.head(loc) is not None:
-            return [(uri, Path(loc.key).name)]
-    elif loc.is_file():
-        return [(uri, loc.name)]
-    files = storage.list_files(uri)
-    objects = [(storage.join(uri, *rel.split("/")), rel) for rel in sorted(files) if not rel.endswith("/")]
-    if not objects:
-        raise TransformJobError(f"{uri}: no input objects")
-    return objects
-
-
-def run_transform_job(config: dict[str, Any], workdir: str | os.PathLike[str] | None = None,
-                      request_timeout_s: float = 3600.0, backend: str = "local",
-                      image: str | None = None, mini_batch_lines: int | None = MINI_BATCH_LINES,
-                      progress_interval_s: float | None = None) -> dict[str, Any]:
-    """Execute ``{"Model": …, "Transform": …}`` here; returns a DescribeTransformJob-like dict.
-
-    Mini-batches hold at most `mini_batch_lines` lines (None: as many as fit ``MaxPayloadInMB``), so
-    that progress, logged every `progress_interval_s` (:data:`PROGRESS_INTERVAL_S`), moves as each
-    answer comes back.
-
-    ``backend`` local runs ``container/serve`` as a process; docker runs the image's ``serve``
-    (``PrimaryContainer.Image`` unless `image` is given; ``--gpus all`` when GPUs exist). A failure
-    returns ``TransformJobStatus: Failed`` with the ``FailureReason`` (and publishes nothing for the
-    object that failed), as SageMaker reports it; callers decide whether that raises. No Docker engine
-    is an error (DockerUnavailableError), not a failed job."""
-    model_req, job = config["Model"], config["Transform"]
-    name = job["TransformJobName"]
-    _check_request(job)
-    if backend not in ("local", "docker"):
-        raise ValueError(f"backend must be local or docker (sagemaker is the operator's), got {backend!r}")
-    docker_image, gpus = None, False
-    if backend == "docker":
-        from pipeline_tasks.training_job import docker_available, nvidia_gpus_available
-
-        docker_available()
-        docker_image = image or model_req["PrimaryContainer"]["Image"]
-        gpus = nvidia_gpus_available()
-    started = time.time()
-    result: dict[str, Any] = {"TransformJobName": name, "ModelName": job["ModelName"],
-                              "TransformInput": job["TransformInput"], "TransformOutput": job["TransformOutput"],
-                              "TransformResources": job.get("TransformResources"),
-                              "TransformStartTime": started}
-    output_path = job["TransformOutput"]["S3OutputPath"]
-    outputs: list[str] = []
-    totals = {"lines": 0, "errors": 0}
-    try:
-        with tempfile.TemporaryDirectory(prefix=f"transform-job-{name}-") as tmp:
-            work = Path(workdir) if workdir is not None else Path(tmp)
-            container = model_req["PrimaryContainer"]
-            model_dir = resolve_model(container["ModelDataUrl"], work / "model-data")
-            env = {str(k): str(v) for k, v in (container.get("Environment") or {}).items()}
-            env.update({str(k): str(v) for k, v in (job.get("Environment") or {}).items()})
-            with process.stop_on_sigterm(), LocalServer(
-                    model_dir, work / "ml", env, int(job.get("MaxPayloadInMB", 6)),
-                    workers=job.get("MaxConcurrentTransforms"), docker_image=docker_image, gpus=gpus) as server:
-                params = server.execution_parameters()
-                payload_mb = int(job.get("MaxPayloadInMB") or params.get("MaxPayloadInMB", 6))
-                concurrency = int(job.get("MaxConcurrentTransforms") or params.get("MaxConcurrentTransforms", 1))
-                log.info("transform job %s: %s, MaxPayloadInMB %d, MaxConcurrentTransforms %d", name,
-                         job["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"], payload_mb, concurrency)
-                input_uri = job["TransformInput"]["DataSource"]["S3DataSource"]["S3Uri"]
-                for uri, rel in _input_objects(input_uri):
-                    with _local_input(uri, work / "in" / str(len(outputs))) as local_in:
-                        out_uri = storage.join(output_path, *(rel + OUTPUT_SUFFIX).split("/"))
-                        with _local_output(out_uri, work / "out" / str(len(outputs))) as out:
-                            counts = _transform_object(server, uri, Path(local_in), out, payload_mb << 20,
-                                                       concurrency, request_timeout_s, mini_batch_lines,
-                                                       progress_interval_s)
-                    outputs.append(out_uri)
-                    for k in totals:
-                        totals[k] += counts[k]
-        result["TransformJobStatus"] = "Completed"
-    except (TransformJobError, ValueError, OSError) as e:
-        log.error("transform job %s failed: %s", name, e)
-        result["TransformJobStatus"] = "Failed"
-        result["FailureReason"] = str(e)
-    result.update({"TransformEndTime": time.time(), "OutputObjects": outputs, "Lines": totals["lines"],
-                   "ErrorLines": totals["errors"]})
-    return result
-
-
-def _check_request(job: dict[str, Any]) -> None:
-    """The settings this emulation implements; anything else would silently behave differently."""
-    tin, tout = job["TransformInput"], job["TransformOutput"]
-    wanted = {"SplitType": (tin.get("SplitType"), "Line"), "BatchStrategy": (job.get("BatchStrategy"), "MultiRecord"),
-              "AssembleWith": (tout.get("AssembleWith"), "Line"),
-              "ContentType": (tin.get("ContentType"), JSONLINES_CONTENT_TYPE),
-              "Accept": (tout.get("Accept"), JSONLINES_CONTENT_TYPE),
-              "CompressionType": (tin.get("CompressionType", "None"), "None"),
-              "S3DataType": (tin["DataSource"]["S3DataSource"].get("S3DataType"), "S3Prefix")}
-    bad = [f"{k}={got!r} (expected {want!r})" for k, (got, want) in wanted.items() if got != want]
-    if bad:
-        raise ValueError("the local transform backend implements the JSON Lines transform only: " + ", ".join(bad))

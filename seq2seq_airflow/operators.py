@@ -1,6 +1,6 @@
 """The amazon provider's SageMaker operators, with the behaviours our DAGs rely on.
 
-- The job name is made per *try* (``pipeline_tasks.training_job.job_name``), at execute time and
+- The job name is made per *try* (``pipeline_tasks.jobs.names.name_for_try``), at execute time and
   again when a deferred try resumes, so a retried task never collides with the job its previous try
   started, and downstream tasks read the name (and artifacts) from what the operator returns.
 - A task that is killed (cleared or marked failed) or fails while its job runs stops the job, so no
@@ -29,21 +29,13 @@ from typing import Any
 
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTrainingOperator, SageMakerTransformOperator
 
-from pipeline_tasks.pipeline import JOB_PREFIX_KEY  # our key in the requests, removed before the AWS call
-
-__all__ = ["DEFERRABLE", "JOB_PREFIX_KEY", "Seq2SeqTrainingOperator", "Seq2SeqTransformOperator"]
+__all__ = ["DEFERRABLE", "Seq2SeqTrainingOperator", "Seq2SeqTransformOperator"]
 
 DEFERRABLE = (importlib.util.find_spec("aiobotocore") is not None
               and os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_DEFERRABLE", "true").strip().lower() != "false")
 
 JOB_OVERHEAD_S = 3600              # outside MaxRuntimeInSeconds: instance start, data download, model upload
 TRANSFORM_MAX_WAIT_S = 24 * 3600   # a transform job has no stopping condition; wait this long at most
-
-
-def _name(prefix: str, context: Any) -> str:
-    from pipeline_tasks.training_job import job_name
-
-    return job_name(prefix, context["run_id"], context["ti"].try_number)
 
 
 def _checks(seconds: float, check_interval: int) -> int:
@@ -89,13 +81,16 @@ def _stopping(trigger: Any) -> Any:
 class _PerTryStoppingJob:
     """What both operators add to the provider's: the job named per try (also when a deferred try
     resumes), the job stopped when the task fails or is killed, and our trigger when deferring.
-    Subclasses say how to name (``_name_job``) and stop (``_stop``) their kind of job."""
+    Subclasses say how to stop (``_stop``) their kind of job."""
 
     def _wait_s(self) -> float:
         raise NotImplementedError
 
     def _name_job(self, context: Any, reported: str | None = None) -> None:
-        raise NotImplementedError
+        """Name the request for this try (and remove our prefix key, which AWS would refuse)."""
+        from pipeline_tasks.jobs.names import name_for_try
+
+        name_for_try(self.config, context["run_id"], context["ti"].try_number, reported)  # type: ignore[attr-defined]
 
     def _stop(self) -> None:
         raise NotImplementedError
@@ -132,10 +127,6 @@ class Seq2SeqTrainingOperator(_PerTryStoppingJob, SageMakerTrainingOperator):
         stopping = self.config.get("StoppingCondition") or {}
         return int(stopping.get("MaxWaitTimeInSeconds") or stopping.get("MaxRuntimeInSeconds") or 0) + JOB_OVERHEAD_S
 
-    def _name_job(self, context: Any, reported: str | None = None) -> None:
-        prefix = self.config.pop(JOB_PREFIX_KEY, None) or self.config["TrainingJobName"]
-        self.config["TrainingJobName"] = reported or _name(prefix, context)
-
     def _stop(self) -> None:
         _stop_job(self.log, "Training", self.config.get("TrainingJobName"), self.hook.describe_training_job,
                   lambda name: self.hook.conn.stop_training_job(TrainingJobName=name))
@@ -146,13 +137,6 @@ class Seq2SeqTransformOperator(_PerTryStoppingJob, SageMakerTransformOperator):
 
     def _wait_s(self) -> float:
         return TRANSFORM_MAX_WAIT_S
-
-    def _name_job(self, context: Any, reported: str | None = None) -> None:
-        prefix = self.config.pop(JOB_PREFIX_KEY, None) or self.config["Transform"]["TransformJobName"]
-        name = reported or _name(prefix, context)
-        self.config["Transform"]["TransformJobName"] = name
-        self.config["Model"]["ModelName"] = name
-        self.config["Transform"]["ModelName"] = name
 
     def _stop(self) -> None:
         _stop_job(self.log, "Transform", self.config.get("Transform", {}).get("TransformJobName"),

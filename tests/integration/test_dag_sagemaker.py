@@ -28,8 +28,8 @@ import pytest
 
 from model.metrics import METRIC_DEFINITIONS
 from pipeline_tasks import storage
+from pipeline_tasks.jobs.names import job_name
 from pipeline_tasks.runs import RunLayout
-from pipeline_tasks.training_job import job_name
 from tests.conftest import ROOT
 
 DAGS = ROOT / "dags"
@@ -252,7 +252,7 @@ print(json.dumps(out))
 def test_a_retried_train_task_starts_a_job_of_its_own(aws_env: dict[str, str], s3, bucket: str) -> None:
     """Against moto: try 2 creates its own job beside try 1's; without the per-try name (try 1's name
     again) the provider refuses the name (``action_if_job_exists="fail"``, as the DAG sets it)."""
-    from pipeline_tasks.training_job import training_job_config
+    from pipeline_tasks.jobs.requests import training_job_config
 
     channels = {}
     for name in ("train", "validation", "vocab"):
@@ -410,8 +410,8 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def stop_scenarios(airflow_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from pipeline_tasks.training_job import training_job_config
-    from pipeline_tasks.transform import TransformConfig, transform_job_config
+    from pipeline_tasks.jobs.requests import training_job_config, transform_job_config
+    from pipeline_tasks.transform import TransformConfig
 
     channels = {name: f"s3://bucket/channels/{name}" for name in ("train", "validation", "vocab")}
     train = {**training_job_config(job_name=job_name("wmt_seq2seq", RUN_ID, 1), image_uri=IMAGE, role_arn=ROLE,

@@ -22,9 +22,10 @@ import psutil
 import pytest
 import torch
 
-from pipeline_tasks.pipeline import JOB_PREFIX_KEY, train_step
-from pipeline_tasks.process import reap
-from pipeline_tasks.training_job import job_name, training_job_config
+from pipeline_tasks.jobs.local.process import reap
+from pipeline_tasks.jobs.names import JOB_PREFIX_KEY, job_name
+from pipeline_tasks.jobs.requests import training_job_config
+from pipeline_tasks.pipeline import train_step
 from tests.conftest import ROOT
 from tests.models import TINY_RNN
 from tests.system.copy_task import make_sagemaker_tree
@@ -196,7 +197,8 @@ transform_step(request, "manual__2026-12-01T10:00:00+00:00", 1, "local")
 
 def test_a_stopped_transform_task_stops_its_server(tmp_path):
     """The local transform job's container/serve (its gunicorn master and workers) goes with its task."""
-    from pipeline_tasks.transform import TransformConfig, transform_job_config
+    from pipeline_tasks.jobs.requests import transform_job_config
+    from pipeline_tasks.transform import TransformConfig
     from tests.models import train_copy_model
 
     model = train_copy_model(tmp_path / "train")

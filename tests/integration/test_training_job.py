@@ -23,13 +23,9 @@ from pathlib import Path
 import pytest
 
 from pipeline_tasks import storage
-from pipeline_tasks.training_job import (
-    RESOURCE_CONFIG,
-    TRAIN_COMMAND_ENV,
-    docker_train_command,
-    run_training_job,
-    training_job_config,
-)
+from pipeline_tasks.jobs.local.docker import docker_train_command
+from pipeline_tasks.jobs.local.training import RESOURCE_CONFIG, TRAIN_COMMAND_ENV, run_training_job
+from pipeline_tasks.jobs.requests import training_job_config
 from tests.models import TINY_RNN
 from tests.system.copy_task import make_sagemaker_tree
 
@@ -178,7 +174,7 @@ def test_the_same_name_for_another_request_is_refused(local_job, tmp_path):
 
 
 def test_a_new_job_resumes_from_the_synced_checkpoint(local_job, channels_dir, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="pipeline_tasks.training_job")
+    caplog.set_level(logging.INFO, logger="pipeline_tasks.jobs.local.training")
     ckpt = tmp_path / "checkpoints"
     shutil.copytree(local_job["tmp"] / "checkpoints", ckpt)  # leave the module's copy as it is
     channels = {c: str(channels_dir / c) for c in CHANNEL_NAMES}
@@ -186,7 +182,7 @@ def test_a_new_job_resumes_from_the_synced_checkpoint(local_job, channels_dir, t
                      hyperparameters={**HYPERPARAMETERS, "max_num_batches": "120"})
     result = run_training_job(cfg, workdir=tmp_path / "jobs")
     assert result["TrainingJobStatus"] == "Completed", result.get("FailureReason")
-    messages = [r.getMessage() for r in caplog.records if r.name == "pipeline_tasks.training_job"]
+    messages = [r.getMessage() for r in caplog.records if r.name == "pipeline_tasks.jobs.local.training"]
     assert any("checkpoints: 1 object(s)" in m for m in messages)
     # the training process's own log lines, as an Airflow task log shows them
     assert any(m.startswith("[train] ") and "resumed from" in m and "100 updates done" in m for m in messages)

@@ -20,16 +20,14 @@ import numpy as np
 import pytest
 
 from pipeline_tasks import cli, storage
+from pipeline_tasks.jobs.local.transform import TransformJobError, mini_batches, run_transform_job
+from pipeline_tasks.jobs.requests import transform_job_config
 from pipeline_tasks.transform import (
     LineProgress,
     TransformConfig,
-    TransformJobError,
     extract_model_archive,
-    mini_batches,
     resolve_model,
-    run_transform_job,
     transform,
-    transform_job_config,
 )
 from tests.system.copy_task import SYMBOLS
 
@@ -459,7 +457,7 @@ def test_local_transform_job_refuses_what_it_does_not_emulate(copy_model: Path, 
 
 
 def test_docker_serve_command_is_what_sagemaker_runs(tmp_path: Path) -> None:
-    from pipeline_tasks.transform import docker_serve_command
+    from pipeline_tasks.jobs.local.docker import docker_serve_command
 
     cmd = docker_serve_command("acct.dkr.ecr/s2s:1", tmp_path, 18080, {"SEQ2SEQ_BEAM_SIZE": "5", "A": "1"},
                                gpus=True, name="seq2seq-serve-18080")
@@ -471,7 +469,7 @@ def test_docker_serve_command_is_what_sagemaker_runs(tmp_path: Path) -> None:
 
 def test_docker_transform_job_without_an_engine_is_a_clear_error(copy_model: Path, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline_tasks.training_job import DockerUnavailableError
+    from pipeline_tasks.jobs.local.docker import DockerUnavailableError
 
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no `docker` command at all
     write_jsonl(tmp_path / "in" / "a.jsonl", copy_lines(3))

@@ -120,18 +120,20 @@ def test_corpus_layout_and_split_lookup(tmp_path: Path) -> None:
 
 def test_a_retried_train_step_reuses_an_earlier_trys_stored_job(tmp_path: Path, monkeypatch) -> None:
     """A try that trained and stored its model but died before returning is not trained again."""
-    from pipeline_tasks import pipeline, training_job
+    from pipeline_tasks import pipeline
+    from pipeline_tasks.jobs import names
+    from pipeline_tasks.jobs.local import training
 
-    request = {"OutputDataConfig": {"S3OutputPath": str(tmp_path / "model")}, pipeline.JOB_PREFIX_KEY: "wmt"}
-    first = training_job.job_name("wmt", "run-1", 1)
+    request = {"OutputDataConfig": {"S3OutputPath": str(tmp_path / "model")}, names.JOB_PREFIX_KEY: "wmt"}
+    first = names.job_name("wmt", "run-1", 1)
     out = tmp_path / "model" / first / "output"   # what a completed try 1 left, as run_training_job writes it
     out.mkdir(parents=True)
     (out / "model.tar.gz").write_bytes(b"x" * 10)
     stored = {"TrainingJobName": first, "TrainingJobStatus": "Completed", "Backend": {"ModelArtifactsBytes": 10}}
     (out / "describe.json").write_text(json.dumps(stored))
-    monkeypatch.setattr(training_job, "run_training_job", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr(training, "run_training_job", lambda *a, **k: pytest.fail("trained again"))
     assert pipeline.train_step(request, "local", "run-1", 3) == {"Training": stored}
-    monkeypatch.setattr(training_job, "run_training_job",
+    monkeypatch.setattr(training, "run_training_job",
                         lambda config, backend: {"TrainingJobName": config["TrainingJobName"],
                                                  "TrainingJobStatus": "Failed", "FailureReason": "AlgorithmError: x"})
     with pytest.raises(RuntimeError, match=r"-t1 failed: AlgorithmError: x"):

@@ -15,7 +15,10 @@ import pytest
 
 from model.hyperparameters import HyperparameterError, UnknownHyperparameterError
 from model.metrics import METRIC_DEFINITIONS
-from pipeline_tasks import training_job as tj
+from pipeline_tasks.jobs import metrics, requests
+from pipeline_tasks.jobs.local import docker, process, training
+from pipeline_tasks.jobs.local.docker import DockerUnavailableError
+from pipeline_tasks.jobs.names import job_name, validate_job_name
 
 CHANNELS = {"train": "s3://b/run/channels/train/", "validation": "s3://b/run/channels/validation/",
             "vocab": "s3://b/run/channels/vocab/"}
@@ -27,7 +30,7 @@ SAGEMAKER_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 def config(**overrides):
     args = {"job_name": "wmt-20261121-abc-t1", "image_uri": IMAGE, "role_arn": ROLE, "channels": CHANNELS,
             "output_uri": "s3://b/run/model", "hyperparameters": {"batch_size": 16, "rnn_num_hidden": "32"}}
-    return tj.training_job_config(**{**args, **overrides})
+    return requests.training_job_config(**{**args, **overrides})
 
 
 # --- the request ----------------------------------------------------------------------------------------------
@@ -136,9 +139,9 @@ def test_a_bad_job_name_is_refused_with_the_rule():
         with pytest.raises(ValueError, match=r"not valid for SageMaker|non-empty"):
             config(job_name=bad)
     with pytest.raises(ValueError, match=r"1-63 characters, letters, digits and hyphens"):
-        tj.validate_job_name("wmt_job")
-    assert tj.validate_job_name("a" * 63) == "a" * 63
-    assert tj.validate_job_name("a--b") == "a--b"
+        validate_job_name("wmt_job")
+    assert validate_job_name("a" * 63) == "a" * 63
+    assert validate_job_name("a--b") == "a--b"
 
 
 # --- job names --------------------------------------------------------------------------------------------
@@ -158,28 +161,28 @@ def test_job_names_are_valid_unique_per_run_and_try_and_stable():
     names = {}
     for prefix, run_id, attempt in itertools.product(["wmt-seq2seq", "wmt_seq2seq_en_de_" * 6], RUN_IDS, [0, 1, 2,
                                                                                                            10, 999]):
-        name = tj.job_name(prefix, run_id, attempt)
+        name = job_name(prefix, run_id, attempt)
         assert SAGEMAKER_NAME.fullmatch(name) and len(name) <= 63, name
         assert name.endswith(f"-t{attempt}")
-        assert tj.job_name(prefix, run_id, attempt) == name  # the same task asks again: the same name
+        assert job_name(prefix, run_id, attempt) == name  # the same task asks again: the same name
         names[(prefix, run_id, attempt)] = name
     assert len(set(names.values())) == len(names)
 
 
 def test_job_name_is_readable():
-    name = tj.job_name("wmt_seq2seq", "manual__2026-11-21T20:30:00.123456+00:00", 1)
+    name = job_name("wmt_seq2seq", "manual__2026-11-21T20:30:00.123456+00:00", 1)
     assert re.fullmatch(r"wmt-seq2seq-20261121-203000-[0-9a-f]{8}-t1", name), name
-    long = tj.job_name("wmt_seq2seq_english_german_nightly_retraining_pipeline",
-                       "manual__2026-11-21T20:30:00.123456+00:00", 12)
+    long = job_name("wmt_seq2seq_english_german_nightly_retraining_pipeline",
+                    "manual__2026-11-21T20:30:00.123456+00:00", 12)
     assert len(long) == 63 and long.startswith("wmt-seq2seq-english-german-nightl") and long.endswith("-t12"), long
-    assert re.fullmatch(r"wmt-[0-9a-f]{8}-t3", tj.job_name("wmt", "no date here", 3))
-    assert tj.job_name("__", "x", 1).startswith("job-")
+    assert re.fullmatch(r"wmt-[0-9a-f]{8}-t3", job_name("wmt", "no date here", 3))
+    assert job_name("__", "x", 1).startswith("job-")
 
 
 def test_job_name_rejects_a_bad_try_number():
     for bad in (-1, 1.5, True, "1"):
         with pytest.raises(ValueError, match="try_number"):
-            tj.job_name("wmt", "run", bad)
+            job_name("wmt", "run", bad)
 
 
 # --- metrics ----------------------------------------------------------------------------------------------
@@ -192,22 +195,22 @@ def test_metric_lines_are_read_as_sagemaker_reads_them():
         "validation:accuracy=1.2.3",               # matches the regex, is no number: ignored
         "train:perplexity=nan",                    # not matched by the regex
     ])
-    assert tj.parse_metrics(log) == {"train:loss": 2.5, "validation:perplexity": 9.5, "validation:bleu": 21.37}
-    assert tj.parse_metrics("no metrics here") == {}
-    assert tj.parse_metrics("x:y=3", [{"Name": "custom", "Regex": r"x:y=(\d+)"}]) == {"custom": 3.0}
+    assert metrics.parse_metrics(log) == {"train:loss": 2.5, "validation:perplexity": 9.5, "validation:bleu": 21.37}
+    assert metrics.parse_metrics("no metrics here") == {}
+    assert metrics.parse_metrics("x:y=3", [{"Name": "custom", "Regex": r"x:y=(\d+)"}]) == {"custom": 3.0}
 
 
 # --- docker ------------------------------------------------------------------------------------------------
 
 def test_docker_train_command(tmp_path):
     root = tmp_path / "wmt-job-t1"
-    assert tj.docker_train_command("img:1", root, gpus=False) == [
+    assert docker.docker_train_command("img:1", root, gpus=False) == [
         "docker", "run", "--rm", "--name", "wmt-job-t1", "-v", f"{root}:/opt/ml", "--shm-size", "1g", "img:1", "train"]
-    assert tj.docker_train_command("img:1", root, gpus=True, name="job", user="1000:1000",
-                                   env={"TRAINING_JOB_NAME": "job", "HOME": "/tmp"}) == [
+    assert docker.docker_train_command("img:1", root, gpus=True, name="job", user="1000:1000",
+                                       env={"TRAINING_JOB_NAME": "job", "HOME": "/tmp"}) == [
         "docker", "run", "--rm", "--name", "job", "-v", f"{root}:/opt/ml", "--gpus", "all", "--shm-size", "1g",
         "--user", "1000:1000", "-e", "HOME=/tmp", "-e", "TRAINING_JOB_NAME=job", "img:1", "train"]
-    relative = tj.docker_train_command("img", Path("rel/job"), gpus=False)
+    relative = docker.docker_train_command("img", Path("rel/job"), gpus=False)
     assert relative[relative.index("-v") + 1] == f"{Path('rel/job').resolve()}:/opt/ml"  # docker needs absolute
 
 
@@ -221,8 +224,8 @@ def fake_command(bin_dir: Path, name: str, body: str) -> Path:
 
 def test_docker_available_without_a_docker_command(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    with pytest.raises(tj.DockerUnavailableError) as e:
-        tj.docker_available()
+    with pytest.raises(DockerUnavailableError) as e:
+        docker.docker_available()
     assert str(e.value) == ("docker backend: no Docker engine answers (`docker info` failed: no `docker` command on "
                             "PATH); use backend=local or start Docker")
 
@@ -231,39 +234,39 @@ def test_docker_available_when_the_engine_does_not_answer(tmp_path, monkeypatch)
     fake_command(tmp_path / "bin", "docker", "sys.stderr.write('Cannot connect to the Docker daemon at "
                  "unix:///var/run/docker.sock. Is the docker daemon running?\\n'); sys.exit(1)")
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    with pytest.raises(tj.DockerUnavailableError, match=r"^docker backend: no Docker engine answers \(`docker info` "
+    with pytest.raises(DockerUnavailableError, match=r"^docker backend: no Docker engine answers \(`docker info` "
                        r"failed: Cannot connect to the Docker daemon at .*\); use backend=local or start Docker$"):
-        tj.docker_available()
+        docker.docker_available()
     # run_training_job asks before it touches anything (after looking for a stored result)
     cfg = config(output_uri=str(tmp_path / "out"))
-    with pytest.raises(tj.DockerUnavailableError):
-        tj.run_training_job(cfg, backend="docker", workdir=tmp_path / "jobs")
+    with pytest.raises(DockerUnavailableError):
+        training.run_training_job(cfg, backend="docker", workdir=tmp_path / "jobs")
     assert not (tmp_path / "jobs").exists()
 
 
 def test_docker_available_times_out(tmp_path, monkeypatch):
     fake_command(tmp_path / "bin", "docker", "import time; time.sleep(30)")
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    with pytest.raises(tj.DockerUnavailableError, match=r"no answer within 1s"):
-        tj.docker_available(timeout_s=1)
+    with pytest.raises(DockerUnavailableError, match=r"no answer within 1s"):
+        docker.docker_available(timeout_s=1)
 
 
 def test_docker_available_returns_the_engine_version(tmp_path, monkeypatch):
     fake_command(tmp_path / "bin", "docker", "assert sys.argv[1:] == ['info', '--format', '{{.ServerVersion}}']; "
                  "print('27.3.1')")
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    assert tj.docker_available() == "27.3.1"
+    assert docker.docker_available() == "27.3.1"
 
 
 def test_gpu_detection_by_nvidia_smi(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path / "none"))
-    assert tj.nvidia_gpus_available() is False
+    assert docker.nvidia_gpus_available() is False
     fake_command(tmp_path / "bin", "nvidia-smi", "print('GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1234)')")
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
-    assert tj.nvidia_gpus_available() is True
+    assert docker.nvidia_gpus_available() is True
     fake_command(tmp_path / "bin2", "nvidia-smi", "sys.stderr.write('NVIDIA-SMI has failed\\n'); sys.exit(9)")
     monkeypatch.setenv("PATH", str(tmp_path / "bin2"))
-    assert tj.nvidia_gpus_available() is False
+    assert docker.nvidia_gpus_available() is False
 
 
 # --- the local backends' request checks ------------------------------------------------------------------
@@ -276,7 +279,7 @@ def test_a_malformed_request_is_a_value_error_listing_every_problem(tmp_path):
     cfg["HyperParameters"]["batch_size"] = 16
     del cfg["OutputDataConfig"]
     with pytest.raises(ValueError) as e:
-        tj.run_training_job(cfg, workdir=tmp_path)
+        training.run_training_job(cfg, workdir=tmp_path)
     message = str(e.value)
     for part in ["unsupported TrainingInputMode 'Pipe'", "channel 'train': unsupported S3DataType='ManifestFile'",
                  "channel 'validation': unsupported CompressionType='Gzip'", "OutputDataConfig.S3OutputPath is missing",
@@ -296,21 +299,21 @@ def test_other_malformed_requests(tmp_path):
         cfg = config()
         mutate(cfg)
         with pytest.raises(ValueError, match=expected):
-            tj.run_training_job(cfg, workdir=tmp_path)
+            training.run_training_job(cfg, workdir=tmp_path)
     with pytest.raises(ValueError, match="backend must be one of local, docker"):
-        tj.run_training_job(config(), backend="sagemaker", workdir=tmp_path)
+        training.run_training_job(config(), backend="sagemaker", workdir=tmp_path)
 
 
 def test_check_sagemaker_request_wants_s3_everywhere():
-    tj.check_sagemaker_request(config(checkpoint_uri="s3://b/ckpt/"))
+    requests.check_sagemaker_request(config(checkpoint_uri="s3://b/ckpt/"))
     cfg = config(channels={**CHANNELS, "vocab": "/data/vocab"}, output_uri="file:///tmp/out")
     with pytest.raises(ValueError, match=r"channel vocab: /data/vocab; OutputDataConfig.S3OutputPath: file:///tmp/out"):
-        tj.check_sagemaker_request(cfg)
+        requests.check_sagemaker_request(cfg)
 
 
 def test_the_module_imports_neither_torch_nor_airflow():
-    code = ("import sys, pipeline_tasks.training_job; "
+    code = ("import sys, pipeline_tasks.jobs.local.training; "
             "bad = [m for m in ('torch', 'airflow') if m in sys.modules]; sys.exit(str(bad) if bad else 0)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tj.REPO_ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(tj.REPO_ROOT)}, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=process.REPO_ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(process.REPO_ROOT)}, timeout=60)
     assert proc.returncode == 0, proc.stderr + proc.stdout

@@ -14,6 +14,11 @@ checkpoint synced and no failure recorded. Three things prevent that:
 - :func:`stop_detached` stops the child as SageMaker stops a job — SIGTERM, a grace period for the
   checkpoint, then SIGKILL — from a small detached reaper process, because the task itself has only
   seconds left; the reaper then syncs the job's checkpoints, so the next try resumes from them.
+
+Both job kinds start their child from here: the container's entrypoint as a plain process
+(:func:`entrypoint_command`, with the repository on its PYTHONPATH) or the ``docker run`` client
+(pipeline_tasks/jobs/local/docker.py). pipeline_tasks/parallel.py's worker pools use
+:func:`set_parent_death_signal` too.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -32,12 +38,29 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipeline_tasks.jobs.local.docker import docker_kill, docker_stop
+
 log = logging.getLogger(__name__)
 Logger = logging.Logger | logging.LoggerAdapter
 
 PR_SET_PDEATHSIG = 1
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[3]
 KILLED_TASK_WAIT_S = 3.0  # how long a stopped task waits for its child itself (Airflow SIGKILLs it at 5 s)
+
+
+def repo_pythonpath() -> str:
+    """PYTHONPATH for a child that runs this repository's code (the entrypoints, the reaper) whether or
+    not it is installed: the repository first, then what the caller had."""
+    return os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+
+
+def entrypoint_command(entrypoint: str, override_env: str) -> list[str]:
+    """The container's `entrypoint` (``train``, ``serve``) as a plain process on this machine;
+    ``$<override_env>`` replaces it (tests, wrappers)."""
+    override = os.environ.get(override_env)
+    if override:
+        return shlex.split(override)
+    return [sys.executable, str(REPO_ROOT / "container" / entrypoint)]
 
 
 class TaskStopped(BaseException):
@@ -122,12 +145,12 @@ def stop_detached(proc: subprocess.Popen, grace_s: float, logger: Logger, what: 
     `sync_from` to `sync_to`. Waits up to `wait_s` here, so a child that stops at once is reaped now."""
     if proc.poll() is None:
         signal_group(proc.pid, signal.SIGTERM)
-    cmd = [sys.executable, "-m", "pipeline_tasks.process", "--pgid", str(proc.pid), "--grace", str(grace_s)]
+    cmd = [sys.executable, "-m", "pipeline_tasks.jobs.local.process", "--pgid", str(proc.pid), "--grace", str(grace_s)]
     if docker_name:
         cmd += ["--docker-name", docker_name]
     if sync_from is not None and sync_to:
         cmd += ["--sync-from", str(sync_from), "--sync-to", sync_to]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, "PYTHONPATH": repo_pythonpath()}
     try:
         reaper = subprocess.Popen(cmd, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
@@ -139,12 +162,6 @@ def stop_detached(proc: subprocess.Popen, grace_s: float, logger: Logger, what: 
         signal_group(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=wait_s)
-
-
-def docker_kill(name: str) -> None:
-    """Killing the docker client does not stop its container; this does."""
-    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-        subprocess.run(["docker", "kill", name], capture_output=True, timeout=60)
 
 
 def _group_alive(pgid: int) -> bool:
@@ -165,23 +182,21 @@ def reap(pgid: int, grace_s: float, docker_name: str | None = None, sync_from: s
          sync_to: str | None = None, poll_s: float = 0.2) -> int:
     """The reaper: wait for group `pgid` to end, SIGKILL it after `grace_s`, then sync checkpoints."""
     if docker_name:
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            subprocess.run(["docker", "stop", "--time", str(max(1, round(grace_s))), docker_name],
-                           capture_output=True, timeout=grace_s + 60)
+        docker_stop(docker_name, grace_s)
     deadline = time.monotonic() + grace_s
     while _group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(poll_s)
     if _group_alive(pgid):
         signal_group(pgid, signal.SIGKILL)
     if sync_from and sync_to:
-        from pipeline_tasks.training_job import sync_checkpoints
+        from pipeline_tasks.jobs.local.staging import sync_checkpoints
 
         sync_checkpoints(sync_to, Path(sync_from), log)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline_tasks.process",
+    p = argparse.ArgumentParser(prog="python -m pipeline_tasks.jobs.local.process",
                                 description="Stop a process group as SageMaker stops a job (internal).")
     p.add_argument("--pgid", type=int, required=True)
     p.add_argument("--grace", type=float, required=True)
