@@ -1,4 +1,4 @@
-"""The SageMaker inference HTTP contract (DESIGN §4) as an ASGI app (Starlette), and the event-loop worker
+"""The SageMaker inference HTTP contract (docs/ARCHITECTURE.md §4) as an ASGI app (Starlette), and the event-loop worker
 that ``container/serve`` runs it in under gunicorn (uvicorn's HTTP protocol on an asyncio/uvloop loop).
 
 All translation and content-type logic lives in :func:`model.serving_codecs.invoke`, which batch transform and

@@ -73,7 +73,7 @@ _WIDTH = {"low": 1, "high": 64}  # convolution kernels
 
 @dataclass(frozen=True)
 class Hyperparameters:
-    # --- the built-in algorithm's names, defaults as in seq2seq-hyperparameters.md ---
+    # --- the built-in algorithm's names, defaults as in the SageMaker seq2seq documentation ---
     batch_size: int = _hp(
         64, "batch_type=sentence: sentences per batch; batch_type=word: real target tokens per batch (</s> counted, "
         "padding not), filled to within 8 sentences of it in multiples of 8 sentences", low=1, high=2**20)

@@ -1,5 +1,5 @@
 """The training loop: updates, checkpoints, evaluation, early stopping, resume — the built-in
-algorithm's semantics (docs/ARCHITECTURE.md §4, seq2seq-hyperparameters.md) on PyTorch.
+algorithm's semantics (docs/ARCHITECTURE.md §4; the README's hyperparameter table) on PyTorch.
 
 Every ``checkpoint_frequency_num_batches`` updates the model is evaluated on the validation channel
 (perplexity and accuracy always, BLEU with beam search when ``bleu_sample_size`` asks for it or

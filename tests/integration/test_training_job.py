@@ -1,5 +1,5 @@
 """`run_training_job`: the local emulation of a SageMaker training job, executing the CreateTrainingJob
-request built by `training_job_config` (DESIGN §5).
+request built by `training_job_config` (docs/ARCHITECTURE.md §5).
 
 The real ``container/train`` trains tiny copy-task models from channels given as local paths and as
 S3 prefixes on moto: the artifacts must land where SageMaker puts them, in SageMaker's layout, with

@@ -21,7 +21,7 @@ from model.hyperparameters import (
     validate,
 )
 
-# The built-in algorithm's table (seq2seq-hyperparameters.md), as SageMaker would spell the defaults.
+# The built-in algorithm's table (SageMaker's seq2seq documentation), as SageMaker would spell the defaults.
 BUILT_IN_DEFAULTS = {
     "batch_size": 64,
     "beam_size": 5,

@@ -1,4 +1,4 @@
-"""The training job spec (DESIGN §5): the exact CreateTrainingJob request, early hyperparameter
+"""The training job spec (docs/ARCHITECTURE.md §5): the exact CreateTrainingJob request, early hyperparameter
 validation, job names SageMaker accepts and that never collide across runs and tries, the docker
 command and its no-engine error, metric parsing, and the request checks of the local backends."""
 
