@@ -77,7 +77,8 @@ def unwrap(model: torch.nn.Module) -> Seq2Seq:
 
 
 def model_config(hp: Hyperparameters, source_vocab_size: int, target_vocab_size: int,
-                 length_ratio: tuple[float, float] | None = None) -> dict[str, Any]:
+                 length_ratio: tuple[float, float] | None = None,
+                 parent: Mapping[str, Any] | None = None) -> dict[str, Any]:
     config: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "encoder_type": hp.encoder_type,
@@ -89,17 +90,20 @@ def model_config(hp: Hyperparameters, source_vocab_size: int, target_vocab_size:
     }
     if length_ratio is not None:  # the training data's target/source length ratio: decoding's length limits
         config["length_ratio_mean"], config["length_ratio_std"] = (round(v, 6) for v in length_ratio)
+    if parent is not None:  # a warm start: which weights training began from
+        config["parent"] = dict(parent)
     return config
 
 
 def save_model_files(
     model_dir: Path, hp: Hyperparameters, source_vocab: Mapping[str, int], target_vocab: Mapping[str, int],
-    length_ratio: tuple[float, float] | None = None,
+    length_ratio: tuple[float, float] | None = None, parent: Mapping[str, Any] | None = None,
 ) -> None:
     """The parts of the model directory that do not change during training."""
     model_dir.mkdir(parents=True, exist_ok=True)
     write_json(model_dir / HYPERPARAMETERS_FILE, to_strings(hp))
-    write_json(model_dir / MODEL_CONFIG_FILE, model_config(hp, len(source_vocab), len(target_vocab), length_ratio))
+    write_json(model_dir / MODEL_CONFIG_FILE, model_config(hp, len(source_vocab), len(target_vocab), length_ratio,
+                                                          parent))
     for name, v in ((VOCAB_SOURCE_FILE, source_vocab), (VOCAB_TARGET_FILE, target_vocab)):
         with staged_file(model_dir / name, "w", encoding="utf-8") as f:
             f.write(vocab_io.dumps(v))

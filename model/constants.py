@@ -13,6 +13,9 @@ TRAIN_CHANNEL = "train"
 VALIDATION_CHANNEL = "validation"
 VOCAB_CHANNEL = "vocab"
 CHANNELS = (TRAIN_CHANNEL, VALIDATION_CHANNEL, VOCAB_CHANNEL)
+# Optional: the parent model of a warm start, as SageMaker passes a model for incremental training.
+MODEL_CHANNEL = "model"
+MODEL_CONTENT_TYPE = "application/x-sagemaker-model"
 VOCAB_SOURCE_FILE = "vocab.src.json"
 VOCAB_TARGET_FILE = "vocab.trg.json"
 TRAIN_RECORDIO_FILE = "train.rec"

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -54,6 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from model.archive import sha256_file
 from model.beam_search import Translation
 from model.checkpoint import LoadedModel, load_model
 from model.constants import PARAMS_FILE
@@ -89,11 +89,7 @@ def import_ctranslate2() -> Any:
 
 
 def params_sha256(model_dir: Path) -> str:
-    h = hashlib.sha256()
-    with open(model_dir / PARAMS_FILE, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_file(model_dir / PARAMS_FILE)
 
 
 # --- export ------------------------------------------------------------------------------------------------

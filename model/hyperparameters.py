@@ -45,6 +45,7 @@ class _Spec:
     accepts_none: bool = False  # "none" parses to None
     extension: bool = False  # not a built-in name
     default_text: str | None = None  # how describe_markdown shows a default that is not a value
+    architecture: bool = False  # shapes the network: a warm start must keep the parent's value
 
 
 _SPEC_KEY = "spec"
@@ -53,11 +54,11 @@ _SPEC_KEY = "spec"
 def _hp(default: Any, meaning: str, choices: tuple[str, ...] = (), extension_choices: tuple[str, ...] = (), *,
         low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False,
         special: int | None = None, accepts_none: bool = False, extension: bool = False,
-        default_text: str | None = None) -> Any:
+        default_text: str | None = None, architecture: bool = False) -> Any:
     """A dataclass field whose metadata says what the hyperparameter allows and means, so that a new
     name cannot be added without its checks and its README row."""
     spec = _Spec(meaning, choices, extension_choices, low, high, low_open, high_open, special, accepts_none,
-                 extension, default_text)
+                 extension, default_text, architecture)
     return field(default=default, metadata={_SPEC_KEY: spec})
 
 
@@ -88,17 +89,19 @@ class Hyperparameters:
                                     **_POSITIVE)
     clip_gradient: float = _hp(1.0, "clip absolute gradient values above it; <= 0 disables")
     cnn_activation_type: str = _hp(
-        "glu", "activation of the convolutional layers", ("glu", "relu", "softrelu", "sigmoid", "tanh"))
+        "glu", "activation of the convolutional layers", ("glu", "relu", "softrelu", "sigmoid", "tanh"),
+        architecture=True)
     cnn_hidden_dropout: float = _hp(0.0, "dropout between convolutional layers", **_DROPOUT)
-    cnn_kernel_width_decoder: int = _hp(5, "kernel width of the cnn decoder", **_WIDTH)
-    cnn_kernel_width_encoder: int = _hp(3, "kernel width of the cnn encoder", **_WIDTH)
-    cnn_num_hidden: int = _hp(512, "hidden size of the cnn layers", **_SIZE)
-    decoder_type: str = _hp("rnn", "decoder architecture", ("rnn", "cnn", "transformer"), ("transformer",))
+    cnn_kernel_width_decoder: int = _hp(5, "kernel width of the cnn decoder", **_WIDTH, architecture=True)
+    cnn_kernel_width_encoder: int = _hp(3, "kernel width of the cnn encoder", **_WIDTH, architecture=True)
+    cnn_num_hidden: int = _hp(512, "hidden size of the cnn layers", **_SIZE, architecture=True)
+    decoder_type: str = _hp("rnn", "decoder architecture", ("rnn", "cnn", "transformer"), ("transformer",),
+                            architecture=True)
     embed_dropout_source: float = _hp(0.0, "dropout on the source embeddings", **_DROPOUT)
     embed_dropout_target: float = _hp(0.0, "dropout on the target embeddings", **_DROPOUT)
     encoder_type: str = _hp(
         "rnn", "encoder architecture (rnn: Bahdanau-style attention, cnn: Gehring-style convolutional)",
-        ("rnn", "cnn", "transformer"), ("transformer",))
+        ("rnn", "cnn", "transformer"), ("transformer",), architecture=True)
     fixed_rate_lr_half_life: int = _hp(10, "checkpoints until the fixed_rate_* schedulers halve the rate",
                                        **_POSITIVE)
     learning_rate: float = _hp(0.0003, "initial learning rate", low=0.0, high=10.0, low_open=True)
@@ -113,10 +116,10 @@ class Hyperparameters:
     momentum: float | None = _hp(
         None, "momentum of sgd (ignored by the other optimizers)", low=0.0, high=1.0, high_open=True,
         accepts_none=True)
-    num_embed_source: int = _hp(512, "source embedding size", **_SIZE)
-    num_embed_target: int = _hp(512, "target embedding size", **_SIZE)
-    num_layers_decoder: int = _hp(1, "decoder layers", **_LAYERS)
-    num_layers_encoder: int = _hp(1, "encoder layers", **_LAYERS)
+    num_embed_source: int = _hp(512, "source embedding size", **_SIZE, architecture=True)
+    num_embed_target: int = _hp(512, "target embedding size", **_SIZE, architecture=True)
+    num_layers_decoder: int = _hp(1, "decoder layers", **_LAYERS, architecture=True)
+    num_layers_encoder: int = _hp(1, "encoder layers", **_LAYERS, architecture=True)
     optimized_metric: str = _hp(
         "perplexity", "validation metric that picks the best checkpoint and drives early stopping",
         ("perplexity", "accuracy", "bleu"))
@@ -126,19 +129,20 @@ class Hyperparameters:
     plateau_reduce_lr_threshold: int = _hp(3, "checkpoints without improvement before plateau_reduce acts",
                                            **_POSITIVE)
     rnn_attention_in_upper_layers: bool = _hp(
-        True, "feed the attention context to the upper decoder layers (like GNMT)")
+        True, "feed the attention context to the upper decoder layers (like GNMT)", architecture=True)
     # None in the dataclass = "same as rnn_num_hidden"
     rnn_attention_num_hidden: int | None = _hp(None, "hidden size of the mlp attention", **_SIZE,
-                                               default_text="rnn_num_hidden")
-    rnn_attention_type: str = _hp("mlp", "rnn decoder attention", ("dot", "fixed", "mlp", "bilinear"))
-    rnn_cell_type: str = _hp("lstm", "recurrent cell", ("lstm", "gru"))
+                                               default_text="rnn_num_hidden", architecture=True)
+    rnn_attention_type: str = _hp("mlp", "rnn decoder attention", ("dot", "fixed", "mlp", "bilinear"),
+                                  architecture=True)
+    rnn_cell_type: str = _hp("lstm", "recurrent cell", ("lstm", "gru"), architecture=True)
     rnn_decoder_hidden_dropout: float = _hp(0.0, "dropout on the decoder's hidden state with context", **_DROPOUT)
     rnn_decoder_state_init: str = _hp(
-        "last", "how the decoder's state starts from the encoder's", ("last", "avg", "zero"))
-    rnn_first_residual_layer: int = _hp(2, "first rnn layer with a residual connection", **_POSITIVE)
+        "last", "how the decoder's state starts from the encoder's", ("last", "avg", "zero"), architecture=True)
+    rnn_first_residual_layer: int = _hp(2, "first rnn layer with a residual connection", **_POSITIVE, architecture=True)
     rnn_num_hidden: int = _hp(
-        1024, "rnn hidden size; even for an rnn encoder (its first layer is bidirectional)", **_SIZE)
-    rnn_residual_connections: bool = _hp(False, "residual connections between stacked rnn layers")
+        1024, "rnn hidden size; even for an rnn encoder (its first layer is bidirectional)", **_SIZE, architecture=True)
+    rnn_residual_connections: bool = _hp(False, "residual connections between stacked rnn layers", architecture=True)
     training_metric: str = _hp("perplexity", "metric reported on the training data", ("perplexity", "accuracy"))
     weight_decay: float = _hp(0.0, "L2 weight decay", low=0.0, high=1.0)
     weight_init_scale: float = _hp(
@@ -148,19 +152,23 @@ class Hyperparameters:
 
     # --- extensions (not in the built-in algorithm; documented as such) ---
     # encoder_type / decoder_type also accept "transformer".
-    transformer_model_size: int = _hp(512, "transformer model (and embedding) size", **_SIZE, extension=True)
+    transformer_model_size: int = _hp(512, "transformer model (and embedding) size", **_SIZE, extension=True,
+                                      architecture=True)
     transformer_attention_heads: int = _hp(
-        8, "transformer attention heads; must divide transformer_model_size", low=1, high=256, extension=True)
+        8, "transformer attention heads; must divide transformer_model_size", low=1, high=256, extension=True,
+        architecture=True)
     transformer_feed_forward_num_hidden: int = _hp(
-        2048, "transformer feed-forward hidden size", low=1, high=65536, extension=True)
+        2048, "transformer feed-forward hidden size", low=1, high=65536, extension=True, architecture=True)
     transformer_dropout: float = _hp(
         0.1, "transformer dropout (attention, feed-forward, residual)", **_DROPOUT, extension=True)
     transformer_positional_embedding_type: str = _hp(  # fixed (sinusoidal) | learned
-        "fixed", "fixed: sinusoidal; learned: trained position embeddings", ("fixed", "learned"), extension=True)
-    weight_tying: bool = _hp(False, "share embedding/output weights per weight_tying_type", extension=True)
+        "fixed", "fixed: sinusoidal; learned: trained position embeddings", ("fixed", "learned"), extension=True,
+                                                     architecture=True)
+    weight_tying: bool = _hp(False, "share embedding/output weights per weight_tying_type", extension=True,
+                             architecture=True)
     weight_tying_type: str = _hp(  # trg_softmax | src_trg | src_trg_softmax
         "trg_softmax", "which weights weight_tying shares", ("trg_softmax", "src_trg", "src_trg_softmax"),
-        extension=True)
+        extension=True, architecture=True)
     label_smoothing: float = _hp(0.0, "label smoothing of the cross-entropy loss", **_DROPOUT, extension=True)
     learning_rate_warmup: int = _hp(  # batches of linear warm-up before the scheduler takes over
         0, "batches of linear learning-rate warm-up; 0 = none", low=0, extension=True)
@@ -503,6 +511,13 @@ def describe_markdown() -> str:
         cells = [f"`{name}`", default, allowed, origin, spec.meaning]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows) + "\n"
+
+
+def architecture_names() -> list[str]:
+    """The names that shape the network (types, layers, sizes, attention, tying): a model warm-started
+    from a parent must keep the parent's values, while training names (learning rate, batches, dropout,
+    stopping) may change."""
+    return [f.name for f in fields(Hyperparameters) if f.metadata[_SPEC_KEY].architecture]
 
 
 def hyperparameter_names() -> list[str]:

@@ -14,14 +14,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 import time
 import traceback
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 
 from model import checkpoint as ckpt
-from model import data_io
+from model import data_io, warm_start
+from model.constants import CHANNELS, MODEL_CHANNEL, TRAIN_CHANNEL, VALIDATION_CHANNEL, VOCAB_CHANNEL
 from model.hyperparameters import Hyperparameters, parse_hyperparameters
 from model.model import build_model, count_parameters
 from model.optim import build_optimizer, build_schedule
@@ -116,8 +119,9 @@ def run(paths: SageMakerPaths) -> int:
     hp: Hyperparameters = parse_hyperparameters(raw)
     input_config = read_json_file(paths.input_data_config_file, "inputdataconfig.json", required=False)
     for channel in input_config:
-        if channel not in ("train", "validation", "vocab"):
-            log.warning("channel %r is not used by this algorithm (train, validation, vocab)", channel)
+        if channel not in (*CHANNELS, MODEL_CHANNEL):
+            log.warning("channel %r is not used by this algorithm (%s, and %s for a warm start)", channel,
+                        ", ".join(CHANNELS), MODEL_CHANNEL)
 
     dist, device = setup_distributed()
     export = wants_ctranslate2_export(os.environ, hp)
@@ -125,22 +129,30 @@ def run(paths: SageMakerPaths) -> int:
         log.info("device %s, %d process(es), precision %s", device, dist.world_size, hp.precision)
     torch.manual_seed(hp.seed)
 
-    source_vocab, target_vocab = data_io.load_vocabularies(paths.channel("vocab"))
+    source_vocab, target_vocab = data_io.load_vocabularies(paths.channel(VOCAB_CHANNEL))
+    scratch = tempfile.TemporaryDirectory(prefix="parent-model-")
+    parent = warm_start.parent_dir(paths.channel(MODEL_CHANNEL), Path(scratch.name))
+    if parent is not None:  # checked before the data is loaded: a wrong parent fails in seconds
+        warm_start.check_compatible(parent, hp, source_vocab, target_vocab)
     load = {"source_vocab_size": len(source_vocab), "target_vocab_size": len(target_vocab),
             "max_seq_len_source": hp.max_seq_len_source, "max_seq_len_target": hp.max_seq_len_target}
     started = time.monotonic()
-    train_data = data_io.load_channel(paths.channel("train"), "train", **load)
-    val_data = data_io.load_channel(paths.channel("validation"), "validation", **load)
+    train_data = data_io.load_channel(paths.channel(TRAIN_CHANNEL), TRAIN_CHANNEL, **load)
+    val_data = data_io.load_channel(paths.channel(VALIDATION_CHANNEL), VALIDATION_CHANNEL, **load)
     if dist.is_main:
         log.info("loaded %d training and %d validation pairs in %.1fs; vocabularies %d source / %d target",
                  len(train_data), len(val_data), time.monotonic() - started, len(source_vocab), len(target_vocab))
 
-    model = build_model(hp, len(source_vocab), len(target_vocab)).to(device)
+    model = build_model(hp, len(source_vocab), len(target_vocab))
+    parent_identity = warm_start.load_parent_weights(model, parent) if parent is not None else None
+    scratch.cleanup()
+    model = model.to(device)
     if dist.is_main:
-        log.info("model %s encoder / %s decoder, %d parameters", hp.encoder_type, hp.decoder_type,
-                 count_parameters(model))
-        ckpt.save_model_files(paths.model_dir, hp, source_vocab, target_vocab, data_io.length_ratio(train_data))
-        shipped = copy_tokenizer(paths.channel("vocab"), paths.model_dir)
+        log.info("model %s encoder / %s decoder, %d parameters%s", hp.encoder_type, hp.decoder_type,
+                 count_parameters(model), ", warm-started from the parent model" if parent_identity else "")
+        ckpt.save_model_files(paths.model_dir, hp, source_vocab, target_vocab, data_io.length_ratio(train_data),
+                              parent=parent_identity)
+        shipped = copy_tokenizer(paths.channel(VOCAB_CHANNEL), paths.model_dir)
         if shipped:
             log.info("tokenizer from the vocab channel copied into the model: %s", ", ".join(shipped))
     optimizer = build_optimizer(model.parameters(), hp)

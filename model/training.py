@@ -30,7 +30,7 @@ from model import checkpoint as ckpt
 from model import data_io, metrics
 from model.checkpoint_decoder import bleu_sample, evaluate_bleu, evaluate_likelihood
 from model.constants import CHECKPOINT_FILE
-from model.hyperparameters import Hyperparameters
+from model.hyperparameters import Hyperparameters, architecture_names
 from model.loss import forward_real, token_losses
 from model.optim import LearningRateSchedule, clip_gradients
 from model.precision import autocast_context
@@ -178,9 +178,7 @@ class Trainer:
         if saved.get("format_version") != ckpt.FORMAT_VERSION:
             raise ValueError(f"{self.checkpoint_file}: unknown checkpoint format {saved.get('format_version')!r}")
         old = saved["hyperparameters"]
-        changed = [k for k in ("encoder_type", "decoder_type", "rnn_num_hidden", "num_layers_encoder",
-                               "num_layers_decoder", "num_embed_source", "num_embed_target", "rnn_cell_type",
-                               "cnn_num_hidden", "transformer_model_size") if old.get(k) != getattr(self.hp, k)]
+        changed = [k for k in architecture_names() if k in old and old[k] != getattr(self.hp, k)]
         if changed:
             raise ValueError(f"{self.checkpoint_file} was written with different architecture hyperparameters "
                              f"({', '.join(changed)}); remove the checkpoint or restore them")

@@ -36,6 +36,7 @@ from pathlib import Path, PurePosixPath
 import requests
 import urllib3
 
+from model.archive import sha256_file
 from pipeline_tasks.atomic import check_output_dir, staged_dir, staged_file
 from pipeline_tasks.inflate import (
     DEFAULT_MAX_RATIO,
@@ -48,7 +49,6 @@ from pipeline_tasks.inflate import (
     ratio_limit,
 )
 from pipeline_tasks.progress import Progress
-from pipeline_tasks.storage import sha256_file
 
 log = logging.getLogger(__name__)
 

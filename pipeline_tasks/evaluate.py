@@ -29,12 +29,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from model.archive import sha256_file
 from model.constants import HYPERPARAMETERS_FILE, PARAMS_FILE
 from model.constants import METRICS_FILE as MODEL_METRICS_FILE
 from model.inference_config import InferenceConfig
 from pipeline_tasks.atomic import check_output_dir, staged_dir
 from pipeline_tasks.progress import Progress
-from pipeline_tasks.storage import sha256_file
 from pipeline_tasks.textio import EmptyInputError, MisalignedError, TextStats, iter_lines
 
 log = logging.getLogger(__name__)

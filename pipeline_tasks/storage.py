@@ -7,7 +7,6 @@ when their upload completes and are verified afterwards.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from model.archive import sha256_file
 from pipeline_tasks.atomic import staged_file
 
 log = logging.getLogger(__name__)
@@ -73,13 +73,6 @@ def s3_client():
     return boto3.client("s3")
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """In 1 MiB blocks, so that a multi-GB archive or model is hashed without being read into memory."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _transfer_config():

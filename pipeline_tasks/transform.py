@@ -25,8 +25,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
-import tarfile
 import tempfile
 import threading
 import time
@@ -35,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from model.archive import MODEL_ARCHIVE_SUFFIXES, extract_model_archive
 from model.constants import PARAMS_FILE
 from model.inference_config import InferenceConfig
 from pipeline_tasks import storage
@@ -43,7 +42,6 @@ from pipeline_tasks.progress import format_duration
 
 log = logging.getLogger(__name__)
 
-MODEL_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 PROGRESS_INTERVAL_S = 30.0   # the longest a transform stays silent in its log
 
 
@@ -127,44 +125,6 @@ class LineProgress:
 
 # --- the model -------------------------------------------------------------------------------------------
 
-def _safe_members(tar: tarfile.TarFile, archive: str, target: Path) -> list[tarfile.TarInfo]:
-    """Every member, checked before anything is written: no absolute or escaping paths, no links that
-    point outside, no devices. (tarfile's 'data' filter checks again while extracting.)"""
-    root = target.resolve()
-    members = tar.getmembers()
-    for m in members:
-        dest = (root / m.name).resolve()
-        if os.path.isabs(m.name) or (dest != root and root not in dest.parents):
-            raise ValueError(f"{archive}: member {m.name!r} would be written outside {target}: refused")
-        if m.issym() or m.islnk():
-            link = (dest.parent / m.linkname).resolve() if m.issym() else (root / m.linkname).resolve()
-            if os.path.isabs(m.linkname) or (link != root and root not in link.parents):
-                raise ValueError(f"{archive}: member {m.name!r} links outside {target} ({m.linkname!r}): refused")
-        elif not (m.isfile() or m.isdir()):
-            raise ValueError(f"{archive}: member {m.name!r} is not a regular file or folder: refused")
-    return members
-
-
-def extract_model_archive(archive: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
-    """Extract a model.tar.gz into `target` (all or nothing); returns the folder holding params.pt."""
-    archive, target = os.fspath(archive), Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=".extract.", dir=target))
-    try:
-        try:
-            with tarfile.open(archive, "r:*") as tar:
-                members = _safe_members(tar, archive, stage)
-                tar.extractall(stage, members=members, filter="data")
-        except tarfile.TarError as e:
-            raise ValueError(f"{archive}: not a readable tar archive: {e}") from None
-        found = [p.parent for p in stage.rglob(PARAMS_FILE)]
-        if len(found) != 1:
-            raise ValueError(f"{archive}: expected one model (one params.pt), found {len(found)}")
-        for child in stage.iterdir():
-            os.replace(child, target / child.name)
-        return target / found[0].relative_to(stage)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def resolve_model(uri: str | os.PathLike[str], workdir: str | os.PathLike[str]) -> Path:

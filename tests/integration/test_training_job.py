@@ -128,8 +128,8 @@ def test_local_job_completes_with_the_model_where_sagemaker_puts_it(local_job):
 
 
 def test_the_model_archive_loads_as_a_model(local_job, tmp_path):
+    from model.archive import extract_model_archive
     from model.checkpoint import load_model
-    from pipeline_tasks.transform import extract_model_archive
 
     archive = local_job["result"]["ModelArtifacts"]["S3ModelArtifacts"]
     loaded = load_model(extract_model_archive(archive, tmp_path / "m"))

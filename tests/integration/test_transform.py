@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from model.archive import extract_model_archive
 from pipeline_tasks import cli, storage
 from pipeline_tasks.jobs.local.transform import TransformJobError, mini_batches, run_transform_job
 from pipeline_tasks.jobs.requests import transform_job_config
 from pipeline_tasks.transform import (
     LineProgress,
     TransformConfig,
-    extract_model_archive,
     resolve_model,
     transform,
 )
