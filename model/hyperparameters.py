@@ -178,6 +178,10 @@ class Hyperparameters:
     max_training_seconds: int | None = _hp(  # wall-clock budget of the training loop (Sockeye's --max-seconds)
         None, "stop training after this many seconds of wall-clock time (across restarts), then checkpoint and keep "
         "the best model; none = no limit", low=1, accepts_none=True, extension=True)
+    average_checkpoints: int = _hp(  # Sockeye's average / fairseq's average_checkpoints.py, at the end of training
+        1, "the final model is the parameter average of this many best checkpoints (by optimized_metric), kept "
+        "only if it scores at least as well on the validation channel as the best single one; 1 = off",
+        low=1, high=100, extension=True)
     length_penalty_alpha: float = _hp(
         1.0, "beam search length penalty exponent; 0 = no penalty", low=0.0, extension=True)
     length_penalty_beta: float = _hp(0.0, "beam search length penalty constant", low=0.0, extension=True)

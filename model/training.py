@@ -28,6 +28,7 @@ from torch import nn
 
 from model import checkpoint as ckpt
 from model import data_io, metrics
+from model.averaging import BEST_DIR, BestCheckpoints, better_or_equal
 from model.checkpoint_decoder import bleu_sample, evaluate_bleu, evaluate_likelihood
 from model.constants import CHECKPOINT_FILE
 from model.hyperparameters import Hyperparameters, architecture_names
@@ -70,6 +71,7 @@ class TrainingState:
     seconds: float = 0.0  # wall-clock time of the training loop, checkpoints included, summed over restarts
     stop_reason: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
+    average: dict[str, Any] | None = None  # what checkpoint averaging found at the end (average_checkpoints > 1)
 
 
 def compile_for_training(model: nn.Module, hp: Hyperparameters, device: torch.device) -> nn.Module:
@@ -140,6 +142,9 @@ class Trainer:
         self._clock_start: tuple[float, float] | None = None  # (monotonic time, state.seconds) when fit began
         self._step_model: nn.Module | None = None  # what train_step runs: the model, or it compiled
         self._step_sums: list[torch.Tensor] = []  # loss, NLL, correct of the steps not yet in _window
+        # With average_checkpoints > 1: the best parameter sets, on disk beside the training checkpoint.
+        self.best_params = (BestCheckpoints(checkpoint_dir / BEST_DIR, hp.average_checkpoints, hp.optimized_metric)
+                            if hp.average_checkpoints > 1 else None)
 
     # --- checkpoints -------------------------------------------------------------------------------
     @property
@@ -240,6 +245,8 @@ class Trainer:
             self.state.best_metric = current
             self.state.best_checkpoint = self.state.num_checkpoints
             ckpt.save_params(self.model_dir, model)
+        if self.best_params is not None:
+            self.best_params.offer(self.state.num_checkpoints, current, model.state_dict())
         self.state.history.append({"checkpoint": self.state.num_checkpoints, "updates": self.state.num_updates,
                                    "epoch": self.state.epoch + 1, "learning_rate": self.schedule.current_lr,
                                    "metrics": values, "improved": improved})
@@ -268,6 +275,7 @@ class Trainer:
             "epochs_completed": self.state.epoch,
             "training_seconds": round(self.state.seconds, 1),
             "stop_reason": self.state.stop_reason,
+            **({"checkpoint_average": self.state.average} if self.state.average is not None else {}),
             "history": self.state.history,
         }
 
@@ -379,6 +387,8 @@ class Trainer:
                         log.info("epoch %d done (%d updates)", self.state.epoch, self.state.num_updates)
             if self._updates_since_checkpoint() or self.state.num_checkpoints == 0:
                 self._timed_checkpoint(progress)  # the updates after the last checkpoint count too
+        if self.dist.is_main and self.best_params is not None:
+            self.average_best_checkpoints()
         if self.dist.is_main:
             ckpt.save_metrics(self.model_dir, self.summary())
             train_s = progress.training_seconds if progress else 0.0
@@ -392,6 +402,37 @@ class Trainer:
                      self.state.best_metric if self.state.best_metric is not None else math.nan,
                      self.state.best_checkpoint)
         return self.state
+
+    def average_best_checkpoints(self) -> None:
+        """Score the average of the kept best parameter sets on the validation channel and make it the model
+        if it is at least as good as the best single checkpoint; both scores go to the log as metric lines
+        (``average:<metric>``, ``best_checkpoint:<metric>``: names the validation regexes do not match) and to
+        metrics.json. Reads everything from disk, so a job restarted after training redoes the same."""
+        assert self.best_params is not None
+        metric = self.hp.optimized_metric
+        avg, used = self.best_params.average()
+        if len(used) < 2:
+            log.info("checkpoint averaging: %d checkpoint(s) kept, nothing to average", len(used))
+            return
+        model = ckpt.unwrap(self.model)
+        trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(avg)
+        if metric == "bleu":
+            value = evaluate_bleu(model, self.val_data, self.bleu_indices, self.hp, self.target_tokens, self.device,
+                                  length_ratio=self.length_ratio)
+        else:
+            value = evaluate_likelihood(model, self.val_data, self.eval_batch_size, self.device,
+                                        self.hp.precision)[metric]
+        best = self.state.best_metric if self.state.best_metric is not None else math.nan
+        kept = better_or_equal(metric, value, best)
+        metrics.emit({f"average:{metric}": value, f"best_checkpoint:{metric}": best})
+        if kept:
+            ckpt.save_params(self.model_dir, model)
+        model.load_state_dict(trained)
+        self.state.average = {"checkpoints": used, metric: value, f"best_checkpoint_{metric}": best, "kept": kept}
+        log.info("checkpoint averaging: the average of checkpoints %s has %s=%.4g, the best single one (checkpoint "
+                 "%d) %.4g: %s", ", ".join(map(str, used)), metric, value, self.state.best_checkpoint, best,
+                 "the average is the model" if kept else "the best single checkpoint stays the model")
 
     def _timed_checkpoint(self, progress: Progress | None) -> bool:
         if progress is None:
