@@ -1,6 +1,8 @@
 """wmt_seq2seq: retrain an English–German (or any pair) seq2seq model end to end.
 
 download → subset → tokenize → recordio → upload → train → evaluate → gate → promote → batch transform → publish
+(with ``init_model``, a warm start: plan resolves the parent model, parent_model fetches and checks it,
+and tokenize, recordio, train and evaluate use it)
 
 Wiring only: every task calls a function of pipeline_tasks/ on the run's URIs (docs/ARCHITECTURE.md §6) and passes
 URIs and small metrics on. Training and the batch transform run on the backend the ``backend`` param
@@ -9,9 +11,11 @@ names: ``local`` (the container's code as a process here), ``docker`` (the built
 execute the same request dicts.
 
 Schedule: ``AIRFLOW_VAR_WMT_SEQ2SEQ_SCHEDULE`` (a cron expression or preset such as ``@weekly``; unset
-or ``none``: manual runs only). Artifact root default: ``AIRFLOW_VAR_WMT_SEQ2SEQ_ARTIFACT_ROOT``; task
-retries: ``AIRFLOW_VAR_WMT_SEQ2SEQ_RETRIES`` (2). Read from the environment, not the metadata DB, so
-parsing stays fast; they are also how Airflow exposes Variables set as environment variables.
+or ``none``: manual runs only); ``AIRFLOW_VAR_WMT_SEQ2SEQ_INIT_MODEL=promoted`` makes each run without
+conf a warm-started retrain of the promoted model. Artifact root default:
+``AIRFLOW_VAR_WMT_SEQ2SEQ_ARTIFACT_ROOT``; task retries: ``AIRFLOW_VAR_WMT_SEQ2SEQ_RETRIES`` (2). Read
+from the environment, not the metadata DB, so parsing stays fast; they are also how Airflow exposes
+Variables set as environment variables.
 Module level stays light: no torch, no boto3 client, no network.
 """
 
@@ -24,6 +28,7 @@ from seq2seq_airflow.assets import DATASET, MODEL
 from seq2seq_airflow.branches import training_branch, transform_branch, transform_task_id
 from seq2seq_airflow.settings import (
     DEFAULT_ARGS,
+    DEFAULT_INIT_MODEL,
     START_DATE,
     TRAINING_DAG_ID,
     TRAINING_SCHEDULE,
@@ -88,6 +93,11 @@ PARAMS = {
                               description="At most this many target tokens."),
     "min_count": Param(1, type="integer", minimum=1, title="Min word count",
                        description="Tokens seen fewer times in the training subset become <unk>."),
+    "init_model": Param(DEFAULT_INIT_MODEL, type="string", minLength=1, title="Start from (warm start)",
+                        description="none: train from scratch; promoted: the model the promoted-model pointer "
+                                    "names when the run starts (from scratch while nothing is promoted); or a "
+                                    "model URI (model.tar.gz or model folder, path or s3://). The run keeps the "
+                                    "parent's tokenizer, vocabularies and architecture."),
     "hyperparameters": Param(AWS_EXAMPLE_HYPERPARAMETERS, type="object", title="Hyperparameters",
                              description="The built-in seq2seq algorithm's hyperparameters (and our extensions); "
                                          "defaults: the AWS example's.",
@@ -144,6 +154,14 @@ def _corpus(params):
     return CorpusConfig(params["corpus"], params["source_lang"], params["target_lang"], params["corpus_layout"])
 
 
+def _tokenizer(params):
+    from pipeline_tasks.tokenization import TokenizerConfig
+
+    return TokenizerConfig(mode=params["tokenizer"], source_lang=params["source_lang"],
+                           target_lang=params["target_lang"], detokenizer=params["detokenizer"],
+                           bpe_vocab_size=params["bpe_vocab_size"], bpe_joint=params["joint_bpe"])
+
+
 @dag(
     dag_id=DAG_ID,
     schedule=TRAINING_SCHEDULE,
@@ -162,13 +180,30 @@ def wmt_seq2seq():
         before any work; a bad value fails the run at once, without retries."""
         from airflow.sdk.exceptions import AirflowFailException
 
-        from pipeline_tasks.plan import PlanError, check_training_run
+        from pipeline_tasks.plan import PlanError, check_training_run, resolve_parent
 
+        layout = _layout(params, run_id)
         try:
             check_training_run(params, dag_run.conf if dag_run else None, PARAMS)
+            parent = resolve_parent(params, layout.pointer)
         except PlanError as e:
             raise AirflowFailException(str(e)) from None
-        return _layout(params, run_id).as_dict()
+        return {**layout.as_dict(), "parent": parent}
+
+    @task
+    def parent_model(run: dict, params=None, run_id=None) -> dict:
+        """Fetches and checks the warm start's parent while the corpus downloads: a parent the run cannot
+        start from fails the run before any data is prepared, without retries."""
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipeline_tasks.parent_model import ParentModelError
+        from pipeline_tasks.pipeline import parent_step
+
+        try:
+            return parent_step(_layout(params, run_id), _corpus(params), run["parent"], params["hyperparameters"],
+                               _tokenizer(params))
+        except ParentModelError as e:
+            raise AirflowFailException(str(e)) from None
 
     @task
     def download(run: dict, params=None, run_id=None) -> dict:
@@ -188,23 +223,19 @@ def wmt_seq2seq():
         return subset_step(_layout(params, run_id), _corpus(params), cfg)
 
     @task
-    def tokenize(sub: dict, params=None, run_id=None) -> dict:
+    def tokenize(sub: dict, parent: dict, params=None, run_id=None) -> dict:
         from pipeline_tasks.pipeline import tokenize_step
-        from pipeline_tasks.tokenization import TokenizerConfig
 
-        cfg = TokenizerConfig(mode=params["tokenizer"], source_lang=params["source_lang"],
-                              target_lang=params["target_lang"], detokenizer=params["detokenizer"],
-                              bpe_vocab_size=params["bpe_vocab_size"], bpe_joint=params["joint_bpe"])
-        return tokenize_step(_layout(params, run_id), _corpus(params), cfg)
+        return tokenize_step(_layout(params, run_id), _corpus(params), _tokenizer(params), parent["parent"])
 
     @task
-    def recordio(tok: dict, params=None, run_id=None) -> dict:
+    def recordio(tok: dict, parent: dict, params=None, run_id=None) -> dict:
         from pipeline_tasks.channels import VocabConfig
         from pipeline_tasks.pipeline import recordio_step
 
         cfg = VocabConfig(num_words_source=params["num_words_source"], num_words_target=params["num_words_target"],
                           min_count_source=params["min_count"], min_count_target=params["min_count"])
-        return recordio_step(_layout(params, run_id), _corpus(params), cfg)
+        return recordio_step(_layout(params, run_id), _corpus(params), cfg, parent["parent"])
 
     @task(outlets=[DATASET])
     def upload(rec: dict, params=None, run_id=None, outlet_events=None) -> dict:
@@ -215,8 +246,9 @@ def wmt_seq2seq():
         return result
 
     @task
-    def training_request(data: dict, params=None, run_id=None) -> dict:
-        """The CreateTrainingJob request: the single source of truth for all three backends."""
+    def training_request(data: dict, parent: dict, params=None, run_id=None) -> dict:
+        """The CreateTrainingJob request: the single source of truth for all three backends (a warm start's
+        parent is its ``model`` channel)."""
         from pipeline_tasks.jobs.names import job_name
         from pipeline_tasks.jobs.requests import check_sagemaker_request, training_job_config
 
@@ -227,19 +259,21 @@ def wmt_seq2seq():
             output_uri=layout.uri("model"), hyperparameters=params["hyperparameters"],
             instance_type=params["instance_type"], instance_count=params["instance_count"],
             max_runtime_s=params["max_runtime_s"], use_spot=params["use_spot"],
-            checkpoint_uri=layout.uri("model", "checkpoints"), tags={"dag_id": DAG_ID, "run_id": run_id[:256]})
+            checkpoint_uri=layout.uri("model", "checkpoints"),
+            model_uri=parent["parent"]["model"] if parent["parent"] else None,
+            tags={"dag_id": DAG_ID, "run_id": run_id[:256]})
         if params["backend"] == "sagemaker":
             check_sagemaker_request(config)
         return {**config, JOB_PREFIX_KEY: DAG_ID}
 
     @task
-    def evaluate(model: dict, params=None, run_id=None) -> dict:
+    def evaluate(model: dict, parent: dict, params=None, run_id=None) -> dict:
         from pipeline_tasks.evaluate import EvaluateConfig
         from pipeline_tasks.pipeline import evaluate_step
 
         cfg = EvaluateConfig(beam_size=params["beam_size"], max_output_length=params["max_output_length"],
                              max_sentences=params["eval_max_sentences"])
-        return evaluate_step(_layout(params, run_id), _corpus(params), model["model"], cfg)
+        return evaluate_step(_layout(params, run_id), _corpus(params), model["model"], cfg, parent=parent["parent"])
 
     @task
     def gate(scores: dict, model: dict, params=None, run_id=None) -> dict:
@@ -287,8 +321,8 @@ def wmt_seq2seq():
         return {**config, JOB_PREFIX_KEY: f"{DAG_ID}-transform"}
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
-    def publish(decision: dict, scores: dict, model: dict, params=None, run_id=None, ti=None) -> dict:
-        from pipeline_tasks.pipeline import publish_step
+    def publish(decision: dict, scores: dict, model: dict, parent: dict, params=None, run_id=None, ti=None) -> dict:
+        from pipeline_tasks.pipeline import parent_summary, publish_step
 
         job = {}
         if decision["promote"]:
@@ -299,21 +333,27 @@ def wmt_seq2seq():
             "metrics": scores["metrics"], "bleu_signature": scores["bleu_signature"], "report": scores["report"],
             "eval": scores["eval"], "transform_output": job.get("TransformOutput", {}).get("S3OutputPath"),
             "transform_job": job.get("TransformJobName"),
+            "parent": parent_summary(parent["parent"], scores.get("parent")),
         }
         print(f"BLEU {scores['metrics']['test:bleu']:.2f} ({scores['bleu_signature']}), "
               f"perplexity {scores['metrics']['test:perplexity']:.2f}; "
               f"{'promoted' if decision['promote'] else 'not promoted'}: {decision['reason']}")
+        if summary["parent"] and summary["parent"]["metrics"]:
+            was = summary["parent"]["metrics"]
+            print(f"parent {summary['parent']['model']}: BLEU {was['test:bleu']:.2f}, "
+                  f"perplexity {was['test:perplexity']:.2f} on the same test set")
         return publish_step(_layout(params, run_id), summary)
 
     # wiring
     run = plan()
-    request = training_request(upload(recordio(tokenize(subset(download(run))))))
+    parent = parent_model(run)
+    request = training_request(upload(recordio(tokenize(subset(download(run)), parent), parent)), parent)
     model = training_branch(request)
-    scores = evaluate(model)
+    scores = evaluate(model, parent)
     decision = gate(scores, model)
     promotion = promote(scores, model)
     promoted(decision) >> promotion
-    publish(decision, scores, model) << transform_branch(transform_request(promotion))
+    publish(decision, scores, model, parent) << transform_branch(transform_request(promotion))
 
 
 wmt_seq2seq()

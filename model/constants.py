@@ -16,6 +16,9 @@ CHANNELS = (TRAIN_CHANNEL, VALIDATION_CHANNEL, VOCAB_CHANNEL)
 # Optional: the parent model of a warm start, as SageMaker passes a model for incremental training.
 MODEL_CHANNEL = "model"
 MODEL_CONTENT_TYPE = "application/x-sagemaker-model"
+# Where the parent came from (the request's model channel URI), set in the training job's Environment:
+# the files SageMaker hands the container do not say, and the model should record it.
+PARENT_MODEL_URI_ENV = "SEQ2SEQ_PARENT_MODEL_URI"
 VOCAB_SOURCE_FILE = "vocab.src.json"
 VOCAB_TARGET_FILE = "vocab.trg.json"
 TRAIN_RECORDIO_FILE = "train.rec"

@@ -524,6 +524,14 @@ def architecture_names() -> list[str]:
     return [f.name for f in fields(Hyperparameters) if f.metadata[_SPEC_KEY].architecture]
 
 
+def architecture_differences(parent: Hyperparameters, child: Hyperparameters) -> list[str]:
+    """"name: parent X, this job Y" for each architecture hyperparameter that differs: what keeps a child
+    from starting from the parent's weights. The container's warm-start check and the pipeline's early
+    check (before any data is prepared) both use it, so they cannot disagree."""
+    return [f"{name}: parent {format_value(getattr(parent, name))}, this job {format_value(getattr(child, name))}"
+            for name in architecture_names() if getattr(parent, name) != getattr(child, name)]
+
+
 def hyperparameter_names() -> list[str]:
     """Every accepted name (the built-in algorithm's and our extensions), for a JSON schema's enum."""
     return [f.name for f in fields(Hyperparameters)]

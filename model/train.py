@@ -24,7 +24,14 @@ import torch
 
 from model import checkpoint as ckpt
 from model import data_io, warm_start
-from model.constants import CHANNELS, MODEL_CHANNEL, TRAIN_CHANNEL, VALIDATION_CHANNEL, VOCAB_CHANNEL
+from model.constants import (
+    CHANNELS,
+    MODEL_CHANNEL,
+    PARENT_MODEL_URI_ENV,
+    TRAIN_CHANNEL,
+    VALIDATION_CHANNEL,
+    VOCAB_CHANNEL,
+)
 from model.hyperparameters import Hyperparameters, parse_hyperparameters
 from model.model import build_model, count_parameters
 from model.optim import build_optimizer, build_schedule
@@ -144,7 +151,10 @@ def run(paths: SageMakerPaths) -> int:
                  len(train_data), len(val_data), time.monotonic() - started, len(source_vocab), len(target_vocab))
 
     model = build_model(hp, len(source_vocab), len(target_vocab))
-    parent_identity = warm_start.load_parent_weights(model, parent) if parent is not None else None
+    parent_identity = None
+    if parent is not None:
+        parent_identity = {**warm_start.load_parent_weights(model, parent),
+                           "uri": os.environ.get(PARENT_MODEL_URI_ENV) or None}
     scratch.cleanup()
     model = model.to(device)
     if dist.is_main:
@@ -158,7 +168,7 @@ def run(paths: SageMakerPaths) -> int:
     optimizer = build_optimizer(model.parameters(), hp)
     schedule = build_schedule(optimizer, hp)
     trainer = Trainer(hp, model, optimizer, schedule, train_data, val_data, reverse(target_vocab),
-                      paths.model_dir, paths.checkpoint_dir, device, dist)
+                      paths.model_dir, paths.checkpoint_dir, device, dist, parent=parent_identity)
     trainer.resume()
     if dist.enabled:
         trainer.model = torch.nn.parallel.DistributedDataParallel(

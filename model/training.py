@@ -19,6 +19,7 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,8 +121,10 @@ class Trainer:
         checkpoint_dir: Path,
         device: torch.device,
         dist: DistInfo | None = None,
+        parent: Mapping[str, Any] | None = None,
     ) -> None:
         self.hp = hp
+        self.parent = dict(parent) if parent is not None else None  # a warm start's parent, for metrics.json
         self.model = model
         self.optimizer = optimizer
         self.schedule = schedule
@@ -276,6 +279,7 @@ class Trainer:
             "training_seconds": round(self.state.seconds, 1),
             "stop_reason": self.state.stop_reason,
             **({"checkpoint_average": self.state.average} if self.state.average is not None else {}),
+            **({"parent": self.parent} if self.parent is not None else {}),
             "history": self.state.history,
         }
 

@@ -31,7 +31,7 @@ from model.constants import (
     VOCAB_SOURCE_FILE,
     VOCAB_TARGET_FILE,
 )
-from model.hyperparameters import Hyperparameters, architecture_names, format_value, parse_hyperparameters
+from model.hyperparameters import Hyperparameters, architecture_differences, parse_hyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,7 @@ def check_compatible(parent: Path, hp: Hyperparameters, source_vocab: Mapping[st
         parent_hp = parse_hyperparameters(json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, OSError) as e:
         raise WarmStartError(f"{path}: the parent's hyperparameters cannot be read: {e}") from None
-    problems = [f"{name}: parent {format_value(getattr(parent_hp, name))}, this job {format_value(getattr(hp, name))}"
-                for name in architecture_names() if getattr(parent_hp, name) != getattr(hp, name)]
+    problems = architecture_differences(parent_hp, hp)
     for file, mine in ((VOCAB_SOURCE_FILE, source_vocab), (VOCAB_TARGET_FILE, target_vocab)):
         try:
             theirs = vocab_io.load(parent / file)

@@ -296,7 +296,8 @@ def build_vocabs(src: Scan, trg: Scan, cfg: VocabConfig) -> tuple[vocab.Vocab, v
 
 def make_channels(train_source: str, train_target: str, val_source: str, val_target: str,
                   output: str | os.PathLike[str], vocab_cfg: VocabConfig | None = None,
-                  workers: int | None = None, tokenizer_dir: str | os.PathLike[str] | None = None) -> dict:
+                  workers: int | None = None, tokenizer_dir: str | os.PathLike[str] | None = None,
+                  vocab_origin: str | None = None) -> dict:
     """Build vocabularies and both RecordIO channels under `output`; returns the report.
 
     `tokenizer_dir` (the tokenize step's output) puts the tokenizer into the vocab channel beside the
@@ -304,6 +305,8 @@ def make_channels(train_source: str, train_target: str, val_source: str, val_tar
     text. The built-in algorithm reads only the two vocabulary files and is not bothered by it.
     Everything is staged and published together, so a failure leaves `output` as it was, and success
     replaces it whole (training reads every .rec of a channel: no file of an earlier output may stay).
+    `vocab_origin` says in the report where given vocabularies came from (a parent model's URI), since
+    their local paths are temporary.
     """
     if tokenizer_dir is not None and not tokenizer_files(tokenizer_dir):
         raise FileNotFoundError(f"{tokenizer_dir}: no {TOKENIZER_FILE} (the tokenize step's output folder)")
@@ -344,7 +347,8 @@ def make_channels(train_source: str, train_target: str, val_source: str, val_tar
         for p in scratch.iterdir():
             p.unlink()
         scratch.rmdir()
-        report = {"vocab": {"source_size": len(src_vocab), "target_size": len(trg_vocab), **asdict(vocab_cfg)},
+        report = {"vocab": {"source_size": len(src_vocab), "target_size": len(trg_vocab), **asdict(vocab_cfg),
+                            **({"reused_from": vocab_origin} if vocab_origin else {})},
                   "tokenizer_files": tokenizer, "train": asdict(train), "validation": asdict(val)}
         (stage / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     log.info("channels written to %s: %d train and %d validation records", output, train.records, val.records)

@@ -24,7 +24,7 @@ import logging
 import os
 import shlex
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -279,13 +279,14 @@ def _fmt(value: float | None) -> str:
 def evaluate(model_dir: str | os.PathLike[str], source: str | os.PathLike[str], reference: str | os.PathLike[str],
              output: str | os.PathLike[str], cfg: EvaluateConfig | None = None,
              model_uri: str | None = None, device: str | None = None,
-             output_uri: str | None = None) -> dict[str, Any]:
+             output_uri: str | None = None, parent: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Translate `source`, score against `reference`, write the evaluation folder `output`; returns metrics.json.
 
     `model_uri` is what the user named (an S3 URI or model.tar.gz that was unpacked into `model_dir`),
     recorded as the model's identity. `device`: a torch device name (default: cuda when available).
     `output_uri`: where `output` is published afterwards (the pipeline writes a temporary folder and
-    uploads it), so that the log and the recompute commands name the place people will look."""
+    uploads it), so that the log and the recompute commands name the place people will look. `parent`: the
+    metrics.json of a warm start's parent evaluated on the same files, shown beside this model's."""
     import torch
 
     from model import metrics as model_metrics
@@ -338,6 +339,9 @@ def evaluate(model_dir: str | os.PathLike[str], source: str | os.PathLike[str], 
                      "device": str(translator.device), "torch": torch.__version__},
         **_recompute_commands(_published_folder(out, output_uri)),
     }
+    if parent is not None:
+        result["parent"] = {"model": parent["model"], "metrics": parent["metrics"],
+                            "bleu_signature": parent["bleu"]["signature"], "metrics_file": f"parent/{METRICS_FILE}"}
     with staged_dir(out, [source, reference, model_path]) as stage:
         _write_lines(stage / HYPOTHESES_FILE, translated.hypotheses)
         _write_lines(stage / REFERENCE_FILE, references)

@@ -107,30 +107,85 @@ def subset_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any) -> dict[str, 
     return {"subset": out, "report": report}
 
 
-def tokenize_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any) -> dict[str, Any]:
+def parent_step(layout: RunLayout, corpus: CorpusConfig, parent: Mapping[str, Any] | None,
+                hyperparameters: Mapping[str, Any], tokenizer: Any) -> dict[str, Any]:
+    """The warm start's parent (resolved by plan, or None) fetched once and checked before any data is
+    prepared; what the data steps reuse of it is published under parent/ (pipeline_tasks/parent_model.py).
+    Raises ParentModelError when the run cannot start from it."""
+    from pipeline_tasks.parent_model import PARENT_FILE, ParentModelError, check_parent, keep_parent_files
+    from pipeline_tasks.transform import resolve_model
+
+    if not parent:
+        log.info("parent model: none, this run trains from scratch")
+        return {"parent": None}
+    out = layout.uri("parent")
+    if not _done(out, "parent_model"):
+        with _tmp("parent") as tmp:
+            try:
+                model_dir = resolve_model(parent["model"], Path(tmp) / "fetch")
+            except (ValueError, FileNotFoundError) as e:
+                raise ParentModelError(f"parent model {parent['model']}: {e}") from None
+            cfg = check_parent(model_dir, hyperparameters, corpus.source_lang, corpus.target_lang, tokenizer)
+            record = keep_parent_files(model_dir, Path(tmp) / "parent", parent, cfg)
+            log.info("parent model %s: params.pt sha256 %s, tokenizer %s; the run reuses %s", parent["model"],
+                     record["params_sha256"][:12], record["tokenizer"] or "none (word level)",
+                     ", ".join(record["files"]))
+            put_tree(Path(tmp) / "parent", out)
+    return {"parent": {**_read_json(storage.join(out, PARENT_FILE)), "dir": out}}
+
+
+def tokenize_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any,
+                  parent: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Tokenize every split; with a warm start's parent that has a tokenizer, with the parent's (so that
+    the text splits into the pieces its vocabulary knows) instead of `cfg`."""
+    from pipeline_tasks.parent_model import describe_tokenizer
     from pipeline_tasks.tokenization import tokenize_corpus
 
     out = layout.uri("tok")
     if not _done(out, "tokenize"):
         with _tmp("tok") as tmp:
             sub = get_tree(layout.uri("subset"), Path(tmp) / "subset")
+            saved = None
+            if parent and parent.get("tokenizer"):
+                saved = get_tree(parent["dir"], Path(tmp) / "parent")
+                mine = describe_tokenizer(cfg)
+                log.info("tokenize: with the parent model's tokenizer (%s)%s", parent["tokenizer"],
+                         f"; the run's tokenizer params ({mine}) are not used" if mine != parent["tokenizer"] else "")
             s, t = corpus.source_lang, corpus.target_lang
             splits = {split: (str(sub / f"{split}.{s}"), str(sub / f"{split}.{t}")) for split in SPLITS}
-            tokenize_corpus(splits, Path(tmp) / "tok", cfg)
+            tokenize_corpus(splits, Path(tmp) / "tok", cfg, saved=saved)
             put_tree(Path(tmp) / "tok", out)
     return {"tok": out}
 
 
-def recordio_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any) -> dict[str, Any]:
+def recordio_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any,
+                  parent: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Vocabularies and RecordIO channels; with a warm start's parent, its vocabularies (id 417 means what
+    it meant to the parent; words it never saw become <unk>, counted in the report)."""
+    from dataclasses import replace
+
+    from model.constants import VOCAB_SOURCE_FILE, VOCAB_TARGET_FILE
     from pipeline_tasks.channels import REPORT_FILE, make_channels
 
     out = layout.uri("recordio")
     if not _done(out, "recordio"):
         with _tmp("recordio") as tmp:
             tok = get_tree(layout.uri("tok"), Path(tmp) / "tok")
+            origin = None
+            if parent:
+                pdir = get_tree(parent["dir"], Path(tmp) / "parent")
+                cfg = replace(cfg, source_json=str(pdir / VOCAB_SOURCE_FILE), target_json=str(pdir / VOCAB_TARGET_FILE))
+                origin = parent["model"]
             s, t = corpus.source_lang, corpus.target_lang
-            make_channels(str(tok / f"train.{s}"), str(tok / f"train.{t}"), str(tok / f"val.{s}"),
-                          str(tok / f"val.{t}"), Path(tmp) / "channels", cfg, tokenizer_dir=tok)
+            report = make_channels(str(tok / f"train.{s}"), str(tok / f"train.{t}"), str(tok / f"val.{s}"),
+                                   str(tok / f"val.{t}"), Path(tmp) / "channels", cfg, tokenizer_dir=tok,
+                                   vocab_origin=origin)
+            if origin:
+                log.info("recordio: the parent's vocabularies (%d source, %d target entries); tokens it never saw, "
+                         "now <unk>: %d source and %d target in training, %d and %d in validation",
+                         report["vocab"]["source_size"], report["vocab"]["target_size"],
+                         report["train"]["source_unk_tokens"], report["train"]["target_unk_tokens"],
+                         report["validation"]["source_unk_tokens"], report["validation"]["target_unk_tokens"])
             put_tree(Path(tmp) / "channels", out)
     report = _read_json(storage.join(out, REPORT_FILE))
     return {"recordio": out, "train_records": report["train"]["records"],
@@ -156,9 +211,14 @@ def _read_json(uri: str) -> Any:
 
 
 def evaluate_step(layout: RunLayout, corpus: CorpusConfig, model_uri: str, cfg: Any,
-                  test_source: str | None = None, test_reference: str | None = None) -> dict[str, Any]:
+                  test_source: str | None = None, test_reference: str | None = None,
+                  parent: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Score the model on the test split as it was downloaded (raw, before tokenization) or on the given
-    files; publishes eval/ with hypotheses, metrics.json and the report."""
+    files; publishes eval/ with hypotheses, metrics.json and the report. With a warm start's `parent`,
+    the parent is scored too, on the same sentences with the same settings (eval/parent/), and the report
+    shows both side by side: the gate's view of what the retrain changed."""
+    from dataclasses import replace
+
     from pipeline_tasks.evaluate import evaluate
     from pipeline_tasks.transform import resolve_model
 
@@ -173,12 +233,20 @@ def evaluate_step(layout: RunLayout, corpus: CorpusConfig, model_uri: str, cfg: 
                 sub = layout.uri("subset")
                 src = storage.get_file(storage.join(sub, f"test.{corpus.source_lang}"), work / "test.src")
                 ref = storage.get_file(storage.join(sub, f"test.{corpus.target_lang}"), work / "test.ref")
+            parent_result = None
+            if parent:
+                log.info("evaluate: the parent model %s first, on the same test sentences", parent["model"])
+                parent_dir = resolve_model(parent["model"], work / "parent-model")
+                parent_result = evaluate(parent_dir, src, ref, work / "parent-eval", replace(cfg, report=False),
+                                         model_uri=parent["model"], output_uri=storage.join(out, "parent"))
             model_dir = resolve_model(model_uri, work / "model")
-            evaluate(model_dir, src, ref, work / "eval", cfg, model_uri=model_uri, output_uri=out)
+            evaluate(model_dir, src, ref, work / "eval", cfg, model_uri=model_uri, output_uri=out, parent=parent_result)
+            if parent_result is not None:
+                os.replace(work / "parent-eval", work / "eval" / "parent")
             put_tree(work / "eval", out)
     metrics = _read_json(storage.join(out, "metrics.json"))
     return {"eval": out, "report": storage.join(out, "report", "index.html"), "metrics": metrics["metrics"],
-            "bleu_signature": metrics["bleu"]["signature"]}
+            "bleu_signature": metrics["bleu"]["signature"], "parent": metrics.get("parent")}
 
 
 def transform_input_step(layout: RunLayout, corpus: CorpusConfig, source: str | None = None) -> str:
@@ -195,6 +263,16 @@ def transform_input_step(layout: RunLayout, corpus: CorpusConfig, source: str | 
                 fout.write(json.dumps({"source": line.rstrip("\n")}, ensure_ascii=False) + "\n")
         storage.put_file(jsonl, target)
     return prefix
+
+
+def parent_summary(parent: Mapping[str, Any] | None, scored: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """run.json's view of a warm start: the model the run started from, and its scores on this run's test
+    set (beside the child's ``metrics``); None for a run trained from scratch."""
+    if not parent:
+        return None
+    keys = ("model", "init_model", "params_sha256", "run_id", "training_job", "tokenizer")
+    return {**{k: parent.get(k) for k in keys}, "metrics": (scored or {}).get("metrics"),
+            "bleu_signature": (scored or {}).get("bleu_signature")}
 
 
 def publish_step(layout: RunLayout, summary: Mapping[str, Any]) -> dict[str, Any]:

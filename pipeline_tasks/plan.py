@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from model.hyperparameters import HyperparameterError, parse_hyperparameters
+from pipeline_tasks.jobs.requests import is_builtin_image
+from pipeline_tasks.parent_model import INIT_NONE
 
 
 class PlanError(ValueError):
@@ -68,8 +70,23 @@ def check_training_run(params: Mapping[str, Any], conf: Mapping[str, Any] | None
         raise PlanError(f"gate: {e}") from None
     if params["source_lang"] == params["target_lang"]:
         raise PlanError(f"source_lang and target_lang are the same ({params['source_lang']!r})")
+    init_model = str(params.get("init_model") or INIT_NONE).strip()
+    if init_model.lower() != INIT_NONE and is_builtin_image(params["image"]):
+        raise PlanError(f"init_model={init_model} needs this project's image: {params['image']} is the built-in "
+                        "seq2seq algorithm, whose training jobs take no 'model' channel (no warm start)")
     if params["backend"] == "sagemaker":
         if not str(params["artifact_root"]).startswith("s3://"):
             raise PlanError("backend=sagemaker needs an s3:// artifact_root (SageMaker reads channels from S3)")
         if not params.get("role_arn"):
             raise PlanError("backend=sagemaker needs role_arn (the SageMaker execution role)")
+
+
+def resolve_parent(params: Mapping[str, Any], pointer_uri: str) -> dict[str, Any] | None:
+    """The warm start's parent for the ``init_model`` param, resolved once, now (see
+    pipeline_tasks/parent_model.py); None to train from scratch."""
+    from pipeline_tasks.parent_model import ParentModelError, resolve_init_model
+
+    try:
+        return resolve_init_model(params.get("init_model"), pointer_uri, backend=params["backend"])
+    except ParentModelError as e:
+        raise PlanError(str(e)) from None

@@ -156,6 +156,20 @@ def _metric_rows(m: Mapping[str, Any]) -> list[tuple[str, object]]:
     ]
 
 
+def _parent_table(m: Mapping[str, Any]) -> str:
+    """This model beside the warm start's parent, on the same test set: what the retrain changed."""
+    parent = m.get("parent") or {}
+    mine, theirs = m.get("metrics") or {}, parent.get("metrics") or {}
+    rows = []
+    for name in sorted(set(mine) & set(theirs)):
+        a, b = theirs[name], mine[name]
+        change = f"{b - a:+.4g}" if isinstance(a, int | float) and isinstance(b, int | float) else ""
+        rows.append(f"<tr><th>{_e(name)}</th><td>{_e(_fmt(a))}</td><td>{_e(_fmt(b))}</td><td>{_e(change)}</td></tr>")
+    head = "<tr><th>metric</th><th>parent</th><th>this model</th><th>change</th></tr>"
+    return (f"<p>Parent: {_e(parent.get('model'))} (warm start), scored on the same sentences with the same "
+            f"settings.</p><table>{head}{''.join(rows)}</table>")
+
+
 def _identity_rows(m: Mapping[str, Any]) -> list[tuple[str, object]]:
     model, data, dec = (m.get(k) or {} for k in ("model", "data", "decoding"))
     src, ref = data.get("source") or {}, data.get("reference") or {}
@@ -192,6 +206,7 @@ def write_report(directory: str | os.PathLike[str], metrics: Mapping[str, Any],
     parts = [f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{_e(title)}</title>",
              f"<style>{_STYLE}</style></head><body><h1>{_e(title)}</h1>",
              "<h2>Scores</h2>", _table(_metric_rows(metrics)),
+             *(["<h2>This model and its parent</h2>", _parent_table(metrics)] if metrics.get("parent") else []),
              "<h2>What was evaluated</h2>", _table(_identity_rows(metrics)),
              "<h2>Learning curves</h2>"]
     if history:

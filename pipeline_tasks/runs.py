@@ -1,6 +1,6 @@
 """Where a pipeline run keeps its artifacts (docs/ARCHITECTURE.md §6), and moving folders to and from those URIs.
 
-A run writes under ``<root>/<dag_id>/<run_id>/{raw,subset,tok,recordio,channels,model,eval,transform}``;
+A run writes under ``<root>/<dag_id>/<run_id>/{raw,subset,parent,tok,recordio,channels,model,eval,transform}``;
 ``<root>`` is a path or ``s3://bucket/prefix``. Every task reads its inputs from URIs and writes its
 outputs to URIs, never to another task's local disk, so the same DAG runs on the Local, Celery or
 Kubernetes executors. The promoted model's pointer lives beside the runs, at
@@ -20,7 +20,7 @@ from pipeline_tasks import storage
 
 log = logging.getLogger(__name__)
 
-STAGES = ("raw", "subset", "tok", "recordio", "channels", "model", "eval", "transform")
+STAGES = ("raw", "subset", "parent", "tok", "recordio", "channels", "model", "eval", "transform")
 POINTER_FILE = "promoted.json"
 COMPLETE_MARKER = "_COMPLETE"
 

@@ -80,22 +80,34 @@ def _apply_bpe(src: Path, dst: Path, model: Path) -> None:
 
 
 def tokenize_corpus(splits: dict[str, tuple[str, str]], output: str | os.PathLike[str],
-                    cfg: TokenizerConfig, workers: int | None = None) -> dict:
+                    cfg: TokenizerConfig, workers: int | None = None,
+                    saved: str | os.PathLike[str] | None = None) -> dict:
     """Tokenize every split (name -> (source file, target file)) into `output`/{split}.{lang}.
 
-    The subword model is learned from the "train" split only. Returns a report; writes
-    `tokenizer.json` and the subword model(s) beside the text. All or nothing, and `output` is replaced
-    whole: a subword model of an earlier run must not sit beside text it did not make.
+    The subword model is learned from the "train" split only, unless `saved` names a folder holding a
+    tokenizer saved before (its ``tokenizer.json`` and subword models, e.g. a parent model's): then that
+    tokenizer is applied as it is and `cfg` is not used, so that the text splits into the pieces an
+    earlier model knows. Returns a report; writes `tokenizer.json` and the subword model(s) beside the
+    text. All or nothing, and `output` is replaced whole: a subword model of an earlier run must not sit
+    beside text it did not make.
     """
-    if cfg.bpe_vocab_size and "train" not in splits:
+    if saved is not None:
+        cfg = Tokenizer.load(saved).cfg
+        for lang in (cfg.source_lang, cfg.target_lang):
+            model = cfg.bpe_model_file(lang)
+            if model and not (Path(saved) / model).is_file():
+                raise FileNotFoundError(f"{Path(saved) / model}: the saved tokenizer's subword model is missing")
+    elif cfg.bpe_vocab_size and "train" not in splits:
         raise ValueError("a subword model needs a 'train' split to learn from")
     workers = workers or default_workers()
     for name, (s, t) in splits.items():
         for p in (s, t):
             if not os.path.isfile(p):
                 raise FileNotFoundError(f"{name}: input file not found: {p}")
-    report: dict = {"config": asdict(cfg), "splits": {}}
-    with staged_dir(output, [p for pair in splits.values() for p in pair]) as stage:
+    report: dict = {"config": asdict(cfg), "reused_tokenizer": os.fspath(saved) if saved is not None else None,
+                    "splits": {}}
+    protected = [p for pair in splits.values() for p in pair] + ([saved] if saved is not None else [])
+    with staged_dir(output, protected) as stage:
         pre = stage / ".pretok" if cfg.bpe_vocab_size else stage
         pre.mkdir(exist_ok=True)
         for name, (s, t) in splits.items():
@@ -106,7 +118,10 @@ def tokenize_corpus(splits: dict[str, tuple[str, str]], output: str | os.PathLik
             langs = [cfg.source_lang, cfg.target_lang]
             groups = {"spm.joint": langs} if cfg.bpe_joint else {f"spm.{lang}": [lang] for lang in langs}
             for prefix, group in groups.items():
-                _train_bpe([pre / f"train.{lang}" for lang in group], stage / prefix, cfg, workers)
+                if saved is not None:
+                    shutil.copyfile(Path(saved) / f"{prefix}.model", stage / f"{prefix}.model")
+                else:
+                    _train_bpe([pre / f"train.{lang}" for lang in group], stage / prefix, cfg, workers)
             for name in splits:
                 for lang in langs:
                     _apply_bpe(pre / f"{name}.{lang}", stage / f"{name}.{lang}", stage / cfg.bpe_model_file(lang))

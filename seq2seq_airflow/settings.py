@@ -28,6 +28,9 @@ CHECK_INTERVAL_S = int(os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_CHECK_INTERVAL", 
 DEFAULT_ROOT = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_ARTIFACT_ROOT", "").strip() or os.path.join(
     os.environ.get("AIRFLOW_HOME", os.path.expanduser("~/airflow")), "wmt-seq2seq-artifacts")
 DEFAULT_TRANSFORM_INPUT = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_TRANSFORM_INPUT", "").strip() or None
+# What a run starts from when its conf does not say (none | promoted | a model URI): ``promoted`` makes
+# every scheduled run a warm-started retrain of the promoted model.
+DEFAULT_INIT_MODEL = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_INIT_MODEL", "").strip() or "none"
 
 START_DATE = datetime(2026, 1, 1)
 DEFAULT_ARGS: dict[str, Any] = {"retries": RETRIES, "retry_delay": timedelta(minutes=1)}

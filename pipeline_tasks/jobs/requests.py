@@ -22,7 +22,14 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from model.constants import CHANNEL_CONTENT_TYPES, CHECKPOINT_LOCAL_PATH, JSONLINES_CONTENT_TYPE
+from model.constants import (
+    CHANNEL_CONTENT_TYPES,
+    CHECKPOINT_LOCAL_PATH,
+    JSONLINES_CONTENT_TYPE,
+    MODEL_CHANNEL,
+    MODEL_CONTENT_TYPE,
+    PARENT_MODEL_URI_ENV,
+)
 from model.hyperparameters import format_value, parse_hyperparameters
 from model.metrics import METRIC_DEFINITIONS
 from pipeline_tasks.jobs.names import validate_job_name
@@ -30,6 +37,14 @@ from pipeline_tasks.transform import TransformConfig
 
 MAX_RUNTIME_LIMIT_S = 28 * 24 * 3600          # SageMaker's cap on MaxRuntimeInSeconds
 MAX_HYPERPARAMETER_VALUE_CHARS = 2500         # the API's limit per value
+# The built-in seq2seq algorithm's image: <account>.dkr.ecr.<region>.amazonaws.com[.cn]/seq2seq:<tag>.
+_BUILTIN_IMAGE = re.compile(r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/seq2seq([:@].*)?$")
+
+
+def is_builtin_image(image_uri: str) -> bool:
+    """Whether `image_uri` is SageMaker's built-in seq2seq image (which takes no ``model`` channel and none
+    of our extension hyperparameters), rather than this project's container."""
+    return bool(_BUILTIN_IMAGE.match(image_uri.strip()))
 
 
 def _mismatches(wanted: Mapping[str, tuple[Any, Any]]) -> list[tuple[str, Any, Any]]:
@@ -61,7 +76,7 @@ def training_job_config(*, job_name: str, image_uri: str, role_arn: str, channel
                         output_uri: str, hyperparameters: Mapping[str, Any],
                         instance_type: str = "ml.p3.2xlarge", instance_count: int = 1, volume_gb: int = 50,
                         max_runtime_s: int = 86400, use_spot: bool = False, max_wait_s: int | None = None,
-                        checkpoint_uri: str | None = None,
+                        checkpoint_uri: str | None = None, model_uri: str | None = None,
                         tags: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The boto3 ``create_training_job`` request (what SageMakerTrainingOperator takes and
     pipeline_tasks.jobs.local.training.run_training_job executes).
@@ -69,7 +84,11 @@ def training_job_config(*, job_name: str, image_uri: str, role_arn: str, channel
     `channels` maps train/validation/vocab to an S3 prefix (or, for the local backends, a path or file://
     URI). Hyperparameters are validated here with the container's own parser, so a typo fails the DAG
     task in seconds rather than a paid training job in minutes. With `use_spot`, MaxWaitTimeInSeconds
-    defaults to twice the runtime (room to wait for capacity) and must be at least MaxRuntimeInSeconds."""
+    defaults to twice the runtime (room to wait for capacity) and must be at least MaxRuntimeInSeconds.
+
+    `model_uri` (a model.tar.gz or a model folder) makes it a warm start: a fourth channel, ``model``, as
+    SageMaker passes a model for incremental training, and the URI in the job's Environment so that the
+    trained model can record where its parent came from."""
     validate_job_name(job_name)
     for what, value in (("image_uri", image_uri), ("role_arn", role_arn), ("output_uri", output_uri)):
         if not isinstance(value, str) or not value:
@@ -83,6 +102,11 @@ def training_job_config(*, job_name: str, image_uri: str, role_arn: str, channel
     for name, uri in channels.items():
         if not isinstance(uri, str) or not uri:
             raise ValueError(f"channel {name!r}: the URI must be a non-empty string, got {uri!r}")
+    if model_uri is not None and (not isinstance(model_uri, str) or not model_uri):
+        raise ValueError(f"model_uri must be a non-empty string or None, got {model_uri!r}")
+    if model_uri and is_builtin_image(image_uri):
+        raise ValueError(f"image {image_uri} is the built-in seq2seq algorithm, which takes no '{MODEL_CHANNEL}' "
+                         "channel (no warm start): use this project's image")
     strings = hyperparameter_strings(hyperparameters)
     parse_hyperparameters(strings)  # raises HyperparameterError (a ValueError) naming the bad one
     if instance_count < 1 or volume_gb < 1:
@@ -114,7 +138,13 @@ def training_job_config(*, job_name: str, image_uri: str, role_arn: str, channel
                 "CompressionType": "None",
             }
             for name, content_type in CHANNEL_CONTENT_TYPES.items()
-        ],
+        ] + ([{
+            "ChannelName": MODEL_CHANNEL,
+            "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": model_uri,
+                                            "S3DataDistributionType": "FullyReplicated"}},
+            "ContentType": MODEL_CONTENT_TYPE,
+            "CompressionType": "None",
+        }] if model_uri else []),
         "OutputDataConfig": {"S3OutputPath": output_uri},
         "ResourceConfig": {"InstanceType": instance_type, "InstanceCount": int(instance_count),
                            "VolumeSizeInGB": int(volume_gb)},
@@ -122,6 +152,8 @@ def training_job_config(*, job_name: str, image_uri: str, role_arn: str, channel
         "HyperParameters": strings,
         "EnableManagedSpotTraining": bool(use_spot),
     }
+    if model_uri:
+        request["Environment"] = {PARENT_MODEL_URI_ENV: model_uri}
     if checkpoint_uri:
         request["CheckpointConfig"] = {"S3Uri": checkpoint_uri, "LocalPath": CHECKPOINT_LOCAL_PATH}
     if tags:
@@ -177,6 +209,11 @@ def check_training_request(config: Mapping[str, Any]) -> None:
     hps = config.get("HyperParameters", {})
     if not isinstance(hps, Mapping) or not all(isinstance(k, str) and isinstance(v, str) for k, v in hps.items()):
         problems.append("HyperParameters must map strings to strings (SageMaker passes them as strings)")
+    environment = config.get("Environment", {})
+    if not isinstance(environment, Mapping) or not all(
+            isinstance(k, str) and re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]{0,511}", k) and isinstance(v, str)
+            for k, v in environment.items()):
+        problems.append("Environment must map variable names ([a-zA-Z_][a-zA-Z0-9_]*) to strings")
     ckpt = config.get("CheckpointConfig")
     if ckpt is not None:
         if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("S3Uri"), str) or not ckpt["S3Uri"]:

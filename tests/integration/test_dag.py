@@ -8,12 +8,15 @@ a migrated SQLite database, because Airflow binds its configuration and database
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
+
+import pytest
 
 from pipeline_tasks import storage
 from pipeline_tasks.runs import COMPLETE_MARKER
@@ -26,8 +29,8 @@ TINY_HP = {"max_seq_len_source": 30, "max_seq_len_target": 30, "batch_size": 32,
 TINY = {"corpus": "wmt-toy-ende-sample", "subset_size": 1000, "hyperparameters": TINY_HP,
         "num_words_source": 2000, "num_words_target": 2000, "beam_size": 1, "eval_max_sentences": 40,
         "gate": {"metric": "test:perplexity"}}
-TASKS = {"plan", "download", "subset", "tokenize", "recordio", "upload", "training_request", "training_backend",
-         "train_local", "train_sagemaker", "trained", "evaluate", "gate", "promoted", "promote",
+TASKS = {"plan", "parent_model", "download", "subset", "tokenize", "recordio", "upload", "training_request",
+         "training_backend", "train_local", "train_sagemaker", "trained", "evaluate", "gate", "promoted", "promote",
          "transform_request", "transform_backend", "transform_local", "transform_sagemaker", "publish"}
 
 
@@ -168,6 +171,50 @@ def test_local_backend_end_to_end_with_local_storage(airflow_env: dict[str, str]
     assert len(outs) == 1 and len(outs[0].read_text().splitlines()) == test_lines
     assert pointer["model"] in batch["log"]
 
+    # A weekly retrain: init_model=promoted on other training pairs, with tokenizer and vocabulary params
+    # that the parent's tokenizer and vocabularies override.
+    known = {p.name for p in (root / "wmt_seq2seq").iterdir() if p.is_dir()}
+    retrain = {**TINY, "artifact_root": str(root), "init_model": "promoted", "subset_mode": "random",
+               "subset_seed": 7, "bpe_vocab_size": 300, "num_words_source": 500, "num_words_target": 500}
+    third = run_dag(airflow_env, retrain, tmp_path / "run3")
+    assert third["state"] == "success", third["log"][-3000:]
+    assert third["tasks"]["parent_model"] == "success"
+    [child] = [p for p in (root / "wmt_seq2seq").iterdir() if p.is_dir() and p.name not in known]
+    _assert_run_tree(str(child), {str(p.relative_to(child)): 1 for p in child.rglob("*") if p.is_file()})
+    parent_base = Path(pointer["model"]).parents[3]  # <run>/model/<job>/output/model.tar.gz
+    assert (parent_base / "run.json").is_file()
+    # One vocabulary across runs: the parent's tokenizer (words, no subword model learned) and vocabularies.
+    assert (child / "tok" / "tokenizer.json").read_bytes() == (parent_base / "tok" / "tokenizer.json").read_bytes()
+    assert not list((child / "tok").glob("spm.*")) and "(whitespace, BPE 300) are not used" in third["log"]
+    for name in ("vocab.src.json", "vocab.trg.json"):
+        assert (json.loads((child / "channels" / "vocab" / name).read_text())
+                == json.loads((parent_base / "channels" / "vocab" / name).read_text())), name
+    report = json.loads((child / "recordio" / "recordio-report.json").read_text())
+    assert report["vocab"]["reused_from"] == pointer["model"]
+    assert report["train"]["source_unk_tokens"] > 0 and report["train"]["target_unk_tokens"] > 0
+    # The training job got the parent in its model channel, and the child's model records it.
+    [describe] = child.glob("model/*/output/describe.json")
+    channels = {c["ChannelName"]: c for c in json.loads(describe.read_text())["InputDataConfig"]}
+    assert set(channels) == {"train", "validation", "vocab", "model"}
+    assert channels["model"]["DataSource"]["S3DataSource"]["S3Uri"] == pointer["model"]
+    assert channels["model"]["ContentType"] == "application/x-sagemaker-model"
+    summary3 = json.loads((child / "run.json").read_text())
+    with tarfile.open(summary3["model"]) as tar:
+        child_config = json.load(tar.extractfile("config.json"))
+    with tarfile.open(pointer["model"]) as tar:
+        parent_params = tar.extractfile("params.pt").read()
+    assert child_config["parent"]["uri"] == pointer["model"]
+    assert child_config["parent"]["params_sha256"] == hashlib.sha256(parent_params).hexdigest()
+    # run.json and the report show parent and child on the same test set: the parent's scores are the ones
+    # its own run measured (same model, sentences and settings).
+    assert summary3["parent"]["model"] == pointer["model"] and summary3["parent"]["init_model"] == "promoted"
+    assert summary3["parent"]["run_id"] == pointer["run_id"]
+    assert summary3["parent"]["metrics"] == pytest.approx(pointer["metrics"])
+    parent_eval = json.loads((child / "eval" / "parent" / "metrics.json").read_text())
+    assert parent_eval["metrics"] == summary3["parent"]["metrics"]
+    assert summary3["metrics"] == json.loads((child / "eval" / "metrics.json").read_text())["metrics"]
+    assert "This model and its parent" in (child / "eval" / "report" / "index.html").read_text()
+
 
 def test_local_backend_end_to_end_with_s3_on_moto(airflow_env: dict[str, str], tmp_path: Path, s3, bucket: str,
                                                   moto_endpoint: str) -> None:
@@ -217,6 +264,27 @@ def test_plan_fails_a_bad_value_in_seconds_before_download_and_without_retries(a
         assert result["log"].count("checkpoint_frequency_num_batches") <= 2  # no list of every name
         assert result["seconds"] < 60
     assert not any(root.rglob("raw"))
+
+
+def test_a_parent_the_run_cannot_start_from_fails_before_any_data_is_prepared(airflow_env: dict[str, str],
+                                                                             copy_model: Path, tmp_path: Path) -> None:
+    """init_model naming nothing fails in plan; a model with another architecture fails in parent_model,
+    each difference named, before tokenize; neither is retried."""
+    root = tmp_path / "artifacts"
+    result = run_dag(airflow_env, {**TINY, "artifact_root": str(root), "init_model": str(tmp_path / "none.tar.gz")},
+                     tmp_path / "missing")
+    _failed_in_plan(result)
+    assert f"init_model {tmp_path / 'none.tar.gz'}: no model there" in result["log"]
+
+    # The copy model: an RNN with 64 hidden units (this run asks for 32) on another language pair.
+    result = run_dag(airflow_env, {**TINY, "artifact_root": str(root), "init_model": str(copy_model)},
+                     tmp_path / "bad")
+    assert result["state"] == "failed", result["log"][-3000:]
+    assert result["tasks"]["plan"] == "success" and result["tasks"]["parent_model"] == "failed"
+    assert result["tasks"]["tokenize"] == "upstream_failed" and result["tasks"]["train_local"] == "upstream_failed"
+    assert "rnn_num_hidden: parent 64, this job 32" in result["log"]
+    assert "num_embed_source: parent 32, this job 16" in result["log"]
+    assert result["log"].count("the run's hyperparameters do not keep the parent's architecture") <= 2  # no retries
 
 
 def test_an_unknown_conf_key_is_refused_with_a_suggestion(airflow_env: dict[str, str], tmp_path: Path) -> None:

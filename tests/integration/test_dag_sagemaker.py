@@ -31,6 +31,7 @@ from pipeline_tasks import storage
 from pipeline_tasks.jobs.names import job_name
 from pipeline_tasks.runs import RunLayout
 from tests.conftest import ROOT
+from tests.models import TINY_RNN
 
 DAGS = ROOT / "dags"
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
@@ -131,7 +132,7 @@ def the(calls: list[dict], operation: str) -> dict:
 # --- end to end ---------------------------------------------------------------------------------------------
 
 def test_sagemaker_backend_end_to_end_on_moto(aws_env: dict[str, str], s3, bucket: str, model_archive: Path,
-                                              tmp_path: Path) -> None:
+                                              wmt_model: Path, tmp_path: Path) -> None:
     conf = {"corpus": "wmt-toy-ende-sample", "subset_size": 500, "hyperparameters": HYPERPARAMETERS,
             "num_words_source": 2000, "num_words_target": 2000, "beam_size": 1, "eval_max_sentences": 30,
             "artifact_root": f"s3://{bucket}/root", "backend": "sagemaker", "role_arn": ROLE, "image": IMAGE,
@@ -222,6 +223,31 @@ def test_sagemaker_backend_end_to_end_on_moto(aws_env: dict[str, str], s3, bucke
     assert metrics["sentences"]["total"] == 30 and summary["metrics"] == metrics["metrics"]
     pointer = json.loads(read(s3, layout.pointer))
     assert pointer["model"] == artifact and pointer["training_job"] == train_name
+
+    # The weekly retrain: init_model=promoted starts from that artifact (the wmt test model: Moses + joint
+    # BPE, an RNN of TINY_RNN's architecture). The request carries it as the model channel; the parent's
+    # tokenizer and vocabularies made the channels.
+    conf2 = {**conf, "init_model": "promoted", "use_spot": False,
+             "hyperparameters": {**TINY_RNN, "max_num_batches": "40"}}
+    result2, calls2 = run_recorded(aws_env, conf2, tmp_path / "run2", model_archive)
+    assert result2["state"] == "success", result2["log"][-4000:]
+    base2 = RunLayout(f"s3://{bucket}/root", "wmt_seq2seq", result2["run_id"]).base
+    request = the(calls2, "CreateTrainingJob")
+    assert [c["ChannelName"] for c in request["InputDataConfig"]] == ["train", "validation", "vocab", "model"]
+    assert request["InputDataConfig"][3] == {
+        "ChannelName": "model",
+        "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": artifact,
+                                        "S3DataDistributionType": "FullyReplicated"}},
+        "ContentType": "application/x-sagemaker-model", "CompressionType": "None"}
+    assert request["Environment"] == {"SEQ2SEQ_PARENT_MODEL_URI": artifact}
+    assert read(s3, f"{base2}/tok/tokenizer.json") == (wmt_model / "tokenizer.json").read_bytes()
+    [spm] = wmt_model.glob("spm.*.model")
+    assert read(s3, f"{base2}/tok/{spm.name}") == spm.read_bytes()
+    for name in ("vocab.src.json", "vocab.trg.json"):
+        assert json.loads(read(s3, f"{base2}/channels/vocab/{name}")) == json.loads((wmt_model / name).read_text())
+    summary2 = json.loads(read(s3, f"{base2}/run.json"))
+    assert summary2["parent"]["model"] == artifact and summary2["parent"]["run_id"] == run_id
+    assert summary2["parent"]["metrics"] == metrics["metrics"]  # the same model on the same sentences
 
 
 # --- the operators: a job per try ------------------------------------------------------------------------------

@@ -59,9 +59,14 @@ def val_ppl(model_dir: Path) -> list[float]:
 @pytest.mark.parametrize("as_archive", [True, False], ids=["model.tar.gz", "files"])
 def test_a_child_starts_from_its_parents_weights(tmp_path, monkeypatch, parent_channels, parent, as_archive):
     root = child_root(tmp_path / "child", parent_channels, parent, child_hp(parent), as_archive)
+    monkeypatch.setenv("SEQ2SEQ_PARENT_MODEL_URI", "s3://bucket/runs/1/model/job/output/model.tar.gz")
     assert run_main(monkeypatch, root) == 0
+    monkeypatch.delenv("SEQ2SEQ_PARENT_MODEL_URI")
     config = json.loads((root / "model" / "config.json").read_text())
     assert config["parent"]["params_sha256"] == sha256_file(parent / "params.pt")
+    # Where the parent came from: the request's Environment (the channel's files do not say).
+    assert config["parent"]["uri"] == "s3://bucket/runs/1/model/job/output/model.tar.gz"
+    assert json.loads((root / "model" / "metrics.json").read_text())["parent"] == config["parent"]
     # From scratch, the same 5 updates leave the model far behind the parent; warm-started, its first
     # checkpoint is within 10 % of the parent's best validation perplexity.
     scratch = sagemaker_root(tmp_path / "scratch", parent_channels, child_hp(parent))

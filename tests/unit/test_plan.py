@@ -7,6 +7,7 @@ import pytest
 from pipeline_tasks.plan import PlanError, check_conf, check_hyperparameters, check_training_run, unknown_keys
 
 PARAMS = {"source_lang": "en", "target_lang": "de", "backend": "local", "artifact_root": "/tmp/x",
+          "image": "wmt-seq2seq:latest", "init_model": "none",
           "role_arn": None, "gate": {"metric": "test:bleu"}, "hyperparameters": {"rnn_num_hidden": 64},
           "subset_size": 10}
 
@@ -32,6 +33,14 @@ def test_unknown_conf_keys_get_the_nearest_param():
         "unknown conf keys subset_sise (did you mean subset_size?), zzz")
     with pytest.raises(PlanError, match=r"unknown conf key subset_sise \(did you mean subset_size\?\)"):
         check_conf({"subset_sise": 10}, PARAMS)
+
+
+def test_a_warm_start_needs_this_projects_image():
+    builtin = "224300973850.dkr.ecr.eu-west-1.amazonaws.com/seq2seq:1"
+    check_training_run({**PARAMS, "image": builtin, "init_model": "none"}, None, PARAMS)
+    with pytest.raises(PlanError, match=r"init_model=promoted needs this project's image: .* is the built-in seq2seq "
+                                        r"algorithm, whose training jobs take no 'model' channel"):
+        check_training_run({**PARAMS, "image": builtin, "init_model": "promoted"}, None, PARAMS)
 
 
 def test_a_whole_run_and_the_backend_needs():

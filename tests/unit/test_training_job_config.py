@@ -88,6 +88,33 @@ def test_config_with_spot_checkpoints_and_tags():
     assert got == expected
 
 
+def test_a_warm_start_adds_the_model_channel_and_names_the_parent_in_the_environment():
+    parent = "s3://b/runs/1/model/job-1/output/model.tar.gz"
+    got = config(model_uri=parent)
+    assert got == {**EXPECTED_BASE,
+                   "InputDataConfig": [*EXPECTED_BASE["InputDataConfig"],
+                                       channel("model", parent, "application/x-sagemaker-model")],
+                   "Environment": {"SEQ2SEQ_PARENT_MODEL_URI": parent}}
+    with pytest.raises(ValueError, match="model_uri must be a non-empty string"):
+        config(model_uri="")
+
+
+@pytest.mark.parametrize("image,builtin", [
+    ("224300973850.dkr.ecr.eu-west-1.amazonaws.com/seq2seq:1", True),
+    ("811284229777.dkr.ecr.us-east-1.amazonaws.com/seq2seq:latest", True),
+    ("390948362332.dkr.ecr.cn-north-1.amazonaws.com.cn/seq2seq:1", True),
+    ("123456789012.dkr.ecr.eu-west-1.amazonaws.com/wmt-seq2seq:1.0", False),
+    ("123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/seq2seq:1", False),
+    ("wmt-seq2seq:latest", False),
+    ("seq2seq:1", False),
+])
+def test_the_built_in_image_is_recognised_and_refused_a_model_channel(image, builtin):
+    assert requests.is_builtin_image(image) is builtin
+    if builtin:
+        with pytest.raises(ValueError, match="built-in seq2seq algorithm, which takes no 'model' channel"):
+            config(image_uri=image, model_uri="s3://b/parent/model.tar.gz")
+
+
 def test_spot_wait_defaults_to_twice_the_runtime_and_must_cover_it():
     assert config(use_spot=True, max_runtime_s=1000)["StoppingCondition"] == {
         "MaxRuntimeInSeconds": 1000, "MaxWaitTimeInSeconds": 2000}
@@ -295,6 +322,8 @@ def test_other_malformed_requests(tmp_path):
         (lambda c: c["StoppingCondition"].update(MaxRuntimeInSeconds=0), "MaxRuntimeInSeconds must be a positive"),
         (lambda c: c.update(CheckpointConfig={"S3Uri": "s3://b/c", "LocalPath": "/data/ckpt"}), "map only"),
         (lambda c: c["InputDataConfig"].append(c["InputDataConfig"][0]), "channel 'train' appears twice"),
+        (lambda c: c.update(Environment={"1BAD": "x"}), "Environment must map variable names"),
+        (lambda c: c.update(Environment={"GOOD": 1}), "Environment must map variable names"),
     ]:
         cfg = config()
         mutate(cfg)

@@ -224,16 +224,17 @@ class _Transitions:
         self.result["SecondaryStatus"] = status
 
 
-def _train_command(backend: str, name: str, root: Path, image: str | None, gpus: bool
-                   ) -> tuple[list[str], dict[str, str], str | None]:
-    """(command, environment, docker container name) that runs the container's ``train`` on `root`."""
+def _train_command(backend: str, name: str, root: Path, image: str | None, gpus: bool,
+                   environment: Mapping[str, str] | None = None) -> tuple[list[str], dict[str, str], str | None]:
+    """(command, environment, docker container name) that runs the container's ``train`` on `root`, with the
+    request's ``Environment`` set in the container as SageMaker sets it."""
     if backend == "docker":
         assert image is not None
         user = f"{os.getuid()}:{os.getgid()}" if hasattr(os, "getuid") else None
-        env = {"TRAINING_JOB_NAME": name, **({"HOME": "/tmp"} if user else {})}
+        env = {**(environment or {}), "TRAINING_JOB_NAME": name, **({"HOME": "/tmp"} if user else {})}
         docker_remove(name)  # a container left by a crashed attempt
         return docker_train_command(image, root, gpus, name=name, user=user, env=env), dict(os.environ), name
-    env = {**os.environ, "TRAINING_JOB_NAME": name, "SAGEMAKER_BASE_DIR": str(root),
+    env = {**os.environ, **(environment or {}), "TRAINING_JOB_NAME": name, "SAGEMAKER_BASE_DIR": str(root),
            "PYTHONPATH": process.repo_pythonpath(), "PYTHONUNBUFFERED": "1"}
     return local_train_command(), env, None
 
@@ -297,6 +298,7 @@ def run_training_job(config: dict[str, Any], backend: str = "local", workdir: st
         "ResourceConfig": config.get("ResourceConfig"), "StoppingCondition": config["StoppingCondition"],
         "HyperParameters": dict(config.get("HyperParameters") or {}),
         "EnableManagedSpotTraining": bool(config.get("EnableManagedSpotTraining", False)),
+        **({"Environment": dict(config["Environment"])} if config.get("Environment") else {}),
         "CreationTime": started, "TrainingStartTime": started,
     }
     if config.get("CheckpointConfig"):
@@ -316,7 +318,7 @@ def run_training_job(config: dict[str, Any], backend: str = "local", workdir: st
         _write_configs(config, root)
 
         transitions.enter("Training", "Training in progress")
-        cmd, env, docker_name = _train_command(backend, name, root, image, use_gpus)
+        cmd, env, docker_name = _train_command(backend, name, root, image, use_gpus, config.get("Environment"))
         t0 = time.monotonic()
         syncer = CheckpointSync(checkpoint_uri, root / "checkpoints", jlog) if checkpoint_uri else None
         try:
