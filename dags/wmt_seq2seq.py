@@ -21,7 +21,7 @@ Module level stays light: no torch, no boto3 client, no network.
 
 from __future__ import annotations
 
-from airflow.sdk import Param, TriggerRule, dag, task
+from airflow.sdk import Param, TriggerRule, dag, task, teardown
 
 from pipeline_tasks.jobs.names import JOB_PREFIX_KEY
 from seq2seq_airflow.assets import DATASET, MODEL
@@ -136,6 +136,16 @@ PARAMS = {
                               "min_delta": {"type": "number", "minimum": 0},
                               "threshold": {"type": ["number", "null"]}},
                   required=["metric"], additionalProperties=False),
+    "tracking": Param({"enabled": True, "uri": None, "experiment": "wmt_seq2seq", "registered_model": None},
+                      type="object", title="Run tracking (MLflow)",
+                      description="Each run is an MLflow run (params, learning curves, test metrics, report), "
+                                  "each promotion a registered model version with alias champion. uri null: "
+                                  "MLFLOW_TRACKING_URI, else a SQLite store under the artifact root's mlflow/. "
+                                  "A tracking failure never fails the run.",
+                      properties={"enabled": {"type": "boolean"}, "uri": {"type": ["string", "null"]},
+                                  "experiment": {"type": "string", "minLength": 1},
+                                  "registered_model": {"type": ["string", "null"]}},
+                      additionalProperties=False),
     "transform_input": Param(None, type=["string", "null"], title="Batch transform input",
                              description="JSON Lines {\"source\": …} prefix or object (path or s3://); "
                                          "null: the test set's sources."),
@@ -181,6 +191,7 @@ def wmt_seq2seq():
         from airflow.sdk.exceptions import AirflowFailException
 
         from pipeline_tasks.plan import PlanError, check_training_run, resolve_parent
+        from pipeline_tasks.tracking import start_run
 
         layout = _layout(params, run_id)
         try:
@@ -188,7 +199,8 @@ def wmt_seq2seq():
             parent = resolve_parent(params, layout.pointer)
         except PlanError as e:
             raise AirflowFailException(str(e)) from None
-        return {**layout.as_dict(), "parent": parent}
+        tracking = start_run(params, DAG_ID, run_id, layout.base, parent)
+        return {**layout.as_dict(), "parent": parent, "tracking": tracking}
 
     @task
     def parent_model(run: dict, params=None, run_id=None) -> dict:
@@ -238,10 +250,12 @@ def wmt_seq2seq():
         return recordio_step(_layout(params, run_id), _corpus(params), cfg, parent["parent"])
 
     @task(outlets=[DATASET])
-    def upload(rec: dict, params=None, run_id=None, outlet_events=None) -> dict:
+    def upload(rec: dict, run: dict, params=None, run_id=None, outlet_events=None) -> dict:
         from pipeline_tasks.pipeline import upload_step
+        from pipeline_tasks.tracking import track_data
 
         result = upload_step(_layout(params, run_id))
+        track_data(run["tracking"], params, result["sha256"], result["channels"])
         outlet_events[DATASET].extra = {"channels": result["channels"], "run_id": run_id}
         return result
 
@@ -267,13 +281,16 @@ def wmt_seq2seq():
         return {**config, JOB_PREFIX_KEY: DAG_ID}
 
     @task
-    def evaluate(model: dict, parent: dict, params=None, run_id=None) -> dict:
+    def evaluate(model: dict, parent: dict, run: dict, params=None, run_id=None) -> dict:
         from pipeline_tasks.evaluate import EvaluateConfig
         from pipeline_tasks.pipeline import evaluate_step
+        from pipeline_tasks.tracking import track_evaluation
 
         cfg = EvaluateConfig(beam_size=params["beam_size"], max_output_length=params["max_output_length"],
                              max_sentences=params["eval_max_sentences"])
-        return evaluate_step(_layout(params, run_id), _corpus(params), model["model"], cfg, parent=parent["parent"])
+        scores = evaluate_step(_layout(params, run_id), _corpus(params), model["model"], cfg, parent=parent["parent"])
+        track_evaluation(run["tracking"], params, scores["eval"], model)
+        return scores
 
     @task
     def gate(scores: dict, model: dict, params=None, run_id=None) -> dict:
@@ -290,8 +307,9 @@ def wmt_seq2seq():
         return decision["promote"]
 
     @task(outlets=[MODEL])
-    def promote(scores: dict, model: dict, params=None, run_id=None, outlet_events=None) -> dict:
+    def promote(scores: dict, model: dict, run: dict, params=None, run_id=None, outlet_events=None) -> dict:
         from pipeline_tasks.gate import GateRule, gate
+        from pipeline_tasks.tracking import track_promotion
 
         layout = _layout(params, run_id)
         result = gate(scores["metrics"], layout.pointer, GateRule.from_dict(params["gate"]),
@@ -300,7 +318,8 @@ def wmt_seq2seq():
         if not result["promote"]:  # another run promoted a better model in between
             raise RuntimeError(f"not promoted after all: {result['reason']}")
         outlet_events[MODEL].extra = {"model": model["model"], "pointer": layout.pointer, "run_id": run_id}
-        return {"pointer": layout.pointer, "model": model["model"]}
+        version = track_promotion(run["tracking"], params, model, scores, run_id)  # the registry mirrors the pointer
+        return {"pointer": layout.pointer, "model": model["model"], "registered_version": version}
 
     @task
     def transform_request(promotion: dict, params=None, run_id=None) -> dict:
@@ -344,16 +363,31 @@ def wmt_seq2seq():
                   f"perplexity {was['test:perplexity']:.2f} on the same test set")
         return publish_step(_layout(params, run_id), summary)
 
+    @teardown
+    def finish_tracking(params=None, ti=None) -> None:
+        """Ends the MLflow run: FINISHED with the gate's outcome once publish wrote run.json, FAILED when the
+        pipeline run did not get that far. A teardown: it runs whatever happened upstream, and does not
+        decide the DAG run's state."""
+        from pipeline_tasks.tracking import finish_run
+
+        run = ti.xcom_pull(task_ids="plan")
+        if not run:  # plan failed: no MLflow run was started
+            return
+        published = ti.xcom_pull(task_ids="publish")
+        finish_run(run["tracking"], params, published, (published or {}).get("summary"))
+
     # wiring
     run = plan()
     parent = parent_model(run)
-    request = training_request(upload(recordio(tokenize(subset(download(run)), parent), parent)), parent)
+    request = training_request(upload(recordio(tokenize(subset(download(run)), parent), parent), run), parent)
     model = training_branch(request)
-    scores = evaluate(model, parent)
+    scores = evaluate(model, parent, run)
     decision = gate(scores, model)
-    promotion = promote(scores, model)
+    promotion = promote(scores, model, run)
     promoted(decision) >> promotion
-    publish(decision, scores, model, parent) << transform_branch(transform_request(promotion))
+    published = publish(decision, scores, model, parent)
+    published << transform_branch(transform_request(promotion))
+    published >> finish_tracking()
 
 
 wmt_seq2seq()

@@ -11,6 +11,7 @@ What it writes into the output folder, atomically (a failure leaves no half-writ
   tokenized BLEU that the built-in algorithm reports as ``validation:bleu``;
 - ``metrics.json``: sacreBLEU (score, signature), chrF, tokenized BLEU, test-set perplexity, and what
   was evaluated (model and data checksums, decoding settings), with the commands that recompute them;
+- ``training-metrics.json``: the model's own ``metrics.json`` (its training history), when it has one;
 - ``report/``: learning curves and attention heatmaps as PNGs with an HTML page (pipeline_tasks/report.py).
 
 Translation goes through model.translator.Translator, the same code path as serving and batch transform,
@@ -23,6 +24,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -45,6 +47,9 @@ REFERENCE_FILE = "reference.txt"
 HYPOTHESES_TOK_FILE = "hypotheses.tok.txt"
 REFERENCE_TOK_FILE = "reference.tok.txt"
 REPORT_DIR = "report"
+# The evaluated model's own metrics.json (its training history), kept beside the scores: the evaluation
+# folder then says how the model got there, and run tracking reads the learning curves from it.
+TRAINING_METRICS_FILE = "training-metrics.json"
 # Attention heatmaps of longer sentences are unreadable; examples are taken from shorter ones.
 MAX_EXAMPLE_SOURCE_TOKENS = 40
 MAX_REPORTED_LINES = 10
@@ -347,6 +352,8 @@ def evaluate(model_dir: str | os.PathLike[str], source: str | os.PathLike[str], 
         _write_lines(stage / REFERENCE_FILE, references)
         _write_lines(stage / HYPOTHESES_TOK_FILE, translated.hypotheses_tok)
         _write_lines(stage / REFERENCE_TOK_FILE, references_tok)
+        if (model_path / MODEL_METRICS_FILE).is_file():
+            shutil.copyfile(model_path / MODEL_METRICS_FILE, stage / TRAINING_METRICS_FILE)
         if cfg.report:
             from pipeline_tasks.report import write_report
 

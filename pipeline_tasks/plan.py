@@ -15,6 +15,7 @@ from typing import Any
 from model.hyperparameters import HyperparameterError, parse_hyperparameters
 from pipeline_tasks.jobs.requests import is_builtin_image
 from pipeline_tasks.parent_model import INIT_NONE
+from pipeline_tasks.tracking import TrackingConfig
 
 
 class PlanError(ValueError):
@@ -68,6 +69,10 @@ def check_training_run(params: Mapping[str, Any], conf: Mapping[str, Any] | None
         GateRule.from_dict(params["gate"])
     except ValueError as e:
         raise PlanError(f"gate: {e}") from None
+    try:
+        TrackingConfig.from_dict(params.get("tracking"))
+    except (ValueError, TypeError) as e:
+        raise PlanError(f"tracking: {e}") from None
     if params["source_lang"] == params["target_lang"]:
         raise PlanError(f"source_lang and target_lang are the same ({params['source_lang']!r})")
     init_model = str(params.get("init_model") or INIT_NONE).strip()

@@ -8,10 +8,12 @@ job too (SageMaker reads the whole prefix): they are reported, and deleted with 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
 
+from model.archive import sha256_file
 from model.constants import CHANNELS
 from pipeline_tasks import storage
 
@@ -47,3 +49,15 @@ def upload_channels(channels_dir: str | os.PathLike[str], destination: str, dele
         result["channels"][ch] = dest.rstrip("/") + "/"
     log.info("upload: %d file(s) uploaded, %d already there, to %s", result["uploaded"], result["skipped"], destination)
     return result
+
+
+def channel_digests(channels_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """channel -> sha256 over its files' names and sha256s: the identity of the data a model was trained on."""
+    root = Path(channels_dir)
+    out = {}
+    for channel in sorted(p for p in root.iterdir() if p.is_dir()):
+        h = hashlib.sha256()
+        for f in sorted(p for p in channel.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(channel).as_posix()}\0{sha256_file(f)}\n".encode())
+        out[channel.name] = h.hexdigest()
+    return out

@@ -141,10 +141,54 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     import sys
 
     home = tmp_path_factory.mktemp("airflow-home")
-    env = {**os.environ, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}  # runs track where told
+    env = {**inherited, "AIRFLOW_HOME": str(home), "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW_VAR_WMT_SEQ2SEQ_RETRIES": "0",
            "AIRFLOW_VAR_WMT_SEQ2SEQ_CHECK_INTERVAL": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     airflow = Path(sys.executable).with_name("airflow")
     done = subprocess.run([str(airflow), "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return env
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` process on 127.0.0.1:<free port> (SQLite store, artifacts proxied to a
+    folder), its URI; stopped after the module."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path_factory.mktemp("mlflow-server")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mlflow = Path(sys.executable).with_name("mlflow")
+    log = open(folder / "server.log", "wb")  # noqa: SIM115 - closed below, after the server
+    proc = subprocess.Popen([str(mlflow), "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+                             "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as r:
+                if r.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            log.close()
+            raise RuntimeError(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield uri
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    log.close()

@@ -31,7 +31,8 @@ TINY = {"corpus": "wmt-toy-ende-sample", "subset_size": 1000, "hyperparameters":
         "gate": {"metric": "test:perplexity"}}
 TASKS = {"plan", "parent_model", "download", "subset", "tokenize", "recordio", "upload", "training_request",
          "training_backend", "train_local", "train_sagemaker", "trained", "evaluate", "gate", "promoted", "promote",
-         "transform_request", "transform_backend", "transform_local", "transform_sagemaker", "publish"}
+         "transform_request", "transform_backend", "transform_local", "transform_sagemaker", "publish",
+         "finish_tracking"}
 
 
 def run_dag(env: dict[str, str], conf: dict, work: Path, dag_id: str = "wmt_seq2seq") -> dict:
@@ -84,7 +85,9 @@ print(json.dumps({"tasks": sorted(dag.task_ids), "schedule": str(dag.schedule), 
                   "max_active_runs": dag.max_active_runs,
                   "params": {k: dag.params.get_param(k).schema for k in dag.params},
                   "descriptions": {k: dag.params.get_param(k).description for k in dag.params},
-                  "defaults": {k: dag.params[k] for k in ("backend", "subset_size", "hyperparameters")}}))
+                  "defaults": {k: dag.params[k] for k in ("backend", "subset_size", "hyperparameters")},
+                  "after_publish": sorted(dag.get_task("publish").downstream_task_ids),
+                  "teardowns": sorted(t.task_id for t in dag.tasks if t.is_teardown)}))
 """
     env = {**airflow_env, "AIRFLOW_VAR_WMT_SEQ2SEQ_SCHEDULE": "@weekly"}
     done = subprocess.run([sys.executable, "-c", code, str(DAGS)], env=env, capture_output=True, text=True,
@@ -92,6 +95,8 @@ print(json.dumps({"tasks": sorted(dag.task_ids), "schedule": str(dag.schedule), 
     assert done.returncode == 0, done.stderr[-2000:]
     info = json.loads(done.stdout.strip().splitlines()[-1])
     assert set(info["tasks"]) == TASKS
+    # The MLflow run ends after publish, whatever happened upstream, without deciding the run's state.
+    assert info["after_publish"] == ["finish_tracking"] and info["teardowns"] == ["finish_tracking"]
     assert info["schedule"] == "@weekly" and info["catchup"] is False and info["max_active_runs"] == 1
     assert info["defaults"]["backend"] == "local" and info["defaults"]["subset_size"] == 10000
     assert info["defaults"]["hyperparameters"] == {
@@ -128,8 +133,10 @@ def _assert_run_tree(base: str, files: dict[str, int]) -> None:
     assert any(k.startswith("transform/output/") and k.endswith(".jsonl.out") for k in rel)
 
 
-def test_local_backend_end_to_end_with_local_storage(airflow_env: dict[str, str], tmp_path: Path) -> None:
+def test_local_backend_end_to_end_with_local_storage(airflow_env: dict[str, str], mlflow_server: str,
+                                                    tmp_path: Path) -> None:
     root = tmp_path / "artifacts"
+    airflow_env = {**airflow_env, "MLFLOW_TRACKING_URI": mlflow_server}  # every run is tracked there
     result = run_dag(airflow_env, {**TINY, "artifact_root": str(root)}, tmp_path / "run1")
     assert result["state"] == "success", result["log"][-3000:]
     skipped = {"train_sagemaker", "transform_sagemaker"}
@@ -215,14 +222,50 @@ def test_local_backend_end_to_end_with_local_storage(airflow_env: dict[str, str]
     assert summary3["metrics"] == json.loads((child / "eval" / "metrics.json").read_text())["metrics"]
     assert "This model and its parent" in (child / "eval" / "report" / "index.html").read_text()
 
+    # Run history on the real MLflow server: the three runs with their params, learning curves, test
+    # metrics, data identity and outcome; the registry's champion is the model the pointer names.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("wmt_seq2seq")
+    runs = {r.data.tags["airflow_run_id"]: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {result["run_id"], second["run_id"], third["run_id"]}
+    first = runs[result["run_id"]]
+    assert first.info.status == "FINISHED" and first.data.tags["promoted"] == "true"
+    assert first.data.params["hyperparameters.rnn_num_hidden"] == "32" and first.data.params["subset_size"] == "1000"
+    assert first.data.params["gate.metric"] == "test:perplexity" and first.data.tags["backend"] == "local"
+    assert first.data.tags["training_job"] == summary["training_job"]
+    assert first.data.tags["model_uri"] == summary["model"]
+    assert len(first.data.tags["data.train.sha256"]) == 64 and first.data.tags["mlflow.source.git.commit"]
+    assert [m.step for m in client.get_metric_history(first.info.run_id, "validation:perplexity")] == [20, 40]
+    assert first.data.metrics["test:bleu"] == pytest.approx(metrics["metrics"]["test:bleu"])
+    artifacts = {a.path for a in client.list_artifacts(first.info.run_id)} | \
+        {a.path for a in client.list_artifacts(first.info.run_id, "eval")}
+    assert {"run.json", "eval/metrics.json", "eval/training-metrics.json", "eval/report"} <= artifacts
+    worse = runs[second["run_id"]]
+    assert worse.info.status == "FINISHED" and worse.data.tags["promoted"] == "false"
+    assert "needed at most" in worse.data.tags["gate"] and "registered_version" not in worse.data.tags
+    retrained = runs[third["run_id"]]
+    assert retrained.data.tags["parent_model"] == pointer["model"] and retrained.data.params["init_model"] == "promoted"
+    assert retrained.data.metrics["parent.test:perplexity"] == pytest.approx(pointer["metrics"]["test:perplexity"])
+    final = json.loads((root / "wmt_seq2seq" / "promoted.json").read_text())
+    champion = client.get_model_version_by_alias("wmt-seq2seq-en-de", "champion")
+    assert champion.tags["model_uri"] == final["model"] and champion.run_id == runs[final["run_id"]].info.run_id
+    assert "model/model.tar.gz" in {a.path for a in client.list_artifacts(champion.run_id, "model")}
+    promoted_runs = [r for r in runs.values() if r.data.tags["promoted"] == "true"]
+    assert len(client.search_model_versions("name='wmt-seq2seq-en-de'")) == len(promoted_runs)
+
 
 def test_local_backend_end_to_end_with_s3_on_moto(airflow_env: dict[str, str], tmp_path: Path, s3, bucket: str,
                                                   moto_endpoint: str) -> None:
     env = {**airflow_env, **{k: v for k, v in os.environ.items() if k.startswith("AWS_") or k.lower() == "no_proxy"}}
     assert env["AWS_ENDPOINT_URL"] == moto_endpoint
     root = f"s3://{bucket}/pipeline"
-    result = run_dag(env, {**TINY, "artifact_root": root, "eval_max_sentences": 20}, tmp_path / "run")
+    # ... with the tracking server down: the run succeeds and says loudly what was not recorded.
+    dead = {"enabled": True, "uri": "http://127.0.0.1:9", "experiment": "wmt_seq2seq", "registered_model": None}
+    result = run_dag(env, {**TINY, "artifact_root": root, "eval_max_sentences": 20, "tracking": dead}, tmp_path / "run")
     assert result["state"] == "success", result["log"][-3000:]
+    assert "TRACKING FAILED (start the run at http://127.0.0.1:9)" in result["log"]
     files = storage.list_files(f"{root}/wmt_seq2seq")
     run_ids = {k.split("/")[0] for k in files if "/" in k}
     assert len(run_ids) == 1
