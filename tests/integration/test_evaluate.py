@@ -283,7 +283,8 @@ def test_rerun_without_report_leaves_no_report_of_the_earlier_model(copy_model, 
     (out / "hypotheses.txt").write_text("old\n", encoding="utf-8")
     evaluate(copy_model, src, src, out, EvaluateConfig(report=False))
     assert sorted(p.name for p in out.iterdir()) == ["hypotheses.tok.txt", "hypotheses.txt", "metrics.json",
-                                                      "reference.tok.txt", "reference.txt"]
+                                                      "reference.tok.txt", "reference.txt", "training-metrics.json"]
+    assert (out / "training-metrics.json").read_bytes() == (copy_model / "metrics.json").read_bytes()
     assert read_lines(out / "hypotheses.txt") == lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eval", "src.txt"]
 

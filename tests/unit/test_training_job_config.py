@@ -241,6 +241,19 @@ def test_docker_train_command(tmp_path):
     assert relative[relative.index("-v") + 1] == f"{Path('rel/job').resolve()}:/opt/ml"  # docker needs absolute
 
 
+def test_the_requests_environment_reaches_the_container_on_both_backends(tmp_path, monkeypatch):
+    """SageMaker sets a training job's Environment in its container; so do the local backends (a warm
+    start's parent URI travels that way)."""
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # no docker here: removing an old container is a no-op
+    env = {"SEQ2SEQ_PARENT_MODEL_URI": "s3://b/runs/1/model.tar.gz"}
+    cmd, _, name = training._train_command("docker", "job-t1", tmp_path / "job-t1", "img:1", False, env)
+    assert name == "job-t1" and cmd[cmd.index("SEQ2SEQ_PARENT_MODEL_URI=s3://b/runs/1/model.tar.gz") - 1] == "-e"
+    assert "TRAINING_JOB_NAME=job-t1" in cmd
+    cmd, process_env, name = training._train_command("local", "job-t1", tmp_path / "job-t1", None, False, env)
+    assert name is None and process_env["SEQ2SEQ_PARENT_MODEL_URI"] == "s3://b/runs/1/model.tar.gz"
+    assert process_env["TRAINING_JOB_NAME"] == "job-t1"
+
+
 def fake_command(bin_dir: Path, name: str, body: str) -> Path:
     bin_dir.mkdir(parents=True, exist_ok=True)
     path = bin_dir / name
