@@ -48,7 +48,8 @@ demo: venv $(AIRFLOW_DIR)/.migrated
 		m = r['metrics']; print(f\"\nsacreBLEU {m['test:bleu']:.2f} ({r['bleu_signature']}), chrF {m['test:chrf']:.2f}, \" \
 		f\"perplexity {m['test:perplexity']:.2f} on the test set; promoted: {r['promoted']}\"); \
 		[print(f'{k:>17}: {r[k]}') for k in ('model', 'eval', 'report', 'transform_output')]; \
-		print(f'{\"run summary\":>17}: {sorted(glob.glob(\"$(DEMO)/wmt_seq2seq/*/run.json\"))[-1]}')"
+		print(f'{\"run summary\":>17}: {sorted(glob.glob(\"$(DEMO)/wmt_seq2seq/*/run.json\"))[-1]}'); \
+		print(f'{\"run history\":>17}: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/$(DEMO)/mlflow/mlflow.db')"
 
 $(AIRFLOW_DIR)/.migrated: $(STAMP)
 	mkdir -p $(AIRFLOW_DIR)
