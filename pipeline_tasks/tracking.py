@@ -83,7 +83,7 @@ def resolve_tracking_uri(cfg: TrackingConfig, artifact_root: str) -> str:
     return cfg.uri or os.environ.get(TRACKING_URI_ENV) or embedded_store_uri(artifact_root)
 
 
-def _artifact_location(tracking_uri: str, artifact_root: str) -> str | None:
+def _artifact_location(tracking_uri: str) -> str | None:
     """Where an experiment created in the embedded store keeps its artifacts: beside its database (a
     SQLite store would otherwise put them under the worker's current folder). A server decides itself."""
     if not tracking_uri.startswith("sqlite:///"):
@@ -188,7 +188,7 @@ class Tracker:
         def start() -> str:
             exp = self.client.get_experiment_by_name(self.cfg.experiment)
             exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(
-                self.cfg.experiment, artifact_location=_artifact_location(self.uri, self.artifact_root))
+                self.cfg.experiment, artifact_location=_artifact_location(self.uri))
             run = self.client.create_run(exp_id, run_name=run_name, tags=_tags(tags))
             self._log_params(run.info.run_id, flatten(params))
             return run.info.run_id
