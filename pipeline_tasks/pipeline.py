@@ -194,15 +194,14 @@ def recordio_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any,
 
 def upload_step(layout: RunLayout, destination: str | None = None) -> dict[str, Any]:
     """The three channels at `destination` (default: the run's channels/), verified: what training reads."""
-    from pipeline_tasks.upload import channel_digests, upload_channels
+    from pipeline_tasks.upload import upload_channels
 
     dest = destination or layout.uri("channels")
     with _tmp("upload") as tmp:
         local = get_tree(layout.uri("recordio"), Path(tmp) / "channels")
         report = upload_channels(local, dest)
-        digests = {ch: d for ch, d in channel_digests(local).items() if ch in ("train", "validation", "vocab")}
     return {"channels": {ch: storage.join(dest, ch) for ch in ("train", "validation", "vocab")},
-            "destination": dest, "uploaded": report, "sha256": digests}
+            "destination": dest, "uploaded": report, "sha256": report["sha256"]}
 
 
 def _read_json(uri: str) -> Any:

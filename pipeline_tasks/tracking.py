@@ -205,14 +205,15 @@ class Tracker:
         for i in range(0, len(items), _BATCH):
             self.client.log_batch(run_id, params=[Param(k, v) for k, v in items[i:i + _BATCH]])
 
-    def params(self, run_id: str | None, params: Mapping[str, Any], prefix: str = "") -> None:
-        if run_id:
-            self._call("log params", self._log_params, run_id, flatten(params, prefix))
-
     def tags(self, run_id: str | None, tags: Mapping[str, Any]) -> None:
-        from_tags = _tags(tags)
-        if run_id and from_tags:
-            self._call("set tags", lambda: [self.client.set_tag(run_id, k, v) for k, v in from_tags.items()])
+        values = _tags(tags)
+        if run_id and values:
+            def set_all() -> None:
+                from mlflow.entities import RunTag
+
+                self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in sorted(values.items())])
+
+            self._call("set tags", set_all)
 
     def metrics(self, run_id: str | None, values: Iterable[tuple[str, float, int]]) -> None:
         """(name, value, step) triples, batched."""
@@ -234,12 +235,16 @@ class Tracker:
         if not run_id:
             return
         path = Path(local)
-        fn = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
-        self._call(f"log artifact {path.name}", lambda: fn(run_id, str(path), artifact_path))
+
+        def log_it() -> None:
+            fn = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
+            fn(run_id, str(path), artifact_path)
+
+        self._call(f"log artifact {path.name}", log_it)
 
     def end(self, run_id: str | None, status: str = "FINISHED") -> None:
         if run_id:
-            self._call("end the run", self.client.set_terminated, run_id, status)
+            self._call("end the run", lambda: self.client.set_terminated(run_id, status))
 
     # --- the registry --------------------------------------------------------------------------------
     def register_champion(self, run_id: str | None, name: str, model_uri: str,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from model.archive import sha256_file
@@ -21,21 +22,25 @@ log = logging.getLogger(__name__)
 
 
 def upload_channels(channels_dir: str | os.PathLike[str], destination: str, delete_extra: bool = False) -> dict:
-    """Upload DIR/{train,validation,vocab}/* under `destination`; returns channel -> URI and counts."""
+    """Upload DIR/{train,validation,vocab}/* under `destination`; returns channel -> URI, channel -> sha256
+    (:func:`channel_digest`) and counts."""
     src = Path(channels_dir)
     missing = [ch for ch in CHANNELS if not (src / ch).is_dir() or not any((src / ch).iterdir())]
     if missing:
         raise FileNotFoundError(f"{src}: channel folder(s) missing or empty: {', '.join(missing)}")
-    result: dict = {"channels": {}, "uploaded": 0, "skipped": 0, "extra": [], "deleted": []}
+    result: dict = {"channels": {}, "sha256": {}, "uploaded": 0, "skipped": 0, "extra": [], "deleted": []}
     for ch in CHANNELS:
         dest = storage.join(destination, ch)
         local_files = sorted(p for p in (src / ch).rglob("*") if p.is_file())
         names = {str(p.relative_to(src / ch)) for p in local_files}
+        digests = {}
         for p in local_files:
-            if storage.put_file(p, storage.join(dest, *p.relative_to(src / ch).parts)):
+            digest = digests[p.relative_to(src / ch).as_posix()] = sha256_file(p)  # hashed once, here
+            if storage.put_file(p, storage.join(dest, *p.relative_to(src / ch).parts), digest):
                 result["uploaded"] += 1
             else:
                 result["skipped"] += 1
+        result["sha256"][ch] = channel_digest(digests)
         extra = sorted(set(storage.list_files(dest)) - names)
         for name in extra:
             uri = storage.join(dest, name)
@@ -51,13 +56,9 @@ def upload_channels(channels_dir: str | os.PathLike[str], destination: str, dele
     return result
 
 
-def channel_digests(channels_dir: str | os.PathLike[str]) -> dict[str, str]:
-    """channel -> sha256 over its files' names and sha256s: the identity of the data a model was trained on."""
-    root = Path(channels_dir)
-    out = {}
-    for channel in sorted(p for p in root.iterdir() if p.is_dir()):
-        h = hashlib.sha256()
-        for f in sorted(p for p in channel.rglob("*") if p.is_file()):
-            h.update(f"{f.relative_to(channel).as_posix()}\0{sha256_file(f)}\n".encode())
-        out[channel.name] = h.hexdigest()
-    return out
+def channel_digest(files: Mapping[str, str]) -> str:
+    """sha256 over a channel's file names and their sha256s: the identity of the data a model was trained on."""
+    h = hashlib.sha256()
+    for name, digest in sorted(files.items()):
+        h.update(f"{name}\0{digest}\n".encode())
+    return h.hexdigest()

@@ -122,6 +122,11 @@ def test_upload_to_s3_layout_bytes_and_metadata(s3, bucket: str, channels_dir: P
         "vocab": f"s3://{bucket}/prefix/vocab/",
     }
     assert all(uri.endswith("/") for uri in result["channels"].values())
+    # each channel's identity: sha256 over its files' names and sha256s, from the bytes themselves
+    for ch in ("train", "validation", "vocab"):
+        lines = "".join(f"{p.relative_to(channels_dir / ch).as_posix()}\0{sha256(p)}\n"
+                        for p in sorted(q for q in (channels_dir / ch).rglob("*") if q.is_file()))
+        assert result["sha256"][ch] == hashlib.sha256(lines.encode()).hexdigest(), ch
     assert_uploaded(s3, bucket, "prefix", channels_dir)
     # small files: one PutObject each, no multipart
     assert write_ops == Counter({"PutObject": 4})
