@@ -1,8 +1,9 @@
 """wmt_seq2seq: retrain an English–German (or any pair) seq2seq model end to end.
 
-download → subset → tokenize → recordio → upload → train → evaluate → gate → promote → batch transform → publish
-(with ``init_model``, a warm start: plan resolves the parent model, parent_model fetches and checks it,
-and tokenize, recordio, train and evaluate use it)
+download → subset → tokenize → recordio → upload → train → evaluate → gate → approval → promote → batch transform
+→ publish (with ``init_model``, a warm start: plan resolves the parent model, parent_model fetches and checks
+it, and tokenize, recordio, train and evaluate use it; with ``require_approval``, a person approves or
+rejects the gate's promotion in the UI's Required Actions, seq2seq_airflow/approval.py)
 
 Wiring only: every task calls a function of pipeline_tasks/ on the run's URIs (docs/ARCHITECTURE.md §6) and passes
 URIs and small metrics on. Training and the batch transform run on the backend the ``backend`` param
@@ -12,7 +13,8 @@ execute the same request dicts.
 
 Schedule: ``AIRFLOW_VAR_WMT_SEQ2SEQ_SCHEDULE`` (a cron expression or preset such as ``@weekly``; unset
 or ``none``: manual runs only); ``AIRFLOW_VAR_WMT_SEQ2SEQ_INIT_MODEL=promoted`` makes each run without
-conf a warm-started retrain of the promoted model. Artifact root default:
+conf a warm-started retrain of the promoted model, ``AIRFLOW_VAR_WMT_SEQ2SEQ_REQUIRE_APPROVAL=true`` one
+that waits for a person's approval before promoting. Artifact root default:
 ``AIRFLOW_VAR_WMT_SEQ2SEQ_ARTIFACT_ROOT``; task retries: ``AIRFLOW_VAR_WMT_SEQ2SEQ_RETRIES`` (2). Read
 from the environment, not the metadata DB, so parsing stays fast; they are also how Airflow exposes
 Variables set as environment variables.
@@ -24,11 +26,13 @@ from __future__ import annotations
 from airflow.sdk import Param, TriggerRule, dag, task, teardown
 
 from pipeline_tasks.jobs.names import JOB_PREFIX_KEY
+from seq2seq_airflow.approval import PromotionApprovalOperator
 from seq2seq_airflow.assets import DATASET, MODEL
 from seq2seq_airflow.branches import training_branch, transform_branch, transform_task_id
 from seq2seq_airflow.settings import (
     DEFAULT_ARGS,
     DEFAULT_INIT_MODEL,
+    DEFAULT_REQUIRE_APPROVAL,
     START_DATE,
     TRAINING_DAG_ID,
     TRAINING_SCHEDULE,
@@ -136,6 +140,18 @@ PARAMS = {
                               "min_delta": {"type": "number", "minimum": 0},
                               "threshold": {"type": ["number", "null"]}},
                   required=["metric"], additionalProperties=False),
+    "require_approval": Param(DEFAULT_REQUIRE_APPROVAL, type="boolean", title="Require approval",
+                              description="A person approves or rejects each promotion the gate decides (Airflow's "
+                                          "Required Actions), seeing both models' test metrics and the report; "
+                                          "the run waits holding no worker slot. Reject: not promoted, the reason "
+                                          "kept in run.json and the run history."),
+    "approval_timeout_hours": Param(72, type="number", exclusiveMinimum=0, title="Approval timeout (hours)",
+                                    description="No answer within this many hours counts as a rejection."),
+    "register_model_package": Param(False, type="boolean", title="SageMaker Model Registry",
+                                    description="backend=sagemaker: each promotion is also a model package version "
+                                                "in the group wmt-seq2seq-<source>-<target>, Approved (registered "
+                                                "PendingManualApproval while an approval is awaited, Rejected when "
+                                                "refused)."),
     "tracking": Param({"enabled": True, "uri": None, "experiment": "wmt_seq2seq", "registered_model": None},
                       type="object", title="Run tracking (MLflow)",
                       description="Each run is an MLflow run (params, learning curves, test metrics, report), "
@@ -294,22 +310,30 @@ def wmt_seq2seq():
 
     @task
     def gate(scores: dict, model: dict, params=None, run_id=None) -> dict:
-        """Decides only; promoting is the next task's (so the model Asset is emitted only on promotion)."""
+        """Decides only; promoting is promote's (so the model Asset is emitted only on promotion). Returns
+        what the approver compares (the promoted model now) and, when asked for, the model package request."""
         from pipeline_tasks.gate import GateRule, decide, read_pointer
+        from pipeline_tasks.pipeline import model_package_request
 
-        decision = decide(scores["metrics"], read_pointer(_layout(params, run_id).pointer),
-                          GateRule.from_dict(params["gate"]))
+        current = read_pointer(_layout(params, run_id).pointer)
+        decision = decide(scores["metrics"], current, GateRule.from_dict(params["gate"]))
         print(("PROMOTE: " if decision.promote else "NOT PROMOTED: ") + decision.reason)
-        return {"promote": decision.promote, "reason": decision.reason}
+        package = None
+        if decision.promote and params["register_model_package"]:
+            package = model_package_request(params, DAG_ID, run_id, model, scores, decision.reason)
+        return {"promote": decision.promote, "reason": decision.reason, "model_package": package,
+                "current": {k: current.get(k) for k in ("run_id", "model", "metrics")} if current else None}
 
     @task.short_circuit(ignore_downstream_trigger_rules=False)
     def promoted(decision: dict) -> bool:
         return decision["promote"]
 
     @task(outlets=[MODEL])
-    def promote(scores: dict, model: dict, run: dict, params=None, run_id=None, outlet_events=None) -> dict:
+    def promote(scores: dict, model: dict, run: dict, decision: dict, approval: dict, params=None, run_id=None,
+                outlet_events=None) -> dict:
         from pipeline_tasks.gate import GateRule, gate
         from pipeline_tasks.tracking import track_promotion
+        from seq2seq_airflow.model_registry import promote_model_package
 
         layout = _layout(params, run_id)
         result = gate(scores["metrics"], layout.pointer, GateRule.from_dict(params["gate"]),
@@ -318,8 +342,10 @@ def wmt_seq2seq():
         if not result["promote"]:  # another run promoted a better model in between
             raise RuntimeError(f"not promoted after all: {result['reason']}")
         outlet_events[MODEL].extra = {"model": model["model"], "pointer": layout.pointer, "run_id": run_id}
-        version = track_promotion(run["tracking"], params, model, scores, run_id)  # the registry mirrors the pointer
-        return {"pointer": layout.pointer, "model": model["model"], "registered_version": version}
+        version = track_promotion(run["tracking"], params, model, scores, run_id)  # the registries mirror the pointer
+        package = promote_model_package(decision["model_package"], approval) if decision["model_package"] else None
+        return {"pointer": layout.pointer, "model": model["model"], "registered_version": version,
+                "model_package_arn": package}
 
     @task
     def transform_request(promotion: dict, params=None, run_id=None) -> dict:
@@ -341,14 +367,20 @@ def wmt_seq2seq():
 
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def publish(decision: dict, scores: dict, model: dict, parent: dict, params=None, run_id=None, ti=None) -> dict:
+        from pipeline_tasks.approval import OUTCOME_KEY, describe
         from pipeline_tasks.pipeline import parent_summary, publish_step
 
+        promotion = ti.xcom_pull(task_ids="promote")  # None: the gate or the approver said no
+        approval = ti.xcom_pull(task_ids="approval", key=OUTCOME_KEY) if decision["promote"] else None
         job = {}
-        if decision["promote"]:
+        if promotion:
             job = (ti.xcom_pull(task_ids=transform_task_id(params["backend"])) or {}).get("Transform") or {}
         summary = {
-            "dag_id": DAG_ID, "run_id": run_id, "backend": params["backend"], "promoted": decision["promote"],
-            "gate": decision["reason"], "model": model["model"], "training_job": model["job_name"],
+            "dag_id": DAG_ID, "run_id": run_id, "backend": params["backend"], "promoted": bool(promotion),
+            "gate": decision["reason"], "approval": approval, "model": model["model"],
+            "training_job": model["job_name"],
+            "model_package_arn": (promotion or {}).get("model_package_arn")
+            or (approval or {}).get("model_package_arn"),
             "metrics": scores["metrics"], "bleu_signature": scores["bleu_signature"], "report": scores["report"],
             "eval": scores["eval"], "transform_output": job.get("TransformOutput", {}).get("S3OutputPath"),
             "transform_job": job.get("TransformJobName"),
@@ -356,7 +388,8 @@ def wmt_seq2seq():
         }
         print(f"BLEU {scores['metrics']['test:bleu']:.2f} ({scores['bleu_signature']}), "
               f"perplexity {scores['metrics']['test:perplexity']:.2f}; "
-              f"{'promoted' if decision['promote'] else 'not promoted'}: {decision['reason']}")
+              f"{'promoted' if promotion else 'not promoted'}: {decision['reason']}"
+              + (f"; {describe(approval)}" if approval else ""))
         if summary["parent"] and summary["parent"]["metrics"]:
             was = summary["parent"]["metrics"]
             print(f"parent {summary['parent']['model']}: BLEU {was['test:bleu']:.2f}, "
@@ -383,8 +416,9 @@ def wmt_seq2seq():
     model = training_branch(request)
     scores = evaluate(model, parent, run)
     decision = gate(scores, model)
-    promotion = promote(scores, model, run)
-    promoted(decision) >> promotion
+    approval = PromotionApprovalOperator(task_id="approval", decision=decision, scores=scores, model=model)
+    promoted(decision) >> approval
+    promotion = promote(scores, model, run, decision, approval.output)
     published = publish(decision, scores, model, parent)
     published << transform_branch(transform_request(promotion))
     published >> finish_tracking()

@@ -265,6 +265,28 @@ def transform_input_step(layout: RunLayout, corpus: CorpusConfig, source: str | 
     return prefix
 
 
+def model_package_request(params: Mapping[str, Any], dag_id: str, run_id: str, model: Mapping[str, Any],
+                          scores: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    """The SageMaker model package of a model the gate promotes: in the language pair's group (the MLflow
+    registered model's name), PendingManualApproval while a person's approval is awaited, else Approved;
+    served with the run's batch-transform decoding settings."""
+    from pipeline_tasks.jobs.requests import APPROVED, PENDING_MANUAL_APPROVAL, model_package_config
+    from pipeline_tasks.tracking import registered_model_name
+    from pipeline_tasks.transform import TransformConfig
+
+    metrics = scores.get("metrics") or {}
+    return model_package_config(
+        group=registered_model_name(params["source_lang"], params["target_lang"]), image_uri=params["image"],
+        model_data_url=model["model"], status=PENDING_MANUAL_APPROVAL if params["require_approval"] else APPROVED,
+        description=f"{dag_id} run {run_id}: {reason}", metrics_uri=storage.join(scores["eval"], "metrics.json"),
+        transform_instance_type=params["transform_instance_type"],
+        cfg=TransformConfig(beam_size=params["beam_size"], max_output_length=params["max_output_length"]),
+        metadata={"dag_id": dag_id, "run_id": run_id, "training_job": model.get("job_name"),
+                  "bleu_signature": scores.get("bleu_signature"),
+                  **{k: v for k, v in metrics.items() if k in ("test:bleu", "test:chrf", "test:perplexity")}},
+        tags={"dag_id": dag_id})
+
+
 def parent_summary(parent: Mapping[str, Any] | None, scored: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """run.json's view of a warm start: the model the run started from, and its scores on this run's test
     set (beside the child's ``metrics``); None for a run trained from scratch."""

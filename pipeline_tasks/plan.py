@@ -84,6 +84,9 @@ def check_training_run(params: Mapping[str, Any], conf: Mapping[str, Any] | None
             raise PlanError("backend=sagemaker needs an s3:// artifact_root (SageMaker reads channels from S3)")
         if not params.get("role_arn"):
             raise PlanError("backend=sagemaker needs role_arn (the SageMaker execution role)")
+    elif params.get("register_model_package"):
+        raise PlanError(f"register_model_package needs backend=sagemaker: a SageMaker model package names an S3 "
+                        f"model and an ECR image, and backend={params['backend']} has neither")
 
 
 def resolve_parent(params: Mapping[str, Any], pointer_uri: str) -> dict[str, Any] | None:

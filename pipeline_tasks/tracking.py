@@ -378,8 +378,9 @@ def track_promotion(tracking: Mapping[str, Any] | None, params: Mapping[str, Any
 
 def finish_run(tracking: Mapping[str, Any] | None, params: Mapping[str, Any], summary: Mapping[str, Any] | None,
                summary_uri: str | None) -> None:
-    """The run's outcome: the gate's decision and reason, run.json as an artifact, and its end (FAILED when
-    the pipeline run did not get as far as publishing)."""
+    """The run's outcome: the gate's decision and reason, the approver's answer (``approval.*``: required,
+    approved, by, at, reason, timed_out), run.json as an artifact, and its end (FAILED when the pipeline run
+    did not get as far as publishing)."""
     import tempfile
 
     tracker, run_id = tracker_for(tracking, params)
@@ -388,8 +389,12 @@ def finish_run(tracking: Mapping[str, Any] | None, params: Mapping[str, Any], su
     if summary is None:
         tracker.end(run_id, "FAILED")
         return
+    approval = summary.get("approval") or {}
     tracker.tags(run_id, {"promoted": str(bool(summary.get("promoted"))).lower(), "gate": summary.get("gate"),
-                          "transform_job": summary.get("transform_job")})
+                          "transform_job": summary.get("transform_job"),
+                          "model_package_arn": summary.get("model_package_arn"),
+                          **{f"approval.{k}": (str(v).lower() if isinstance(v, bool) else v)
+                             for k, v in approval.items() if k != "model_package_arn"}})
     if summary_uri:
         with tempfile.TemporaryDirectory(prefix="wmt-tracking-") as tmp:
             local = tracker._call("fetch run.json", storage.get_file, summary_uri, Path(tmp) / "run.json")

@@ -31,6 +31,8 @@ DEFAULT_TRANSFORM_INPUT = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_TRANSFORM_INPU
 # What a run starts from when its conf does not say (none | promoted | a model URI): ``promoted`` makes
 # every scheduled run a warm-started retrain of the promoted model.
 DEFAULT_INIT_MODEL = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_INIT_MODEL", "").strip() or "none"
+# Whether a person approves each promotion (``true``: scheduled runs wait for an answer, holding no worker slot).
+DEFAULT_REQUIRE_APPROVAL = os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_REQUIRE_APPROVAL", "").strip().lower() == "true"
 
 START_DATE = datetime(2026, 1, 1)
 DEFAULT_ARGS: dict[str, Any] = {"retries": RETRIES, "retry_delay": timedelta(minutes=1)}

@@ -4,7 +4,8 @@
 :func:`transform_job_config` the ``{"Model": CreateModel, "Transform": CreateTransformJob}`` pair: the
 dicts that the ``sagemaker`` backend submits through the amazon provider's operators and that the
 ``local`` and ``docker`` backends execute (pipeline_tasks/jobs/local/), so a DAG run means the same job
-whichever backend runs it.
+whichever backend runs it. :func:`model_package_config` is the ``create_model_package`` request that puts a
+promoted model in the SageMaker Model Registry.
 
 Three kinds of check: the builders validate their arguments (hyperparameters with the container's own
 parser, so a typo fails the DAG task in seconds rather than a paid job in minutes);
@@ -25,6 +26,7 @@ from typing import Any
 from model.constants import (
     CHANNEL_CONTENT_TYPES,
     CHECKPOINT_LOCAL_PATH,
+    JSON_CONTENT_TYPE,
     JSONLINES_CONTENT_TYPE,
     MODEL_CHANNEL,
     MODEL_CONTENT_TYPE,
@@ -37,6 +39,9 @@ from pipeline_tasks.transform import TransformConfig
 
 MAX_RUNTIME_LIMIT_S = 28 * 24 * 3600          # SageMaker's cap on MaxRuntimeInSeconds
 MAX_HYPERPARAMETER_VALUE_CHARS = 2500         # the API's limit per value
+# ModelApprovalStatus values of a model package (the Model Registry's states).
+APPROVED, PENDING_MANUAL_APPROVAL, REJECTED = "Approved", "PendingManualApproval", "Rejected"
+MAX_METADATA_VALUE_CHARS = 256                # CustomerMetadataProperties: values up to 256 characters
 # The built-in seq2seq algorithm's image: <account>.dkr.ecr.<region>.amazonaws.com[.cn]/seq2seq:<tag>.
 _BUILTIN_IMAGE = re.compile(r"^\d{12}\.dkr\.ecr\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/seq2seq([:@].*)?$")
 
@@ -297,3 +302,40 @@ def check_transform_request(job: Mapping[str, Any]) -> None:
     bad = [f"{k}={got!r} (expected {want!r})" for k, got, want in _mismatches(wanted)]
     if bad:
         raise ValueError("the local transform backend implements the JSON Lines transform only: " + ", ".join(bad))
+
+
+def model_package_config(*, group: str, image_uri: str, model_data_url: str, status: str, description: str,
+                         metrics_uri: str | None = None, transform_instance_type: str | None = None,
+                         metadata: Mapping[str, Any] | None = None, cfg: TransformConfig | None = None,
+                         tags: dict[str, str] | None = None) -> dict[str, Any]:
+    """The boto3 ``create_model_package`` request: a new version in the language pair's model package
+    group. The container is the one the batch transform runs, with the same decoding environment, so a
+    deployment made from the package decodes as this pipeline's transform does; the evaluation's
+    metrics.json is the package's model-quality statistics, and the run's identity and test scores are
+    its customer metadata (what AWS-side deployment pipelines filter on)."""
+    if status not in (APPROVED, PENDING_MANUAL_APPROVAL, REJECTED):
+        raise ValueError(f"ModelApprovalStatus must be {APPROVED}, {PENDING_MANUAL_APPROVAL} or {REJECTED}, "
+                         f"got {status!r}")
+    if not model_data_url.startswith("s3://"):
+        raise ValueError(f"a model package's ModelDataUrl must be in S3, got {model_data_url!r}")
+    content_types = [JSONLINES_CONTENT_TYPE, JSON_CONTENT_TYPE]
+    spec: dict[str, Any] = {
+        "Containers": [{"Image": image_uri, "ModelDataUrl": model_data_url,
+                        "Environment": (cfg or TransformConfig()).decoding().to_env()}],
+        "SupportedContentTypes": content_types,
+        "SupportedResponseMIMETypes": content_types,
+    }
+    if transform_instance_type:
+        spec["SupportedTransformInstanceTypes"] = [transform_instance_type]
+    request: dict[str, Any] = {"ModelPackageGroupName": group, "ModelPackageDescription": description[:1024],
+                               "InferenceSpecification": spec, "ModelApprovalStatus": status}
+    if metrics_uri:
+        request["ModelMetrics"] = {"ModelQuality": {"Statistics": {"ContentType": JSON_CONTENT_TYPE,
+                                                                   "S3Uri": metrics_uri}}}
+    if metadata:
+        request["CustomerMetadataProperties"] = {
+            str(k)[:128]: (v if isinstance(v, str) else format_value(v))[:MAX_METADATA_VALUE_CHARS]
+            for k, v in metadata.items() if v is not None}
+    if tags:
+        request["Tags"] = [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
+    return request

@@ -30,8 +30,8 @@ TINY = {"corpus": "wmt-toy-ende-sample", "subset_size": 1000, "hyperparameters":
         "num_words_source": 2000, "num_words_target": 2000, "beam_size": 1, "eval_max_sentences": 40,
         "gate": {"metric": "test:perplexity"}}
 TASKS = {"plan", "parent_model", "download", "subset", "tokenize", "recordio", "upload", "training_request",
-         "training_backend", "train_local", "train_sagemaker", "trained", "evaluate", "gate", "promoted", "promote",
-         "transform_request", "transform_backend", "transform_local", "transform_sagemaker", "publish",
+         "training_backend", "train_local", "train_sagemaker", "trained", "evaluate", "gate", "promoted", "approval",
+         "promote", "transform_request", "transform_backend", "transform_local", "transform_sagemaker", "publish",
          "finish_tracking"}
 
 
@@ -85,8 +85,11 @@ print(json.dumps({"tasks": sorted(dag.task_ids), "schedule": str(dag.schedule), 
                   "max_active_runs": dag.max_active_runs,
                   "params": {k: dag.params.get_param(k).schema for k in dag.params},
                   "descriptions": {k: dag.params.get_param(k).description for k in dag.params},
-                  "defaults": {k: dag.params[k] for k in ("backend", "subset_size", "hyperparameters")},
+                  "defaults": {k: dag.params[k] for k in ("backend", "subset_size", "hyperparameters",
+                                                          "require_approval", "register_model_package")},
                   "after_publish": sorted(dag.get_task("publish").downstream_task_ids),
+                  "approval": [sorted(dag.get_task("approval").upstream_task_ids),
+                               sorted(dag.get_task("approval").downstream_task_ids)],
                   "teardowns": sorted(t.task_id for t in dag.tasks if t.is_teardown)}))
 """
     env = {**airflow_env, "AIRFLOW_VAR_WMT_SEQ2SEQ_SCHEDULE": "@weekly"}
@@ -97,6 +100,9 @@ print(json.dumps({"tasks": sorted(dag.task_ids), "schedule": str(dag.schedule), 
     assert set(info["tasks"]) == TASKS
     # The MLflow run ends after publish, whatever happened upstream, without deciding the run's state.
     assert info["after_publish"] == ["finish_tracking"] and info["teardowns"] == ["finish_tracking"]
+    # A person's approval, when asked for, comes between the gate's decision and the promotion.
+    assert info["approval"] == [["evaluate", "gate", "promoted", "trained"], ["promote"]]
+    assert info["defaults"]["require_approval"] is False and info["defaults"]["register_model_package"] is False
     assert info["schedule"] == "@weekly" and info["catchup"] is False and info["max_active_runs"] == 1
     assert info["defaults"]["backend"] == "local" and info["defaults"]["subset_size"] == 10000
     assert info["defaults"]["hyperparameters"] == {

@@ -53,3 +53,8 @@ def test_a_whole_run_and_the_backend_needs():
         check_training_run({**PARAMS, "backend": "sagemaker", "artifact_root": "s3://b/p"}, None, PARAMS)
     with pytest.raises(PlanError, match=r"^gate: "):
         check_training_run({**PARAMS, "gate": {"metric": "test:bleu", "min_delt": 1}}, None, PARAMS)
+    with pytest.raises(PlanError, match="register_model_package needs backend=sagemaker: a SageMaker model package "
+                                        "names an S3 model and an ECR image, and backend=local has neither"):
+        check_training_run({**PARAMS, "register_model_package": True}, None, PARAMS)
+    check_training_run({**PARAMS, "backend": "sagemaker", "artifact_root": "s3://b/p", "role_arn": "arn:r",
+                        "register_model_package": True}, None, PARAMS)

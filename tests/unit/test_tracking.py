@@ -84,3 +84,22 @@ def test_a_tracking_failure_is_logged_never_raised(tmp_path, caplog, monkeypatch
     assert "TRACKING SKIPPED (log metrics)" in caplog.text  # one failure, not one timeout per call
     off = Tracker(TrackingConfig(enabled=False), str(tmp_path))
     assert off.uri is None and off.start("manual__1", {"a": 1}, {}) is None
+
+
+def test_a_rejected_promotion_is_recorded_with_the_approvers_reason(tmp_path):
+    from pipeline_tasks.approval import outcome
+    from pipeline_tasks.tracking import finish_run, start_run
+
+    params = {"artifact_root": str(tmp_path / "root"), "tracking": None, "backend": "local", "source_lang": "en",
+              "target_lang": "de", "subset_size": 10}
+    tracking = start_run(params, "wmt_seq2seq", "manual__2", str(tmp_path / "run"), None)
+    approval = outcome({"chosen_options": ["Reject"], "params_input": {"reason": "chrF fell on news"},
+                        "responded_by_user": {"id": "7", "name": "anna"}, "responded_at": "2026-12-01T10:00:00Z"}, 72)
+    (tmp_path / "run.json").write_text('{"promoted": false}')
+    finish_run(tracking, params, {"promoted": False, "gate": "test:bleu 20 vs promoted 18", "approval": approval},
+               str(tmp_path / "run.json"))
+    run = Tracker(TrackingConfig(), params["artifact_root"]).client.get_run(tracking["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["promoted"] == "false"
+    assert {k: v for k, v in run.data.tags.items() if k.startswith("approval.")} == {
+        "approval.required": "true", "approval.approved": "false", "approval.by": "anna",
+        "approval.at": "2026-12-01T10:00:00Z", "approval.reason": "chrF fell on news", "approval.timed_out": "false"}
