@@ -386,10 +386,16 @@ def wmt_seq2seq():
             "transform_job": job.get("TransformJobName"),
             "parent": parent_summary(parent["parent"], scores.get("parent")),
         }
+        if promotion:
+            outcome = f"promoted: {decision['reason']}"
+            if (approval or {}).get("required"):
+                outcome += f"; {describe(approval)}"
+        elif approval and not approval["approved"]:
+            outcome = f"not promoted: {describe(approval)} (the gate: {decision['reason']})"
+        else:
+            outcome = f"not promoted: {decision['reason']}"
         print(f"BLEU {scores['metrics']['test:bleu']:.2f} ({scores['bleu_signature']}), "
-              f"perplexity {scores['metrics']['test:perplexity']:.2f}; "
-              f"{'promoted' if promotion else 'not promoted'}: {decision['reason']}"
-              + (f"; {describe(approval)}" if approval else ""))
+              f"perplexity {scores['metrics']['test:perplexity']:.2f}; {outcome}")
         if summary["parent"] and summary["parent"]["metrics"]:
             was = summary["parent"]["metrics"]
             print(f"parent {summary['parent']['model']}: BLEU {was['test:bleu']:.2f}, "

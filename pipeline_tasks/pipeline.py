@@ -269,7 +269,10 @@ def model_package_request(params: Mapping[str, Any], dag_id: str, run_id: str, m
                           scores: Mapping[str, Any], reason: str) -> dict[str, Any]:
     """The SageMaker model package of a model the gate promotes: in the language pair's group (the MLflow
     registered model's name), PendingManualApproval while a person's approval is awaited, else Approved;
-    served with the run's batch-transform decoding settings."""
+    served with the run's batch-transform decoding settings; one package per run and model, however often
+    the task is retried (the client token)."""
+    import uuid
+
     from pipeline_tasks.jobs.requests import APPROVED, PENDING_MANUAL_APPROVAL, model_package_config
     from pipeline_tasks.tracking import registered_model_name
     from pipeline_tasks.transform import TransformConfig
@@ -284,6 +287,7 @@ def model_package_request(params: Mapping[str, Any], dag_id: str, run_id: str, m
         metadata={"dag_id": dag_id, "run_id": run_id, "training_job": model.get("job_name"),
                   "bleu_signature": scores.get("bleu_signature"),
                   **{k: v for k, v in metrics.items() if k in ("test:bleu", "test:chrf", "test:perplexity")}},
+        client_token=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{dag_id}/{run_id}/{model['model']}")),
         tags={"dag_id": dag_id})
 
 

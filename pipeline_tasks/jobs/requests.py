@@ -307,12 +307,13 @@ def check_transform_request(job: Mapping[str, Any]) -> None:
 def model_package_config(*, group: str, image_uri: str, model_data_url: str, status: str, description: str,
                          metrics_uri: str | None = None, transform_instance_type: str | None = None,
                          metadata: Mapping[str, Any] | None = None, cfg: TransformConfig | None = None,
-                         tags: dict[str, str] | None = None) -> dict[str, Any]:
+                         client_token: str | None = None, tags: dict[str, str] | None = None) -> dict[str, Any]:
     """The boto3 ``create_model_package`` request: a new version in the language pair's model package
     group. The container is the one the batch transform runs, with the same decoding environment, so a
     deployment made from the package decodes as this pipeline's transform does; the evaluation's
     metrics.json is the package's model-quality statistics, and the run's identity and test scores are
-    its customer metadata (what AWS-side deployment pipelines filter on)."""
+    its customer metadata (what AWS-side deployment pipelines filter on). ``client_token`` makes the
+    request idempotent: a retried task that sends it again gets the package its first try created."""
     if status not in (APPROVED, PENDING_MANUAL_APPROVAL, REJECTED):
         raise ValueError(f"ModelApprovalStatus must be {APPROVED}, {PENDING_MANUAL_APPROVAL} or {REJECTED}, "
                          f"got {status!r}")
@@ -336,6 +337,8 @@ def model_package_config(*, group: str, image_uri: str, model_data_url: str, sta
         request["CustomerMetadataProperties"] = {
             str(k)[:128]: (v if isinstance(v, str) else format_value(v))[:MAX_METADATA_VALUE_CHARS]
             for k, v in metadata.items() if v is not None}
+    if client_token:
+        request["ClientToken"] = client_token
     if tags:
         request["Tags"] = [{"Key": k, "Value": v} for k, v in sorted(tags.items())]
     return request

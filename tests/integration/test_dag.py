@@ -35,11 +35,18 @@ TASKS = {"plan", "parent_model", "download", "subset", "tokenize", "recordio", "
          "finish_tracking"}
 
 
-def run_dag(env: dict[str, str], conf: dict, work: Path, dag_id: str = "wmt_seq2seq") -> dict:
+def run_dag(env: dict[str, str], conf: dict, work: Path, dag_id: str = "wmt_seq2seq", answer: dict | None = None
+            ) -> dict:
+    """tests/dag_runner.py's result and log; `answer`: how a person answers the run's approval request."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "conf.json").write_text(json.dumps(conf))
+    answering = []
+    if answer:
+        (work / "answer.json").write_text(json.dumps(answer))
+        answering = [str(work / "answer.json")]
     done = subprocess.run([sys.executable, str(ROOT / "tests" / "dag_runner.py"), dag_id, str(work / "conf.json"),
-                           str(work / "result.json")], env=env, capture_output=True, text=True, timeout=900)
+                           str(work / "result.json"), *answering], env=env, capture_output=True, text=True,
+                          timeout=900)
     (work / "log.txt").write_text(done.stdout + done.stderr)
     assert done.returncode == 0, done.stderr[-3000:]
     return {**json.loads((work / "result.json").read_text()), "log": done.stdout + done.stderr}
@@ -126,8 +133,9 @@ print(json.dumps({"schedule": [a.name for a in dag.schedule], "catchup": dag.cat
 
 # --- runs ---------------------------------------------------------------------------------------------
 
-def _assert_run_tree(base: str, files: dict[str, int]) -> None:
-    """docs/ARCHITECTURE.md §6's layout under <root>/<dag_id>/<run_id>/, each stage published whole."""
+def _assert_run_tree(base: str, files: dict[str, int], transformed: bool = True) -> None:
+    """docs/ARCHITECTURE.md §6's layout under <root>/<dag_id>/<run_id>/, each stage published whole (the
+    batch transform's output only where the model was promoted)."""
     rel = {k[len(base) + 1:] if k.startswith(base) else k: v for k, v in files.items()}
     for stage in ("raw", "subset", "tok", "recordio", "eval"):
         assert f"{stage}/{COMPLETE_MARKER}" in rel, stage
@@ -136,7 +144,7 @@ def _assert_run_tree(base: str, files: dict[str, int]) -> None:
                  "eval/hypotheses.txt", "eval/report/index.html", "run.json"):
         assert name in rel, name
     assert any(k.startswith("model/") and k.endswith("/output/model.tar.gz") for k in rel)
-    assert any(k.startswith("transform/output/") and k.endswith(".jsonl.out") for k in rel)
+    assert any(k.startswith("transform/output/") and k.endswith(".jsonl.out") for k in rel) == transformed
 
 
 def test_local_backend_end_to_end_with_local_storage(airflow_env: dict[str, str], mlflow_server: str,
@@ -262,25 +270,43 @@ def test_local_backend_end_to_end_with_local_storage(airflow_env: dict[str, str]
     assert len(client.search_model_versions("name='wmt-seq2seq-en-de'")) == len(promoted_runs)
 
 
-def test_local_backend_end_to_end_with_s3_on_moto(airflow_env: dict[str, str], tmp_path: Path, s3, bucket: str,
-                                                  moto_endpoint: str) -> None:
+def test_local_backend_end_to_end_with_s3_on_moto(airflow_env: dict[str, str], mlflow_server: str, tmp_path: Path,
+                                                  s3, bucket: str, moto_endpoint: str) -> None:
     env = {**airflow_env, **{k: v for k, v in os.environ.items() if k.startswith("AWS_") or k.lower() == "no_proxy"}}
     assert env["AWS_ENDPOINT_URL"] == moto_endpoint
     root = f"s3://{bucket}/pipeline"
-    # ... with the tracking server down: the run succeeds and says loudly what was not recorded.
-    dead = {"enabled": True, "uri": "http://127.0.0.1:9", "experiment": "wmt_seq2seq", "registered_model": None}
-    result = run_dag(env, {**TINY, "artifact_root": root, "eval_max_sentences": 20, "tracking": dead}, tmp_path / "run")
+    # ... with approval required, and the approver rejecting the gate's promotion through the REST API.
+    tracking = {"enabled": True, "uri": mlflow_server, "experiment": "wmt_seq2seq_s3", "registered_model": None}
+    conf = {**TINY, "artifact_root": root, "eval_max_sentences": 20, "tracking": tracking, "require_approval": True}
+    result = run_dag(env, conf, tmp_path / "run",
+                     answer={"option": "Reject", "reason": "wait for the news domain data", "user": "reviewer"})
     assert result["state"] == "success", result["log"][-3000:]
-    assert "TRACKING FAILED (start the run at http://127.0.0.1:9)" in result["log"]
+    assert "Waiting for Human-in-the-loop input for tasks: ['approval']" in result["log"]
+    assert "| test:perplexity |" in result["log"] and "promoted now (none yet)" in result["log"]  # what was asked
+    assert result["tasks"]["approval"] == "success" and result["tasks"]["promote"] == "skipped"
+    assert result["tasks"]["transform_local"] == "skipped" and result["tasks"]["publish"] == "success"
+    assert "not promoted: rejected by reviewer: wait for the news domain data (the gate: no model promoted yet; " \
+        in result["log"]
     files = storage.list_files(f"{root}/wmt_seq2seq")
     run_ids = {k.split("/")[0] for k in files if "/" in k}
     assert len(run_ids) == 1
     base = run_ids.pop()
-    _assert_run_tree(base, files)
-    assert "promoted.json" in files
+    _assert_run_tree(base, files, transformed=False)
+    assert "promoted.json" not in files  # nothing promoted: the gate said yes, the approver no
     summary = json.loads(s3.get_object(Bucket=bucket, Key=f"pipeline/wmt_seq2seq/{base}/run.json")["Body"].read())
     assert summary["model"].startswith(f"s3://{bucket}/pipeline/wmt_seq2seq/{base}/model/")
-    assert summary["transform_output"].startswith(f"s3://{bucket}/")
+    assert summary["promoted"] is False and summary["transform_output"] is None
+    assert summary["approval"] == {"required": True, "approved": False, "by": "reviewer",
+                                   "at": summary["approval"]["at"], "reason": "wait for the news domain data",
+                                   "timed_out": False, "model_package_arn": None}
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    [run] = client.search_runs([client.get_experiment_by_name("wmt_seq2seq_s3").experiment_id])
+    assert run.info.status == "FINISHED" and run.data.tags["promoted"] == "false"
+    assert run.data.tags["approval.approved"] == "false" and run.data.tags["approval.by"] == "reviewer"
+    assert run.data.tags["approval.reason"] == "wait for the news domain data"
+    assert "registered_version" not in run.data.tags
 
 
 # --- failures -----------------------------------------------------------------------------------------------

@@ -96,14 +96,21 @@ def model_archive(wmt_model: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     return archive
 
 
-def run_recorded(env: dict[str, str], conf: dict, work: Path, archive: Path) -> tuple[dict, list[dict]]:
-    """tests/dag_runner.py's result (and the log) and the SageMaker requests, in the order sent."""
+def run_recorded(env: dict[str, str], conf: dict, work: Path, archive: Path, answer: dict | None = None
+                 ) -> tuple[dict, list[dict]]:
+    """tests/dag_runner.py's result (and the log) and the SageMaker requests, in the order sent; `answer`:
+    how a person answers the run's approval request."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "conf.json").write_text(json.dumps(conf))
+    answering = []
+    if answer:
+        (work / "answer.json").write_text(json.dumps(answer))
+        answering = [str(work / "answer.json")]
     record = work / "sagemaker-requests.jsonl"
     done = subprocess.run([sys.executable, "-c", RECORDING_RUNNER, str(record), str(archive),
                            str(ROOT / "tests" / "dag_runner.py"), "wmt_seq2seq", str(work / "conf.json"),
-                           str(work / "result.json")], env=env, capture_output=True, text=True, timeout=600)
+                           str(work / "result.json"), *answering], env=env, capture_output=True, text=True,
+                          timeout=600)
     log = done.stdout + done.stderr
     (work / "log.txt").write_text(log)
     assert done.returncode == 0, log[-3000:]
@@ -136,9 +143,13 @@ def test_sagemaker_backend_end_to_end_on_moto(aws_env: dict[str, str], s3, bucke
     conf = {"corpus": "wmt-toy-ende-sample", "subset_size": 500, "hyperparameters": HYPERPARAMETERS,
             "num_words_source": 2000, "num_words_target": 2000, "beam_size": 1, "eval_max_sentences": 30,
             "artifact_root": f"s3://{bucket}/root", "backend": "sagemaker", "role_arn": ROLE, "image": IMAGE,
-            "use_spot": True, "max_runtime_s": 3600}
+            "use_spot": True, "max_runtime_s": 3600, "register_model_package": True,
+            # the tracking server is down: the run succeeds and says loudly what was not recorded
+            "tracking": {"enabled": True, "uri": "http://127.0.0.1:9", "experiment": "wmt_seq2seq",
+                         "registered_model": None}}
     result, calls = run_recorded(aws_env, conf, tmp_path / "run", model_archive)
     assert result["state"] == "success", result["log"][-4000:]
+    assert "TRACKING FAILED (start the run at http://127.0.0.1:9)" in result["log"]
     skipped = {"train_local", "transform_local"}
     assert {t for t, s in result["tasks"].items() if s != "success"} == skipped, result["tasks"]
     assert all(result["tasks"][t] == "skipped" for t in skipped)
@@ -155,7 +166,8 @@ def test_sagemaker_backend_end_to_end_on_moto(aws_env: dict[str, str], s3, bucke
     # (the jobs ended well). How often a job is described depends on deferral (DEFERRABLE), so only the
     # writes are compared in full.
     assert [c["operation"] for c in calls if not c["operation"].startswith("Describe")] == [
-        "CreateTrainingJob", "CreateModel", "CreateTransformJob"], calls
+        "CreateTrainingJob", "CreateModelPackageGroup", "CreateModelPackage", "CreateModel",
+        "CreateTransformJob"], calls
     ops = [c["operation"] for c in calls]
     assert ops.index("DescribeTrainingJob") < ops.index("CreateTrainingJob")
     assert ops.index("DescribeTransformJob") < ops.index("CreateTransformJob")
@@ -223,14 +235,50 @@ def test_sagemaker_backend_end_to_end_on_moto(aws_env: dict[str, str], s3, bucke
     assert metrics["sentences"]["total"] == 30 and summary["metrics"] == metrics["metrics"]
     pointer = json.loads(read(s3, layout.pointer))
     assert pointer["model"] == artifact and pointer["training_job"] == train_name
+    # The promotion is mirrored in the SageMaker Model Registry: a package in the language pair's group,
+    # Approved (no approval asked), served as the transform serves it, with the evaluation as its quality.
+    assert the(calls, "CreateModelPackageGroup")["ModelPackageGroupName"] == "wmt-seq2seq-en-de"
+    package = the(calls, "CreateModelPackage")
+    assert {k: v for k, v in package.items() if k not in ("CustomerMetadataProperties", "ClientToken")} == {
+        "ModelPackageGroupName": "wmt-seq2seq-en-de",
+        "ModelPackageDescription": f"wmt_seq2seq run {run_id}: {summary['gate']}",
+        "InferenceSpecification": {
+            "Containers": [{"Image": IMAGE, "ModelDataUrl": artifact,
+                            "Environment": the(calls, "CreateModel")["PrimaryContainer"]["Environment"]}],
+            "SupportedContentTypes": [JSONLINES, "application/json"],
+            "SupportedResponseMIMETypes": [JSONLINES, "application/json"],
+            "SupportedTransformInstanceTypes": ["ml.m5.xlarge"]},
+        "ModelApprovalStatus": "Approved",
+        "ModelMetrics": {"ModelQuality": {"Statistics": {"ContentType": "application/json",
+                                                         "S3Uri": f"{base}/eval/metrics.json"}}},
+        "Tags": [{"Key": "dag_id", "Value": "wmt_seq2seq"}]}
+    assert len(package["ClientToken"]) == 36  # one package per run and model, however often promote is retried
+    assert package["CustomerMetadataProperties"]["run_id"] == run_id
+    assert package["CustomerMetadataProperties"]["training_job"] == train_name
+    assert float(package["CustomerMetadataProperties"]["test:bleu"]) == pytest.approx(metrics["metrics"]["test:bleu"])
+    sagemaker = boto3_client("sagemaker")
+    first_package = sagemaker.describe_model_package(ModelPackageName=summary["model_package_arn"])
+    assert first_package["ModelApprovalStatus"] == "Approved" and first_package["ModelPackageVersion"] == 1
 
     # The weekly retrain: init_model=promoted starts from that artifact (the wmt test model: Moses + joint
     # BPE, an RNN of TINY_RNN's architecture). The request carries it as the model channel; the parent's
     # tokenizer and vocabularies made the channels.
-    conf2 = {**conf, "init_model": "promoted", "use_spot": False,
+    # It waits for a person's approval, with the package PendingManualApproval meanwhile, so AWS-side
+    # pipelines see what is waiting; approving through the REST API approves the package too.
+    conf2 = {**conf, "init_model": "promoted", "use_spot": False, "require_approval": True,
              "hyperparameters": {**TINY_RNN, "max_num_batches": "40"}}
-    result2, calls2 = run_recorded(aws_env, conf2, tmp_path / "run2", model_archive)
+    result2, calls2 = run_recorded(aws_env, conf2, tmp_path / "run2", model_archive,
+                                   answer={"option": "Approve", "reason": "same scores, newer data",
+                                           "user": "reviewer"})
     assert result2["state"] == "success", result2["log"][-4000:]
+    assert result2["tasks"]["approval"] == "success" and result2["tasks"]["promote"] == "success"
+    writes = [c for c in calls2 if c["operation"] in ("CreateModelPackage", "UpdateModelPackage")]
+    assert [(c["operation"], c["params"]["ModelApprovalStatus"]) for c in writes] == [
+        ("CreateModelPackage", "PendingManualApproval"), ("UpdateModelPackage", "Approved")]
+    assert writes[1]["params"]["ApprovalDescription"] == "approved by reviewer: same scores, newer data"
+    versions = sagemaker.list_model_packages(ModelPackageGroupName="wmt-seq2seq-en-de")["ModelPackageSummaryList"]
+    assert sorted((v["ModelPackageVersion"], v["ModelApprovalStatus"]) for v in versions) == [(1, "Approved"),
+                                                                                               (2, "Approved")]
     base2 = RunLayout(f"s3://{bucket}/root", "wmt_seq2seq", result2["run_id"]).base
     request = the(calls2, "CreateTrainingJob")
     assert [c["ChannelName"] for c in request["InputDataConfig"]] == ["train", "validation", "vocab", "model"]
@@ -248,6 +296,8 @@ def test_sagemaker_backend_end_to_end_on_moto(aws_env: dict[str, str], s3, bucke
     summary2 = json.loads(read(s3, f"{base2}/run.json"))
     assert summary2["parent"]["model"] == artifact and summary2["parent"]["run_id"] == run_id
     assert summary2["parent"]["metrics"] == metrics["metrics"]  # the same model on the same sentences
+    assert summary2["promoted"] is True and summary2["approval"]["by"] == "reviewer"
+    assert summary2["model_package_arn"] == writes[1]["params"]["ModelPackageArn"]
 
 
 # --- the operators: a job per try ------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ def test_the_model_package_request_matches_the_create_model_package_api():
         model_data_url=MODEL["model"], status=PENDING_MANUAL_APPROVAL, description="wmt_seq2seq run r: gate",
         metrics_uri="s3://b/run/eval/metrics.json", transform_instance_type="ml.m5.xlarge",
         metadata={"run_id": "r", "test:bleu": 21.04, "training_job": None}, cfg=TransformConfig(beam_size=1),
-        tags={"dag_id": "wmt_seq2seq"})
+        client_token="5c0e3f7e-0b1a-5d2c-9e7f-1a2b3c4d5e6f", tags={"dag_id": "wmt_seq2seq"})
     assert request["ModelPackageGroupName"] == "wmt-seq2seq-en-de"
     assert request["ModelApprovalStatus"] == "PendingManualApproval"
     [container] = request["InferenceSpecification"]["Containers"]
@@ -68,6 +68,7 @@ def test_the_model_package_request_matches_the_create_model_package_api():
         "ContentType": "application/json", "S3Uri": "s3://b/run/eval/metrics.json"}}}
     assert request["CustomerMetadataProperties"] == {"run_id": "r", "test:bleu": "21.04"}
     assert request["Tags"] == [{"Key": "dag_id", "Value": "wmt_seq2seq"}]
+    assert request["ClientToken"] == "5c0e3f7e-0b1a-5d2c-9e7f-1a2b3c4d5e6f"
     with pytest.raises(ValueError, match="ModelDataUrl must be in S3"):
         model_package_config(group="g", image_uri="i", model_data_url="/tmp/model.tar.gz", status=APPROVED,
                              description="d")
