@@ -532,6 +532,25 @@ def architecture_differences(parent: Hyperparameters, child: Hyperparameters) ->
             for name in architecture_names() if getattr(parent, name) != getattr(child, name)]
 
 
+def parse_value(name: str, raw: object) -> object:
+    """One hyperparameter's value, typed and checked against its own range (not against other names, which
+    a tuning range's endpoints and categorical values have no fixed partner for)."""
+    if name not in _FIELDS:
+        raise UnknownHyperparameterError({name: raw})
+    text = _as_text(name, raw)
+    value = _convert(name, text)
+    _check_value(name, value, text)
+    return value
+
+
+def value_type(name: str) -> type:
+    """The Python type of a hyperparameter's values (int, float, bool or str); a tuning range's kind
+    follows from it (integer, continuous, categorical)."""
+    if name not in _FIELDS:
+        raise UnknownHyperparameterError({name: None})
+    return _KINDS[name][0]
+
+
 def hyperparameter_names() -> list[str]:
     """Every accepted name (the built-in algorithm's and our extensions), for a JSON schema's enum."""
     return [f.name for f in fields(Hyperparameters)]
