@@ -141,6 +141,17 @@ def cmd_transform_job(a: argparse.Namespace) -> None:
         raise RuntimeError(f"transform job {result['TransformJobName']} failed: {result.get('FailureReason')}")
 
 
+def cmd_tune(a: argparse.Namespace) -> None:
+    from pipeline_tasks.jobs.local.tuning import default_store, run_tuning_job
+
+    with open(a.request, encoding="utf-8") as f:
+        request = json.load(f)
+    result = run_tuning_job(request, a.backend, store=a.store or default_store(request), workdir=a.workdir)
+    _print_json(result)
+    if result["HyperParameterTuningJobStatus"] != "Completed":
+        raise RuntimeError(f"tuning job {result['HyperParameterTuningJobName']} failed: {result.get('FailureReason')}")
+
+
 def cmd_evaluate(a: argparse.Namespace) -> None:
     import tempfile
 
@@ -268,6 +279,18 @@ def build_parser() -> argparse.ArgumentParser:
     tj.add_argument("--request", required=True, help="JSON file: {\"Model\": CreateModel, \"Transform\": "
                     "CreateTransformJob}")
     tj.set_defaults(fn=cmd_transform_job)
+
+    tu = sub.add_parser("tune", help="run a CreateHyperParameterTuningJob request here: Optuna searches, each "
+                        "trial a local (or docker) training job")
+    tu.add_argument("--request", required=True, help="JSON file: the CreateHyperParameterTuningJob request "
+                    "(channel URIs may be paths or s3://)")
+    tu.add_argument("--backend", choices=("local", "docker"), default="local",
+                    help="where each trial's training job runs (default: %(default)s)")
+    tu.add_argument("--store", help="where tuning jobs' results are kept, and a warm start finds its parents "
+                    "(default: tuning-jobs/ beside the trials' output)")
+    tu.add_argument("--workdir", help="where the trials' job folders go (default: $SEQ2SEQ_LOCAL_JOBS_DIR or the "
+                    "system temp dir)")
+    tu.set_defaults(fn=cmd_tune)
 
     ev = sub.add_parser("evaluate", help="translate a test set; sacreBLEU, chrF, tokenized BLEU, perplexity, report")
     ev.add_argument("--model", required=True, help="model directory or model.tar.gz (path, file:// or s3://)")

@@ -125,6 +125,12 @@ def head(loc: S3Location) -> dict | None:
         raise
 
 
+def exists(uri: str) -> bool:
+    """Whether one object/file is there (a folder or prefix is not a file)."""
+    loc = parse(uri)
+    return head(loc) is not None if isinstance(loc, S3Location) else loc.is_file()
+
+
 def list_files(uri: str) -> dict[str, int]:
     """Relative name -> size of every object/file under a prefix/folder."""
     loc = parse(uri)

@@ -33,7 +33,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -101,12 +101,16 @@ def _write_configs(config: Mapping[str, Any], root: Path) -> None:
 class _Stream:
     """Lines of the training process, logged as they come and scanned for metrics."""
 
-    def __init__(self, definitions: Iterable[Mapping[str, str]], logger: Logger) -> None:
+    def __init__(self, definitions: Iterable[Mapping[str, str]], logger: Logger,
+                 on_metric: Callable[[str, float], bool] | None = None) -> None:
         self.patterns = metrics.compile_definitions(definitions)
         self.logger = logger
         self.final: dict[str, tuple[float, str]] = {}
         self.tail: deque[str] = deque(maxlen=20)
         self.lock = threading.Lock()
+        self.on_metric = on_metric
+        self.stop_requested = threading.Event()   # set when on_metric asks for the job to stop
+        self.early_stopped = False                # the job was stopped because it was asked to
 
     def feed(self, line: str) -> None:
         self.logger.info("[train] %s", line)
@@ -117,6 +121,10 @@ class _Stream:
             stamp = _now()
             for name, value in found.items():
                 self.final[name] = (value, stamp)
+        if self.on_metric is not None:
+            for name, value in found.items():
+                if self.on_metric(name, value):
+                    self.stop_requested.set()
 
     def pump(self, pipe: IO[bytes]) -> None:
         with pipe:
@@ -144,14 +152,25 @@ def _run_process(cmd: list[str], env: dict[str, str], cwd: Path, max_runtime_s: 
     for t in pumps:
         t.start()
     timed_out = False
+    deadline = time.monotonic() + max_runtime_s
     try:
         with process.stop_on_sigterm():
-            try:
-                proc.wait(timeout=max_runtime_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                logger.warning("MaxRuntimeInSeconds (%.0fs) exceeded: sending SIGTERM to train", max_runtime_s)
-                process.stop(proc, grace_s, logger, "train", docker_name)
+            while True:  # wakes twice a second when a stop may be asked for (early stopping), else at the deadline
+                remaining = deadline - time.monotonic()
+                try:
+                    proc.wait(timeout=max(0.0, min(remaining, 0.5) if stream.on_metric else remaining))
+                    break
+                except subprocess.TimeoutExpired:
+                    if stream.stop_requested.is_set():
+                        stream.early_stopped = True
+                        logger.warning("stopping train as asked (early stopping): sending SIGTERM")
+                        process.stop(proc, grace_s, logger, "train", docker_name)
+                        break
+                    if time.monotonic() >= deadline:
+                        timed_out = True
+                        logger.warning("MaxRuntimeInSeconds (%.0fs) exceeded: sending SIGTERM to train", max_runtime_s)
+                        process.stop(proc, grace_s, logger, "train", docker_name)
+                        break
     except BaseException as e:
         # The task itself is being stopped: never leave training running behind it.
         logger.warning("the task is stopping (%s): stopping the training job", type(e).__name__)
@@ -250,7 +269,8 @@ def _fresh_root(workdir: str | os.PathLike[str] | None, name: str) -> Path:
 
 def run_training_job(config: dict[str, Any], backend: str = "local", workdir: str | os.PathLike[str] | None = None,
                      image: str | None = None, log: Logger | None = None, *, gpus: bool | None = None,
-                     stop_grace_s: float = STOP_GRACE_S, keep_root: bool = False) -> dict[str, Any]:
+                     stop_grace_s: float = STOP_GRACE_S, keep_root: bool = False,
+                     on_metric: Callable[[str, float], bool] | None = None) -> dict[str, Any]:
     """Execute a CreateTrainingJob request on this machine; returns a DescribeTrainingJob-like dict.
 
     The job runs under ``<workdir>/<TrainingJobName>`` (workdir defaults to ``$SEQ2SEQ_LOCAL_JOBS_DIR`` or
@@ -258,8 +278,11 @@ def run_training_job(config: dict[str, Any], backend: str = "local", workdir: st
     its input data) after a failed one for inspection. TrainingJobStatus is ``Completed``, ``Failed``
     (with FailureReason) or ``Stopped`` with SecondaryStatus ``MaxRuntimeExceeded`` (the status tree
     SageMaker documents; the model is uploaded when the container left one). MaxRuntimeInSeconds counts
-    from the start of ``train``. Raises ValueError for a malformed request and DockerUnavailableError when
-    the docker backend has no engine; a failing job never raises."""
+    from the start of ``train``. `on_metric(name, value)` sees each metric line as it is printed and may
+    return True to stop the job as SageMaker stops one (a tuning job's early stopping): SIGTERM, the
+    model it leaves uploaded, status ``Stopped`` (SecondaryStatus ``Stopped``). Raises ValueError for a
+    malformed request and DockerUnavailableError when the docker backend has no engine; a failing job
+    never raises."""
     jlog = log or _LOG
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)} here, got {backend!r} "
@@ -305,7 +328,7 @@ def run_training_job(config: dict[str, Any], backend: str = "local", workdir: st
         result["CheckpointConfig"] = config["CheckpointConfig"]
     transitions = _Transitions(result)
     transitions.enter("Starting", f"Preparing the {backend} training job under {root}")
-    stream = _Stream(config["AlgorithmSpecification"].get("MetricDefinitions") or [], jlog)
+    stream = _Stream(config["AlgorithmSpecification"].get("MetricDefinitions") or [], jlog, on_metric)
     archive_bytes: int | None = None
     training_seconds = 0.0
     secondary, reason = "Failed", None
@@ -339,24 +362,26 @@ def run_training_job(config: dict[str, Any], backend: str = "local", workdir: st
             except storage_errors() as e:
                 raise JobFailed(f'ClientError: cannot sync checkpoints to "{checkpoint_uri}": '
                                 f"{type(e).__name__}: {e}") from e
-        if code != 0 and not timed_out:
+        stopped = timed_out or stream.early_stopped
+        if code != 0 and not stopped:
             raise JobFailed(_failure_reason(root, code, stream))
         has_model = any(p.is_file() for p in (root / "model").rglob("*"))
-        if not has_model and not timed_out:
+        if not has_model and not stopped:
             raise JobFailed("AlgorithmError: train exited with status 0 but wrote nothing to /opt/ml/model")
         if has_model:
             transitions.enter("Uploading", "Uploading generated training model")
             archive_bytes = upload_model(root, storage.join(output_path, name, "output", MODEL_ARCHIVE))
-        secondary = "MaxRuntimeExceeded" if timed_out else "Completed"
+        secondary = "MaxRuntimeExceeded" if timed_out else "Stopped" if stream.early_stopped else "Completed"
     except JobFailed as e:
         reason = str(e)
         jlog.error("training job %s failed: %s", name, reason)
     finally:
         shutil.rmtree(root / "input" / "data", ignore_errors=True)
 
-    status = {"Completed": "Completed", "MaxRuntimeExceeded": "Stopped"}.get(secondary, "Failed")
+    status = {"Completed": "Completed", "MaxRuntimeExceeded": "Stopped", "Stopped": "Stopped"}.get(secondary, "Failed")
     messages = {"Completed": "Training job completed", "Failed": reason or "Training job failed",
-                "MaxRuntimeExceeded": "Training job stopped: MaxRuntimeInSeconds exceeded"}
+                "MaxRuntimeExceeded": "Training job stopped: MaxRuntimeInSeconds exceeded",
+                "Stopped": "Training job stopped (early stopping)"}
     transitions.enter(secondary, messages[secondary])
     ended = _now()
     result["SecondaryStatusTransitions"][-1]["EndTime"] = ended
