@@ -26,6 +26,7 @@ from __future__ import annotations
 from airflow.sdk import Param, TriggerRule, dag, task, teardown
 
 from pipeline_tasks.jobs.names import JOB_PREFIX_KEY
+from pipeline_tasks.jobs.tuning import RANGE_KEYS as TUNING_RANGE_KEYS
 from seq2seq_airflow.approval import PromotionApprovalOperator
 from seq2seq_airflow.assets import DATASET, MODEL
 from seq2seq_airflow.branches import training_branch, transform_branch, transform_task_id
@@ -140,6 +141,28 @@ PARAMS = {
                               "min_delta": {"type": "number", "minimum": 0},
                               "threshold": {"type": ["number", "null"]}},
                   required=["metric"], additionalProperties=False),
+    "tuning": Param(None, type=["object", "null"], title="Hyperparameter tuning",
+                    description="null: one training job. Else a tuning job in SageMaker's terms, whose best "
+                                "training job goes on to evaluate: objective (validation:bleu | "
+                                "validation:perplexity | validation:accuracy), ranges (IntegerParameterRanges, "
+                                "ContinuousParameterRanges, CategoricalParameterRanges over the hyperparameters), "
+                                "strategy (Bayesian | Random | Grid | Hyperband), max_jobs, max_parallel, "
+                                "early_stopping (Off | Auto), max_runtime_s, hyperband {MinResource, MaxResource}, "
+                                "parents (earlier tuning jobs to warm-start from), warm_start_type, random_seed. "
+                                "sagemaker: Automatic Model Tuning; local/docker: the same request run here.",
+                    properties={
+                        "objective": {"enum": ["validation:bleu", "validation:perplexity", "validation:accuracy"]},
+                        "ranges": {"type": "object", "propertyNames": {"enum": list(TUNING_RANGE_KEYS)}},
+                        "strategy": {"enum": ["Bayesian", "Random", "Grid", "Hyperband"]},
+                        "max_jobs": {"type": ["integer", "null"], "minimum": 1},
+                        "max_parallel": {"type": "integer", "minimum": 1},
+                        "early_stopping": {"enum": ["Off", "Auto"]},
+                        "max_runtime_s": {"type": ["integer", "null"], "minimum": 120},
+                        "hyperband": {"type": ["object", "null"]},
+                        "parents": {"type": "array", "items": {"type": "string"}, "maxItems": 5},
+                        "warm_start_type": {"enum": ["IdenticalDataAndAlgorithm", "TransferLearning"]},
+                        "random_seed": {"type": ["integer", "null"]}},
+                    required=["objective", "ranges"], additionalProperties=False),
     "require_approval": Param(DEFAULT_REQUIRE_APPROVAL, type="boolean", title="Require approval",
                               description="A person approves or rejects each promotion the gate decides (Airflow's "
                                           "Required Actions), seeing both models' test metrics and the report; "
@@ -297,15 +320,30 @@ def wmt_seq2seq():
         return {**config, JOB_PREFIX_KEY: DAG_ID}
 
     @task
+    def tuning_request(request: dict, params=None, run_id=None) -> dict | None:
+        """With the ``tuning`` param, the CreateHyperParameterTuningJob request made from the training
+        request (the trials are its jobs); None for a single training job."""
+        if not params["tuning"]:
+            return None
+        from pipeline_tasks.jobs.names import TUNING_JOB_NAME_MAX, job_name
+        from pipeline_tasks.jobs.tuning import tuning_request_from_param
+
+        training = {k: v for k, v in request.items() if k != JOB_PREFIX_KEY}
+        config = tuning_request_from_param(params["tuning"], job_name(f"{DAG_ID}-tune", run_id, 1, TUNING_JOB_NAME_MAX),
+                                           training)
+        return {**config, JOB_PREFIX_KEY: f"{DAG_ID}-tune"}
+
+    @task
     def evaluate(model: dict, parent: dict, run: dict, params=None, run_id=None) -> dict:
         from pipeline_tasks.evaluate import EvaluateConfig
         from pipeline_tasks.pipeline import evaluate_step
-        from pipeline_tasks.tracking import track_evaluation
+        from pipeline_tasks.tracking import track_evaluation, track_tuning
 
         cfg = EvaluateConfig(beam_size=params["beam_size"], max_output_length=params["max_output_length"],
                              max_sentences=params["eval_max_sentences"])
         scores = evaluate_step(_layout(params, run_id), _corpus(params), model["model"], cfg, parent=parent["parent"])
         track_evaluation(run["tracking"], params, scores["eval"], model)
+        track_tuning(run["tracking"], params, model.get("tuning"))
         return scores
 
     @task
@@ -383,6 +421,7 @@ def wmt_seq2seq():
             or (approval or {}).get("model_package_arn"),
             "metrics": scores["metrics"], "bleu_signature": scores["bleu_signature"], "report": scores["report"],
             "eval": scores["eval"], "transform_output": job.get("TransformOutput", {}).get("S3OutputPath"),
+            "tuning": model.get("tuning"),
             "transform_job": job.get("TransformJobName"),
             "parent": parent_summary(parent["parent"], scores.get("parent")),
         }
@@ -419,7 +458,7 @@ def wmt_seq2seq():
     run = plan()
     parent = parent_model(run)
     request = training_request(upload(recordio(tokenize(subset(download(run)), parent), parent), run), parent)
-    model = training_branch(request)
+    model = training_branch(request, tuning_request(request))
     scores = evaluate(model, parent, run)
     decision = gate(scores, model)
     approval = PromotionApprovalOperator(task_id="approval", decision=decision, scores=scores, model=model)

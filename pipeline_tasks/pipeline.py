@@ -339,6 +339,39 @@ def train_step(request: Mapping[str, Any], backend: str, run_id: str, try_number
     return {"Training": result}
 
 
+def tune_step(request: Mapping[str, Any], backend: str, run_id: str, try_number: int, store: str) -> dict[str, Any]:
+    """Run a CreateHyperParameterTuningJob request here (each trial a local or docker training job);
+    raises when no trial completed. Returns ``{"Tuning": DescribeHyperParameterTuningJob-like with
+    TrainingJobSummaries, "Training": the best training job's DescribeTrainingJob-like}``."""
+    from pipeline_tasks.jobs.local.training import stored_result
+    from pipeline_tasks.jobs.local.tuning import run_tuning_job
+
+    config, name = _request_for_try(request, run_id, try_number)
+    result = run_tuning_job(config, backend, store=store)
+    if result["HyperParameterTuningJobStatus"] != "Completed":
+        raise RuntimeError(f"tuning job {name} failed: {result.get('FailureReason')}")
+    best = result["BestTrainingJob"]["TrainingJobName"]
+    job = stored_result(config["TrainingJobDefinition"]["OutputDataConfig"]["S3OutputPath"], best)
+    if job is None:
+        raise RuntimeError(f"tuning job {name}: its best training job {best} left no model")
+    return {"Tuning": result, "Training": job}
+
+
+def tuning_summary(tuning: Mapping[str, Any]) -> dict[str, Any]:
+    """What run.json and the run history keep of a tuning job: the best trial and every trial's values."""
+    objective = tuning["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]
+    return {
+        "name": tuning["HyperParameterTuningJobName"], "objective": objective,
+        "strategy": tuning["HyperParameterTuningJobConfig"]["Strategy"],
+        "best": (tuning.get("BestTrainingJob") or {}).get("TrainingJobName"),
+        "counters": tuning.get("TrainingJobStatusCounters"),
+        "trials": [{"name": s["TrainingJobName"], "status": s["TrainingJobStatus"],
+                    "tuned": s.get("TunedHyperParameters"),
+                    "objective": (s.get("FinalHyperParameterTuningJobObjectiveMetric") or {}).get("Value")}
+                   for s in tuning.get("TrainingJobSummaries") or []],
+    }
+
+
 def transform_step(request: Mapping[str, Any], run_id: str, try_number: int,
                    backend: str = "local") -> dict[str, Any]:
     """Run a {"Model", "Transform"} request here against the serve entrypoint (a process, or the image

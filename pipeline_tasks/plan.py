@@ -13,7 +13,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from model.hyperparameters import HyperparameterError, parse_hyperparameters
-from pipeline_tasks.jobs.requests import is_builtin_image
+from pipeline_tasks.jobs.requests import hyperparameter_strings, is_builtin_image
+from pipeline_tasks.jobs.tuning import TuningError, check_tuning_param
 from pipeline_tasks.parent_model import INIT_NONE
 from pipeline_tasks.tracking import TrackingConfig
 
@@ -73,6 +74,11 @@ def check_training_run(params: Mapping[str, Any], conf: Mapping[str, Any] | None
         TrackingConfig.from_dict(params.get("tracking"))
     except (ValueError, TypeError) as e:
         raise PlanError(f"tracking: {e}") from None
+    if params.get("tuning"):
+        try:
+            check_tuning_param(params["tuning"], hyperparameter_strings(params["hyperparameters"]))
+        except TuningError as e:
+            raise PlanError(str(e)) from None
     if params["source_lang"] == params["target_lang"]:
         raise PlanError(f"source_lang and target_lang are the same ({params['source_lang']!r})")
     init_model = str(params.get("init_model") or INIT_NONE).strip()

@@ -34,6 +34,9 @@ def safe_segment(text: str) -> str:
     return cleaned
 
 
+TUNING_STORE = "tuning-jobs"
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """The URIs of one run's artifacts."""
@@ -54,6 +57,12 @@ class RunLayout:
     @property
     def pointer(self) -> str:
         return storage.join(self.root, safe_segment(self.dag_id), POINTER_FILE)
+
+    @property
+    def tuning_store(self) -> str:
+        """Where the DAG's local tuning jobs keep their results: beside the pointer, shared by its runs, so a
+        tuning job can warm-start from an earlier run's."""
+        return storage.join(self.root, safe_segment(self.dag_id), TUNING_STORE)
 
     def as_dict(self) -> dict[str, str]:
         return {"base": self.base, "pointer": self.pointer, **{s: self.uri(s) for s in STAGES}}

@@ -362,6 +362,26 @@ def track_evaluation(tracking: Mapping[str, Any] | None, params: Mapping[str, An
             tracker.artifacts(run_id, folder / "report", "eval/report")
 
 
+def track_tuning(tracking: Mapping[str, Any] | None, params: Mapping[str, Any],
+                 tuning: Mapping[str, Any] | None) -> None:
+    """A tuning job's trials, so tuning runs can be compared: each a nested run of the DAG run's (its tuned
+    values as params, its objective as a metric, its status), and the best trial on the DAG run's tags."""
+    tracker, run_id = tracker_for(tracking, params)
+    if not tuning or not run_id:
+        return
+    metric = tuning["objective"]["MetricName"]
+    tracker.tags(run_id, {"tuning.job": tuning["name"], "tuning.best": tuning["best"],
+                          "tuning.strategy": tuning["strategy"], "tuning.objective": metric,
+                          "tuning.counters": tuning.get("counters")})
+    for trial in tuning["trials"]:
+        child = tracker.start(trial["name"], trial.get("tuned") or {},
+                              {"mlflow.parentRunId": run_id, "training_job": trial["name"],
+                               "status": trial["status"], "best": str(trial["name"] == tuning["best"]).lower()})
+        if trial.get("objective") is not None:
+            tracker.metrics(child, [(metric, float(trial["objective"]), 0)])
+        tracker.end(child, "FAILED" if trial["status"] == "Failed" else "FINISHED")
+
+
 def track_promotion(tracking: Mapping[str, Any] | None, params: Mapping[str, Any], model: Mapping[str, Any],
                     scores: Mapping[str, Any], airflow_run_id: str) -> str | None:
     """promote's part: a registered model version for the promoted model, the champion alias moved to it."""

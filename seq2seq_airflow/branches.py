@@ -12,13 +12,18 @@ from typing import Any
 
 from airflow.sdk import TriggerRule, task
 
-from seq2seq_airflow.operators import DEFERRABLE, Seq2SeqTrainingOperator, Seq2SeqTransformOperator
+from seq2seq_airflow.operators import (
+    DEFERRABLE,
+    Seq2SeqTrainingOperator,
+    Seq2SeqTransformOperator,
+    Seq2SeqTuningOperator,
+)
 from seq2seq_airflow.settings import CHECK_INTERVAL_S
 
 
-def training_task_id(backend: str) -> str:
-    """The task of the training branch that runs the job on `backend`."""
-    return "train_sagemaker" if backend == "sagemaker" else "train_local"
+def training_task_id(backend: str, tuning: bool = False) -> str:
+    """The task of the training branch that runs the job (a tuning job, with `tuning`) on `backend`."""
+    return ("tune_" if tuning else "train_") + ("sagemaker" if backend == "sagemaker" else "local")
 
 
 def transform_task_id(backend: str) -> str:
@@ -28,7 +33,7 @@ def transform_task_id(backend: str) -> str:
 
 @task.branch
 def training_backend(params=None) -> str:
-    return training_task_id(params["backend"])
+    return training_task_id(params["backend"], bool(params.get("tuning")))
 
 
 @task
@@ -39,30 +44,62 @@ def train_local(request: dict, params=None, run_id=None, ti=None) -> dict:
     return train_step(request, params["backend"], run_id, ti.try_number)
 
 
+@task
+def tune_local(request: dict, params=None, run_id=None, dag_run=None, ti=None) -> dict:
+    """Runs the tuning request here: each trial a local (or docker) training job, the trials' results kept
+    in the DAG's tuning store, where a later tuning job's warm start finds them."""
+    from pipeline_tasks.pipeline import tune_step
+    from pipeline_tasks.runs import RunLayout
+
+    store = RunLayout(params["artifact_root"], dag_run.dag_id, run_id).tuning_store
+    return tune_step(request, params["backend"], run_id, ti.try_number, store)
+
+
+def _best_training_job(tuning: dict) -> dict:
+    """DescribeTrainingJob of a SageMaker tuning job's best training job (where its model is)."""
+    from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+
+    best = tuning.get("BestTrainingJob")
+    if not best:
+        raise RuntimeError(f"tuning job {tuning['HyperParameterTuningJobName']} ended "
+                           f"{tuning.get('HyperParameterTuningJobStatus')} without a best training job")
+    return SageMakerHook(aws_conn_id="aws_default").describe_training_job(best["TrainingJobName"])
+
+
 @task(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
 def trained(params=None, ti=None) -> dict:
-    """What the backend's job reported: the model artifact and final metrics, never a guessed name."""
-    job = ti.xcom_pull(task_ids=training_task_id(params["backend"]))["Training"]
+    """What the backend's job reported: the model artifact and final metrics, never a guessed name (for a
+    tuning job, its best training job's, with the tuning job's summary)."""
+    from pipeline_tasks.pipeline import tuning_summary
+
+    tuning = bool(params.get("tuning"))
+    reported = ti.xcom_pull(task_ids=training_task_id(params["backend"], tuning))
+    job = reported.get("Training") or _best_training_job(reported["Tuning"])
     if not job.get("ModelArtifacts", {}).get("S3ModelArtifacts"):
         raise RuntimeError(f"training job {job['TrainingJobName']} ended {job['TrainingJobStatus']} "
                            f"without a model")
     return {"job_name": job["TrainingJobName"], "status": job["TrainingJobStatus"],
             "model": job["ModelArtifacts"]["S3ModelArtifacts"],
-            "final_metrics": {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList") or []}}
+            "final_metrics": {m["MetricName"]: m["Value"] for m in job.get("FinalMetricDataList") or []},
+            "tuning": tuning_summary(reported["Tuning"]) if tuning else None}
 
 
-def training_branch(request: Any) -> Any:
-    """request → training_backend → train_local | train_sagemaker → trained; returns trained's XCom
-    ({"job_name", "status", "model", "final_metrics"})."""
+def training_branch(request: Any, tuning: Any) -> Any:
+    """request → training_backend → train_local | train_sagemaker | tune_local | tune_sagemaker → trained
+    (the tuning ones on the `tuning` request, when the run's ``tuning`` param asks for one); returns
+    trained's XCom ({"job_name", "status", "model", "final_metrics", "tuning"})."""
     train_sagemaker = Seq2SeqTrainingOperator(
         task_id="train_sagemaker", config=request,
         wait_for_completion=True, deferrable=DEFERRABLE, check_interval=CHECK_INTERVAL_S, print_log=False,
         action_if_job_exists="fail")
+    tune_sagemaker = Seq2SeqTuningOperator(
+        task_id="tune_sagemaker", config=tuning, wait_for_completion=True, deferrable=DEFERRABLE,
+        check_interval=CHECK_INTERVAL_S)
     choice = training_backend()
-    local = train_local(request)
-    request >> choice >> [local, train_sagemaker]
+    runs = [train_local(request), train_sagemaker, tune_local(tuning), tune_sagemaker]
+    [request, tuning] >> choice >> runs
     model = trained()
-    [local, train_sagemaker] >> model
+    runs >> model
     return model
 
 

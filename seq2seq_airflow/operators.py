@@ -25,11 +25,16 @@ import logging
 import math
 import os
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
-from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTrainingOperator, SageMakerTransformOperator
+from airflow.providers.amazon.aws.operators.sagemaker import (
+    SageMakerTrainingOperator,
+    SageMakerTransformOperator,
+    SageMakerTuningOperator,
+)
 
-__all__ = ["DEFERRABLE", "Seq2SeqTrainingOperator", "Seq2SeqTransformOperator"]
+__all__ = ["DEFERRABLE", "Seq2SeqTrainingOperator", "Seq2SeqTransformOperator", "Seq2SeqTuningOperator"]
 
 DEFERRABLE = (importlib.util.find_spec("aiobotocore") is not None
               and os.environ.get("AIRFLOW_VAR_WMT_SEQ2SEQ_DEFERRABLE", "true").strip().lower() != "false")
@@ -95,9 +100,13 @@ class _PerTryStoppingJob:
     def _stop(self) -> None:
         raise NotImplementedError
 
+    def _wait_for(self, checks: int) -> None:
+        """Wait for at least `checks` status checks (the provider's operators count them differently)."""
+        self.max_attempts = max(self.max_attempts, checks)
+
     def execute(self, context: Any) -> dict:
         self._name_job(context)
-        self.max_attempts = max(self.max_attempts, _checks(self._wait_s(), self.check_interval))
+        self._wait_for(_checks(self._wait_s(), self.check_interval))
         try:
             return super().execute(context)  # type: ignore[misc]
         except Exception:
@@ -142,3 +151,37 @@ class Seq2SeqTransformOperator(_PerTryStoppingJob, SageMakerTransformOperator):
         _stop_job(self.log, "Transform", self.config.get("Transform", {}).get("TransformJobName"),
                   self.hook.describe_transform_job,
                   lambda name: self.hook.conn.stop_transform_job(TransformJobName=name))
+
+
+class Seq2SeqTuningOperator(_PerTryStoppingJob, SageMakerTuningOperator):
+    """SageMakerTuningOperator naming its tuning job per run and try, and stopping it (and so its training
+    jobs) when killed. It waits as long as the tuning job may run: its own limit, else every trial's in
+    turns of MaxParallelTrainingJobs."""
+
+    def _wait_s(self) -> float:
+        limits = self.config["HyperParameterTuningJobConfig"]["ResourceLimits"]
+        if limits.get("MaxRuntimeInSeconds"):
+            return int(limits["MaxRuntimeInSeconds"]) + JOB_OVERHEAD_S
+        stopping = self.config["TrainingJobDefinition"].get("StoppingCondition") or {}
+        per_trial = int(stopping.get("MaxWaitTimeInSeconds") or stopping.get("MaxRuntimeInSeconds") or 0)
+        trials = int(limits.get("MaxNumberOfTrainingJobs") or 1)
+        return math.ceil(trials / int(limits.get("MaxParallelTrainingJobs", 1))) * (per_trial + JOB_OVERHEAD_S)
+
+    def _wait_for(self, checks: int) -> None:
+        # The provider's tuning operator has no max_attempts: in the worker it waits max_ingestion_time, and
+        # its trigger the trigger's default attempts, which defer() raises to ours.
+        self._checks = checks
+        if self.max_ingestion_time is not None:
+            self.max_ingestion_time = max(self.max_ingestion_time, checks * int(self.check_interval))
+
+    def defer(self, *, trigger: Any, method_name: str, **kwargs: Any) -> None:
+        if hasattr(trigger, "attempts"):
+            trigger.attempts = max(trigger.attempts, getattr(self, "_checks", 0))
+        if kwargs.get("timeout") is not None:
+            kwargs["timeout"] = max(kwargs["timeout"], timedelta(seconds=self._wait_s()))
+        super().defer(trigger=trigger, method_name=method_name, **kwargs)
+
+    def _stop(self) -> None:
+        _stop_job(self.log, "HyperParameterTuning", self.config.get("HyperParameterTuningJobName"),
+                  self.hook.describe_tuning_job,
+                  lambda name: self.hook.conn.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=name))

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 class StoppingSageMakerTrigger(SageMakerTrigger):
-    """SageMakerTrigger whose ``on_kill`` stops the training or transform job it waits for."""
+    """SageMakerTrigger whose ``on_kill`` stops the training, transform or tuning job it waits for."""
 
     @classmethod
     def from_trigger(cls, trigger: SageMakerTrigger) -> StoppingSageMakerTrigger:
@@ -25,7 +25,7 @@ class StoppingSageMakerTrigger(SageMakerTrigger):
 
     async def on_kill(self) -> None:
         kind = self.job_type.lower()
-        if kind not in ("training", "transform"):
+        if kind not in ("training", "transform", "tuning"):
             return
         hook = self.hook()
         async with await hook.get_async_conn() as client:
@@ -34,6 +34,11 @@ class StoppingSageMakerTrigger(SageMakerTrigger):
                 if status == "InProgress":
                     log.warning("task killed while deferred: stopping SageMaker training job %s", self.job_name)
                     await client.stop_training_job(TrainingJobName=self.job_name)
+            elif kind == "tuning":
+                described = await client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=self.job_name)
+                if described["HyperParameterTuningJobStatus"] == "InProgress":
+                    log.warning("task killed while deferred: stopping SageMaker tuning job %s", self.job_name)
+                    await client.stop_hyper_parameter_tuning_job(HyperParameterTuningJobName=self.job_name)
             else:
                 status = (await client.describe_transform_job(TransformJobName=self.job_name))["TransformJobStatus"]
                 if status == "InProgress":

@@ -18,6 +18,7 @@ from typing import Any
 
 from model.hyperparameters import HyperparameterError, format_value, parse_value, value_type
 from model.metrics import METRIC_DEFINITIONS
+from pipeline_tasks.jobs.names import TUNING_JOB_NAME_MAX, validate_job_name
 
 # The objectives the built-in algorithm is tunable on, and their direction.
 OBJECTIVES = {"validation:bleu": "Maximize", "validation:perplexity": "Minimize", "validation:accuracy": "Maximize"}
@@ -29,7 +30,6 @@ RANGE_KEYS = ("IntegerParameterRanges", "ContinuousParameterRanges", "Categorica
 MAX_TUNABLE = 30            # hyperparameters one tuning job may search over
 MAX_CATEGORICAL_VALUES = 30
 MAX_PARENTS = 5             # parent tuning jobs of a warm start
-MAX_TUNING_JOB_NAME = 32    # the API's limit (training job names may have 63)
 
 
 class TuningError(ValueError):
@@ -120,9 +120,11 @@ def check_parameter_ranges(ranges: Mapping[str, Sequence[Mapping[str, Any]]],
 
 
 def check_tuning_job_name(name: str) -> None:
-    if not isinstance(name, str) or not 1 <= len(name) <= MAX_TUNING_JOB_NAME or not name[0].isalnum() \
-            or not all(c.isalnum() or c == "-" for c in name) or name.endswith("-"):
-        raise TuningError(f"tuning job name {name!r}: 1..{MAX_TUNING_JOB_NAME} letters, digits and inner hyphens")
+    """A HyperParameterTuningJobName SageMaker accepts (32 characters at most)."""
+    try:
+        validate_job_name(name, TUNING_JOB_NAME_MAX)
+    except ValueError as e:
+        raise TuningError(f"tuning {e}") from None
 
 
 def tuning_job_config(*, job_name: str, training_request: Mapping[str, Any], objective: str,
@@ -133,7 +135,8 @@ def tuning_job_config(*, job_name: str, training_request: Mapping[str, Any], obj
                       random_seed: int | None = None) -> dict[str, Any]:
     """The boto3 ``create_hyper_parameter_tuning_job`` request; its TrainingJobDefinition is the training
     request's job (image, MetricDefinitions, channels, output, resources, stopping condition, spot,
-    checkpoints, environment), with the tuned names taken out of its hyperparameters."""
+    environment), with the tuned names taken out of its hyperparameters. Not its CheckpointConfig: every
+    trial would sync the one prefix, and a trial would resume from another's checkpoints."""
     check_tuning_job_name(job_name)
     if objective not in OBJECTIVES:
         raise TuningError(f"objective {objective!r}: the algorithm is tunable on {', '.join(OBJECTIVES)}")
@@ -193,9 +196,8 @@ def tuning_job_config(*, job_name: str, training_request: Mapping[str, Any], obj
         "StaticHyperParameters": static,
         "EnableManagedSpotTraining": bool(training_request.get("EnableManagedSpotTraining", False)),
     }
-    for key in ("CheckpointConfig", "Environment"):
-        if key in training_request:
-            definition[key] = training_request[key]
+    if "Environment" in training_request:
+        definition["Environment"] = training_request["Environment"]
     request: dict[str, Any] = {"HyperParameterTuningJobName": job_name, "HyperParameterTuningJobConfig": config,
                                "TrainingJobDefinition": definition}
     if parents:
@@ -211,3 +213,37 @@ def tuning_job_config(*, job_name: str, training_request: Mapping[str, Any], obj
     if training_request.get("Tags"):
         request["Tags"] = training_request["Tags"]
     return request
+
+
+# The wmt_seq2seq DAG's ``tuning`` param: its keys and what they become in the request.
+TUNING_PARAM_KEYS = ("objective", "ranges", "strategy", "max_jobs", "max_parallel", "early_stopping",
+                     "max_runtime_s", "hyperband", "parents", "warm_start_type", "random_seed")
+
+
+def tuning_request_from_param(tuning: Mapping[str, Any], job_name: str,
+                              training_request: Mapping[str, Any]) -> dict[str, Any]:
+    """The request for the DAG's ``tuning`` param (its keys: :data:`TUNING_PARAM_KEYS`), or TuningError."""
+    unknown = sorted(set(tuning) - set(TUNING_PARAM_KEYS))
+    if unknown:
+        raise TuningError(f"tuning: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(TUNING_PARAM_KEYS)}")
+    if "objective" not in tuning or "ranges" not in tuning:
+        raise TuningError("tuning: objective and ranges are required")
+    return tuning_job_config(
+        job_name=job_name, training_request=training_request, objective=tuning["objective"],
+        ranges=tuning["ranges"], strategy=tuning.get("strategy") or "Bayesian",
+        max_jobs=tuning.get("max_jobs", None if tuning.get("strategy") == "Grid" else 6),
+        max_parallel=int(tuning.get("max_parallel") or 1), early_stopping=tuning.get("early_stopping") or "Off",
+        max_runtime_s=tuning.get("max_runtime_s"), hyperband=tuning.get("hyperband"),
+        parents=tuning.get("parents") or (),
+        warm_start_type=tuning.get("warm_start_type") or "IdenticalDataAndAlgorithm",
+        random_seed=tuning.get("random_seed"))
+
+
+def check_tuning_param(tuning: Mapping[str, Any], hyperparameters: Mapping[str, str]) -> None:
+    """plan's check of the ``tuning`` param, before any data work: the request it makes, on a training
+    request that has the run's hyperparameters and placeholders for what only later tasks know."""
+    placeholder = {"AlgorithmSpecification": {"TrainingImage": "image", "TrainingInputMode": "File",
+                                              "MetricDefinitions": [dict(d) for d in METRIC_DEFINITIONS]},
+                   "RoleArn": "role", "InputDataConfig": [], "OutputDataConfig": {"S3OutputPath": "s3://b/p"},
+                   "ResourceConfig": {}, "StoppingCondition": {}, "HyperParameters": dict(hyperparameters)}
+    tuning_request_from_param(tuning, "plan-check", placeholder)

@@ -30,6 +30,7 @@ TINY = {"corpus": "wmt-toy-ende-sample", "subset_size": 1000, "hyperparameters":
         "num_words_source": 2000, "num_words_target": 2000, "beam_size": 1, "eval_max_sentences": 40,
         "gate": {"metric": "test:perplexity"}}
 TASKS = {"plan", "parent_model", "download", "subset", "tokenize", "recordio", "upload", "training_request",
+         "tuning_request", "tune_local", "tune_sagemaker",
          "training_backend", "train_local", "train_sagemaker", "trained", "evaluate", "gate", "promoted", "approval",
          "promote", "transform_request", "transform_backend", "transform_local", "transform_sagemaker", "publish",
          "finish_tracking"}
@@ -153,7 +154,7 @@ def test_local_backend_end_to_end_with_local_storage(airflow_env: dict[str, str]
     airflow_env = {**airflow_env, "MLFLOW_TRACKING_URI": mlflow_server}  # every run is tracked there
     result = run_dag(airflow_env, {**TINY, "artifact_root": str(root)}, tmp_path / "run1")
     assert result["state"] == "success", result["log"][-3000:]
-    skipped = {"train_sagemaker", "transform_sagemaker"}
+    skipped = {"train_sagemaker", "transform_sagemaker", "tune_local", "tune_sagemaker"}
     assert {t for t, s in result["tasks"].items() if s == "success"} == TASKS - skipped
     assert {t for t, s in result["tasks"].items() if s == "skipped"} == skipped
     run_dirs = [p for p in (root / "wmt_seq2seq").iterdir() if p.is_dir()]
@@ -307,6 +308,42 @@ def test_local_backend_end_to_end_with_s3_on_moto(airflow_env: dict[str, str], m
     assert run.data.tags["approval.approved"] == "false" and run.data.tags["approval.by"] == "reviewer"
     assert run.data.tags["approval.reason"] == "wait for the news domain data"
     assert "registered_version" not in run.data.tags
+
+
+def test_a_tuning_run_evaluates_and_promotes_its_best_trial(airflow_env: dict[str, str], mlflow_server: str,
+                                                            tmp_path: Path) -> None:
+    root = tmp_path / "artifacts"
+    tracking = {"enabled": True, "uri": mlflow_server, "experiment": "wmt_seq2seq_tune", "registered_model": None}
+    tuning = {"objective": "validation:perplexity", "strategy": "Random", "max_jobs": 3, "max_parallel": 2,
+              "ranges": {"ContinuousParameterRanges": [{"Name": "learning_rate", "MinValue": "0.001",
+                                                        "MaxValue": "0.01", "ScalingType": "Logarithmic"}]}}
+    result = run_dag(airflow_env, {**TINY, "artifact_root": str(root), "tuning": tuning, "tracking": tracking},
+                     tmp_path / "run")
+    assert result["state"] == "success", result["log"][-3000:]
+    assert result["tasks"]["tune_local"] == "success" and result["tasks"]["train_local"] == "skipped"
+    assert result["tasks"]["promote"] == "success"
+    [base] = [p for p in (root / "wmt_seq2seq").iterdir() if p.is_dir() and p.name != "tuning-jobs"]
+    summary = json.loads((base / "run.json").read_text())
+    trials = summary["tuning"]["trials"]
+    assert len(trials) == 3 and all(t["status"] == "Completed" for t in trials)
+    best = min(trials, key=lambda t: t["objective"])
+    assert summary["tuning"]["best"] == best["name"] == summary["training_job"]
+    assert summary["model"] == str(base / "model" / best["name"] / "output" / "model.tar.gz")
+    stored = json.loads((root / "wmt_seq2seq" / "tuning-jobs" / f"{summary['tuning']['name']}.json").read_text())
+    assert stored["Describe"]["BestTrainingJob"]["TrainingJobName"] == best["name"]
+    assert json.loads((root / "wmt_seq2seq" / "promoted.json").read_text())["training_job"] == best["name"]
+    # The trials in the run history: nested runs of the DAG run's, with their tuned value and objective.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("wmt_seq2seq_tune").experiment_id])
+    [dag_run] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == dag_run.info.run_id]
+    assert dag_run.data.tags["tuning.best"] == best["name"] and len(children) == 3
+    assert {r.data.tags["training_job"]: float(r.data.params["learning_rate"]) for r in children} == {
+        t["name"]: float(t["tuned"]["learning_rate"]) for t in trials}
+    assert {r.data.tags["training_job"]: r.data.metrics["validation:perplexity"] for r in children} == {
+        t["name"]: t["objective"] for t in trials}
 
 
 # --- failures -----------------------------------------------------------------------------------------------

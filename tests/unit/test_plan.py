@@ -58,3 +58,20 @@ def test_a_whole_run_and_the_backend_needs():
         check_training_run({**PARAMS, "register_model_package": True}, None, PARAMS)
     check_training_run({**PARAMS, "backend": "sagemaker", "artifact_root": "s3://b/p", "role_arn": "arn:r",
                         "register_model_package": True}, None, PARAMS)
+
+
+
+def test_a_tuning_range_the_algorithm_cannot_take_fails_in_plan():
+    good = {"objective": "validation:bleu", "ranges": {"IntegerParameterRanges": [
+        {"Name": "num_layers_encoder", "MinValue": 1, "MaxValue": 2}]}}
+    check_training_run({**PARAMS, "tuning": good}, None, PARAMS)
+    bad = {"objective": "validation:bleu", "ranges": {"ContinuousParameterRanges": [
+        {"Name": "learning_rate", "MinValue": 0, "MaxValue": 0.1, "ScalingType": "Logarithmic"}]}}
+    with pytest.raises(PlanError, match="tuning range of learning_rate: MinValue 0: must be a float in"):
+        check_training_run({**PARAMS, "tuning": bad}, None, PARAMS)
+    # A tuned name may also be in the run's hyperparameters: the tuned value wins in every trial.
+    tuned = {"objective": "validation:bleu", "ranges": {"IntegerParameterRanges": [
+        {"Name": "rnn_num_hidden", "MinValue": 32, "MaxValue": 64}]}}
+    check_training_run({**PARAMS, "tuning": tuned}, None, PARAMS)
+    with pytest.raises(PlanError, match="tuning: unknown key"):
+        check_training_run({**PARAMS, "tuning": {**good, "max_trials": 3}}, None, PARAMS)

@@ -49,8 +49,7 @@ def test_the_tuning_request_is_the_training_request_with_ranges():
             "ResourceConfig": TRAINING["ResourceConfig"],
             "StoppingCondition": {"MaxRuntimeInSeconds": 86400},
             "StaticHyperParameters": {"max_num_batches": "400"},  # the tuned names are taken out
-            "EnableManagedSpotTraining": False,
-            "CheckpointConfig": TRAINING["CheckpointConfig"]},
+            "EnableManagedSpotTraining": False},  # no CheckpointConfig: trials would share its prefix
         "WarmStartConfig": {
             "ParentHyperParameterTuningJobs": [{"HyperParameterTuningJobName": "wmt-tune-20261124-101500-t1"}],
             "WarmStartType": "IdenticalDataAndAlgorithm"},
