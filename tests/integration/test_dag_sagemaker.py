@@ -302,6 +302,9 @@ def test_sagemaker_backend_end_to_end_on_moto(aws_env: dict[str, str], s3, bucke
 
 # --- the operators: a job per try ------------------------------------------------------------------------------
 
+TUNING_RANGES = {"ContinuousParameterRanges": [{"Name": "learning_rate", "MinValue": "0.0001", "MaxValue": "0.01",
+                                                "ScalingType": "Logarithmic"}]}
+
 RUN_ID = "scheduled__2026-03-01T00:00:00+00:00"
 
 # Runs each try as Airflow does: a fresh operator on the request rendered afresh, with the try's context.
@@ -365,9 +368,10 @@ from types import SimpleNamespace
 from botocore.exceptions import ClientError
 sys.path.insert(0, sys.argv[1])
 from airflow.sdk.exceptions import TaskDeferred
-from seq2seq_airflow.operators import Seq2SeqTrainingOperator, Seq2SeqTransformOperator
+from seq2seq_airflow.operators import Seq2SeqTrainingOperator, Seq2SeqTransformOperator, Seq2SeqTuningOperator
 
 train_request, transform_request, run_id = json.loads(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
+tuning_request = json.loads(sys.argv[5])
 
 
 class StubHook:
@@ -385,7 +389,8 @@ class StubHook:
                     raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, operation)
             return call
         self.conn = SimpleNamespace(stop_training_job=stop("StopTrainingJob"),
-                                    stop_transform_job=stop("StopTransformJob"))
+                                    stop_transform_job=stop("StopTransformJob"),
+                                    stop_hyper_parameter_tuning_job=stop("StopHyperParameterTuningJob"))
 
     def describe(self, name):
         status = self.statuses.pop(0) if len(self.statuses) > 1 else self.statuses[0]
@@ -396,7 +401,11 @@ class StubHook:
         return {f"{self.kind}JobName": name, f"{self.kind}JobStatus": status, "FailureReason": "the algorithm said no",
                 "ModelName": name}
 
-    describe_training_job = describe_transform_job = describe
+    describe_training_job = describe_transform_job = describe_tuning_job = describe
+
+    def create_tuning_job(self, config, **kwargs):
+        self.calls.append(["CreateHyperParameterTuningJob", config["HyperParameterTuningJobName"]])
+        return {"ResponseMetadata": {"HTTPStatusCode": 200}}
 
     def describe_model(self, name):
         if name not in self.models:
@@ -424,7 +433,10 @@ def context(try_number):
 
 
 def operator(kind, statuses, **hook_kw):
-    if kind == "Training":
+    if kind == "HyperParameterTuning":
+        op = Seq2SeqTuningOperator(task_id="tune_sagemaker", config=copy.deepcopy(tuning_request),
+                                   wait_for_completion=True, deferrable=True, check_interval=60)
+    elif kind == "Training":
         op = Seq2SeqTrainingOperator(task_id="train_sagemaker", config=copy.deepcopy(train_request),
                                      wait_for_completion=True, deferrable=True, check_interval=60,
                                      print_log=False, action_if_job_exists="fail")
@@ -464,6 +476,13 @@ for kind in ("Training", "Transform"):
         op = operator(kind, ["InProgress" if event == "timeout" else "Completed"], models=[op_name[kind]])
         out[f"{kind}: resumed {event}"] = run(op, lambda: op.execute_complete(
             context(2), {"status": event, "job_name": op_name[kind], "message": "gave up waiting"}))
+# a tuning job: the task defers under try 2's name for as long as its trials may run; killed, it stops the
+# tuning job (and SageMaker its training jobs)
+op = operator("HyperParameterTuning", ["InProgress"])
+out["Tuning: deferred"] = run(op, lambda: op.execute(context(2)))
+op.hook.calls = []
+op.on_kill()
+out["Tuning: killed"] = op.hook.calls
 # a task that fails after creating its job (the first status check is throttled) stops it
 op = operator("Training", ["missing", "throttled", "InProgress"])
 out["Training: error after create"] = run(op, lambda: op.execute(context(2)))
@@ -500,10 +519,19 @@ def stop_scenarios(airflow_env: dict[str, str], tmp_path_factory: pytest.TempPat
                                         input_uri="s3://bucket/transform/input", output_uri="s3://bucket/out",
                                         cfg=TransformConfig(beam_size=1)),
                  "JobNamePrefix": "wmt_seq2seq-transform"}
-    names = {"Training": job_name("wmt_seq2seq", RUN_ID, 2), "Transform": job_name("wmt_seq2seq-transform", RUN_ID, 2)}
+    from pipeline_tasks.jobs.names import TUNING_JOB_NAME_MAX
+    from pipeline_tasks.jobs.tuning import tuning_job_config
+
+    tuning = {**tuning_job_config(job_name=job_name("wmt_seq2seq-tune", RUN_ID, 1, TUNING_JOB_NAME_MAX),
+                                  training_request={k: v for k, v in train.items() if k != "JobNamePrefix"},
+                                  objective="validation:bleu", ranges=TUNING_RANGES, max_jobs=6, max_parallel=2),
+              "JobNamePrefix": "wmt_seq2seq-tune"}
+    names = {"Training": job_name("wmt_seq2seq", RUN_ID, 2), "Transform": job_name("wmt_seq2seq-transform", RUN_ID, 2),
+             "HyperParameterTuning": job_name("wmt_seq2seq-tune", RUN_ID, 2, TUNING_JOB_NAME_MAX)}
     script = STOP_SCENARIOS.replace("out = {}", f"op_name = {names!r}\nout = {{}}", 1)
     env = {k: v for k, v in airflow_env.items() if not k.startswith("AWS_")}
-    done = subprocess.run([sys.executable, "-c", script, str(DAGS), json.dumps(train), json.dumps(transform), RUN_ID],
+    done = subprocess.run([sys.executable, "-c", script, str(DAGS), json.dumps(train), json.dumps(transform), RUN_ID,
+                           json.dumps(tuning)],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "log": done.stdout + done.stderr, "names": names}
@@ -553,3 +581,70 @@ def test_a_task_failing_after_creating_its_job_stops_it_and_a_finished_job_is_le
     refused = stop_scenarios["Training: stop refused"]
     assert "waiter broke" in refused["raised"] and refused["calls"][-1] == stop
     assert f"could not stop SageMaker training job {name}" in stop_scenarios["log"]
+
+
+def test_a_tuning_task_defers_under_this_tries_name_and_stops_its_tuning_job_when_killed(stop_scenarios: dict
+                                                                                        ) -> None:
+    name = stop_scenarios["names"]["HyperParameterTuning"]
+    assert len(name) <= 32 and name.endswith("-t2")
+    got = stop_scenarios["Tuning: deferred"]
+    # 6 spot trials, 2 at a time: 3 rounds of MaxWaitTimeInSeconds (2 x 36000 s) plus an hour each
+    assert got["deferred"] == {"job_name": name, "job_type": "tuning", "method": "execute_complete",
+                               "wait_s": 3 * (2 * 36000 + 3600)}
+    assert [c for c in got["calls"] if c[0].startswith("Create")] == [["CreateHyperParameterTuningJob", name]]
+    assert stop_scenarios["Tuning: killed"] == [
+        ["DescribeHyperParameterTuningJob", name, "InProgress"],
+        ["StopHyperParameterTuningJob", {"HyperParameterTuningJobName": name}]]
+
+
+TUNING_TRIES = """
+import copy, json, sys
+from types import SimpleNamespace
+import botocore.client
+sys.path.insert(0, sys.argv[1])
+from seq2seq_airflow.operators import Seq2SeqTuningOperator
+
+request, run_id, tries = json.loads(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
+sent = []
+original = botocore.client.BaseClient._make_api_call
+def recording(self, operation, params):
+    if operation == "CreateHyperParameterTuningJob":
+        sent.append(params)
+    return original(self, operation, params)
+botocore.client.BaseClient._make_api_call = recording
+names = []
+for try_number in tries:
+    op = Seq2SeqTuningOperator(task_id="tune_sagemaker", config=copy.deepcopy(request), wait_for_completion=False)
+    names.append(op.execute({"run_id": run_id, "ti": SimpleNamespace(try_number=try_number)})["Tuning"][
+        "HyperParameterTuningJobName"])
+print(json.dumps({"names": names, "sent": sent}, default=str))
+"""
+
+
+def test_the_tuning_request_reaches_sagemaker_as_built_under_each_tries_name(aws_env: dict[str, str], s3,
+                                                                             bucket: str) -> None:
+    from pipeline_tasks.jobs.names import TUNING_JOB_NAME_MAX
+    from pipeline_tasks.jobs.requests import training_job_config
+    from pipeline_tasks.jobs.tuning import tuning_job_config
+
+    channels = {}
+    for name in ("train", "validation", "vocab"):  # the provider checks that the channels are there
+        s3.put_object(Bucket=bucket, Key=f"channels/{name}/part-0", Body=b"x")
+        channels[name] = f"s3://{bucket}/channels/{name}"
+    training = training_job_config(job_name=job_name("wmt_seq2seq", RUN_ID, 1), image_uri=IMAGE, role_arn=ROLE,
+                                   channels=channels, output_uri=f"s3://{bucket}/model",
+                                   hyperparameters=HYPERPARAMETERS)
+    built = tuning_job_config(job_name=job_name("wmt_seq2seq-tune", RUN_ID, 1, TUNING_JOB_NAME_MAX),
+                              training_request=training, objective="validation:bleu", ranges=TUNING_RANGES,
+                              max_jobs=4, max_parallel=2, early_stopping="Auto")
+    request = {**built, "JobNamePrefix": "wmt_seq2seq-tune"}
+    done = subprocess.run([sys.executable, "-c", TUNING_TRIES, str(DAGS), json.dumps(request), RUN_ID, "[1, 2]"],
+                          env=aws_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    t1, t2 = (job_name("wmt_seq2seq-tune", RUN_ID, n, TUNING_JOB_NAME_MAX) for n in (1, 2))
+    assert got["names"] == [t1, t2]
+    assert got["sent"] == [{**built, "HyperParameterTuningJobName": t} for t in (t1, t2)]  # exactly as built
+    client = boto3_client("sagemaker")
+    described = client.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=t2)
+    assert described["HyperParameterTuningJobConfig"] == built["HyperParameterTuningJobConfig"]
