@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from airflow.sdk import Param, TriggerRule, dag, task, teardown
 
+from pipeline_tasks.clean import FILTERS as CLEAN_FILTERS
+from pipeline_tasks.clean import NORMALIZATIONS as CLEAN_NORMALIZATIONS
 from pipeline_tasks.jobs.names import JOB_PREFIX_KEY
 from pipeline_tasks.jobs.tuning import RANGE_KEYS as TUNING_RANGE_KEYS
 from seq2seq_airflow.approval import PromotionApprovalOperator
@@ -83,6 +85,20 @@ PARAMS = {
                      description="Drop training pairs with a longer side; null: no filter."),
     "max_ratio": Param(3.0, type=["number", "null"], minimum=1, title="Max length ratio",
                        description="Drop training pairs whose token-length ratio exceeds this; null: no filter."),
+    "cleaning": Param({}, type="object", title="Cleaning",
+                      description="The clean step's filters on the training pairs (validation and test are only "
+                                  "reported): each of bad_characters, markup, url_only, copy, script, language, "
+                                  "duplicate, near_duplicate is on unless set false; enabled false passes the data "
+                                  "through; settings: normalize (case, whitespace, punctuation, digits), "
+                                  "min_script_share (0.5), language_threshold (0.9), language_min_chars (20).",
+                      properties={**{name: {"type": "boolean"} for name in CLEAN_FILTERS},
+                                  "enabled": {"type": "boolean"},
+                                  "normalize": {"type": "array", "items": {"enum": list(CLEAN_NORMALIZATIONS)}},
+                                  "min_script_share": {"type": "number", "minimum": 0, "maximum": 1},
+                                  "language_threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                                  "language_min_chars": {"type": "integer", "minimum": 1},
+                                  "examples": {"type": "integer", "minimum": 0}},
+                      additionalProperties=False),
     "tokenizer": Param("whitespace", enum=["whitespace", "moses"], title="Tokenizer",
                        description="whitespace: the corpus is already tokenized (corpus.tc); moses: raw text."),
     "detokenizer": Param("moses", enum=["moses", "none"], title="Detokenizer",
@@ -274,6 +290,21 @@ def wmt_seq2seq():
         return subset_step(_layout(params, run_id), _corpus(params), cfg)
 
     @task
+    def clean(sub: dict, params=None, run_id=None) -> dict:
+        """Drops noisy training pairs (duplicates, copies, wrong language, markup, ...), each filter counted
+        with examples in clean/clean-report.json."""
+        from pipeline_tasks.clean import CleanConfig
+        from pipeline_tasks.pipeline import clean_step
+
+        result = clean_step(_layout(params, run_id), _corpus(params), CleanConfig.from_dict(params["cleaning"]))
+        for split, r in result["report"].items():
+            print(f"clean {split}: {r['pairs_in'] - r['pairs_out']} of {r['pairs_in']} pairs dropped "
+                  f"({', '.join(f'{k} {v}' for k, v in r['dropped'].items() if v) or 'nothing'})"
+                  if split == "train" else
+                  f"clean {split} (reported, kept whole): {sum(r['dropped'].values())} of {r['pairs_in']} flagged")
+        return result
+
+    @task
     def tokenize(sub: dict, parent: dict, params=None, run_id=None) -> dict:
         from pipeline_tasks.pipeline import tokenize_step
 
@@ -457,7 +488,7 @@ def wmt_seq2seq():
     # wiring
     run = plan()
     parent = parent_model(run)
-    request = training_request(upload(recordio(tokenize(subset(download(run)), parent), parent), run), parent)
+    request = training_request(upload(recordio(tokenize(clean(subset(download(run))), parent), parent), run), parent)
     model = training_branch(request, tuning_request(request))
     scores = evaluate(model, parent, run)
     decision = gate(scores, model)

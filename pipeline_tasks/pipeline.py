@@ -107,6 +107,30 @@ def subset_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any) -> dict[str, 
     return {"subset": out, "report": report}
 
 
+def clean_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any) -> dict[str, Any]:
+    """The training pairs through the clean filters (pipeline_tasks/clean.py's CleanConfig). Validation and
+    test pass through untouched; what the filters would have dropped of them is reported, not applied."""
+    from pipeline_tasks.clean import clean
+
+    out = layout.uri("clean")
+    report: dict[str, Any] = {}
+    if not _done(out, "clean"):
+        with _tmp("clean") as tmp:
+            sub = get_tree(layout.uri("subset"), Path(tmp) / "subset")
+            dst = Path(tmp) / "clean"
+            dst.mkdir()
+            s, t = corpus.source_lang, corpus.target_lang
+            report = {"train": clean(str(sub / f"train.{s}"), str(sub / f"train.{t}"), dst / f"train.{s}",
+                                     dst / f"train.{t}", s, t, cfg)}
+            for split in ("val", "test"):
+                report[split] = clean(str(sub / f"{split}.{s}"), str(sub / f"{split}.{t}"), dst / f"{split}.{s}",
+                                      dst / f"{split}.{t}", s, t, cfg, keep_all=True)
+            (dst / "clean-report.json").write_text(json.dumps(report, indent=2) + "\n")
+            put_tree(dst, out)
+    return {"clean": out, "report": {split: {k: r[k] for k in ("pairs_in", "pairs_out", "dropped")}
+                                     for split, r in report.items()}}
+
+
 def parent_step(layout: RunLayout, corpus: CorpusConfig, parent: Mapping[str, Any] | None,
                 hyperparameters: Mapping[str, Any], tokenizer: Any) -> dict[str, Any]:
     """The warm start's parent (resolved by plan, or None) fetched once and checked before any data is
@@ -144,7 +168,7 @@ def tokenize_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any,
     out = layout.uri("tok")
     if not _done(out, "tokenize"):
         with _tmp("tok") as tmp:
-            sub = get_tree(layout.uri("subset"), Path(tmp) / "subset")
+            sub = get_tree(layout.uri("clean"), Path(tmp) / "clean")
             saved = None
             if parent and parent.get("tokenizer"):
                 saved = get_tree(parent["dir"], Path(tmp) / "parent")

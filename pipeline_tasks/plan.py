@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from model.hyperparameters import HyperparameterError, parse_hyperparameters
+from pipeline_tasks.clean import CleanConfig
 from pipeline_tasks.jobs.requests import hyperparameter_strings, is_builtin_image
 from pipeline_tasks.jobs.tuning import TuningError, check_tuning_param
 from pipeline_tasks.parent_model import INIT_NONE
@@ -74,6 +75,10 @@ def check_training_run(params: Mapping[str, Any], conf: Mapping[str, Any] | None
         TrackingConfig.from_dict(params.get("tracking"))
     except (ValueError, TypeError) as e:
         raise PlanError(f"tracking: {e}") from None
+    try:
+        CleanConfig.from_dict(params.get("cleaning"))
+    except (ValueError, TypeError) as e:
+        raise PlanError(str(e)) from None
     if params.get("tuning"):
         try:
             check_tuning_param(params["tuning"], hyperparameter_strings(params["hyperparameters"]))

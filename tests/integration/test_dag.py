@@ -29,7 +29,7 @@ TINY_HP = {"max_seq_len_source": 30, "max_seq_len_target": 30, "batch_size": 32,
 TINY = {"corpus": "wmt-toy-ende-sample", "subset_size": 1000, "hyperparameters": TINY_HP,
         "num_words_source": 2000, "num_words_target": 2000, "beam_size": 1, "eval_max_sentences": 40,
         "gate": {"metric": "test:perplexity"}}
-TASKS = {"plan", "parent_model", "download", "subset", "tokenize", "recordio", "upload", "training_request",
+TASKS = {"plan", "parent_model", "download", "subset", "clean", "tokenize", "recordio", "upload", "training_request",
          "tuning_request", "tune_local", "tune_sagemaker",
          "training_backend", "train_local", "train_sagemaker", "trained", "evaluate", "gate", "promoted", "approval",
          "promote", "transform_request", "transform_backend", "transform_local", "transform_sagemaker", "publish",
@@ -138,10 +138,11 @@ def _assert_run_tree(base: str, files: dict[str, int], transformed: bool = True)
     """docs/ARCHITECTURE.md §6's layout under <root>/<dag_id>/<run_id>/, each stage published whole (the
     batch transform's output only where the model was promoted)."""
     rel = {k[len(base) + 1:] if k.startswith(base) else k: v for k, v in files.items()}
-    for stage in ("raw", "subset", "tok", "recordio", "eval"):
+    for stage in ("raw", "subset", "clean", "tok", "recordio", "eval"):
         assert f"{stage}/{COMPLETE_MARKER}" in rel, stage
     for name in ("channels/train/train.rec", "channels/validation/val.rec", "channels/vocab/vocab.src.json",
-                 "channels/vocab/vocab.trg.json", "channels/vocab/tokenizer.json", "eval/metrics.json",
+                 "channels/vocab/vocab.trg.json", "channels/vocab/tokenizer.json", "clean/clean-report.json",
+                 "eval/metrics.json",
                  "eval/hypotheses.txt", "eval/report/index.html", "run.json"):
         assert name in rel, name
     assert any(k.startswith("model/") and k.endswith("/output/model.tar.gz") for k in rel)
@@ -170,6 +171,14 @@ def test_local_backend_end_to_end_with_local_storage(airflow_env: dict[str, str]
         assert {"params.pt", "config.json", "vocab.src.json", "vocab.trg.json", "tokenizer.json"} <= set(tar.getnames())
     pointer = json.loads((root / "wmt_seq2seq" / "promoted.json").read_text())
     assert pointer["model"] == summary["model"] and pointer["metrics"] == metrics["metrics"]
+    # The clean step dropped noisy training pairs, each counted, and passed validation and test through whole.
+    cleaned = json.loads((base / "clean" / "clean-report.json").read_text())
+    assert cleaned["train"]["pairs_in"] == 1000
+    assert cleaned["train"]["pairs_out"] == len((base / "clean" / "train.en").read_text().splitlines())
+    assert cleaned["train"]["pairs_in"] - cleaned["train"]["pairs_out"] == sum(cleaned["train"]["dropped"].values())
+    assert 0 < cleaned["train"]["dropped_share"] < 0.05 and "clean train: " in result["log"]
+    assert (base / "clean" / "test.en").read_bytes() == (base / "subset" / "test.en").read_bytes()
+    assert cleaned["test"]["kept_all"] and cleaned["val"]["kept_all"]
     out = base / "transform" / "output" / "test.jsonl.out"
     test_lines = (ROOT / "pipeline_tasks/sample_data/wmt-toy-ende/test.en").read_text().count("\n")
     assert len(out.read_text().splitlines()) == test_lines
