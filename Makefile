@@ -47,6 +47,9 @@ demo: venv $(AIRFLOW_DIR)/.migrated
 	@$(PY) -c "import glob, json; r = json.load(open(sorted(glob.glob('$(DEMO)/wmt_seq2seq/*/run.json'))[-1])); \
 		m = r['metrics']; print(f\"\nsacreBLEU {m['test:bleu']:.2f} ({r['bleu_signature']}), chrF {m['test:chrf']:.2f}, \" \
 		f\"perplexity {m['test:perplexity']:.2f} on the test set; promoted: {r['promoted']}\"); \
+		c = r['cleaning']['train']; print(f\"cleaning: {c['pairs_in'] - c['pairs_out']} of {c['pairs_in']} training pairs \" \
+		f\"dropped ({', '.join(f'{k} {v}' for k, v in c['dropped'].items() if v)}); \" \
+		f\"{r['eval'].rsplit('/', 1)[0]}/clean/clean-report.json\"); \
 		[print(f'{k:>17}: {r[k]}') for k in ('model', 'eval', 'report', 'transform_output')]; \
 		print(f'{\"run summary\":>17}: {sorted(glob.glob(\"$(DEMO)/wmt_seq2seq/*/run.json\"))[-1]}'); \
 		print(f'{\"run history\":>17}: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/$(DEMO)/mlflow/mlflow.db')"

@@ -24,12 +24,14 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_tasks.channels import VocabConfig
+from pipeline_tasks.clean import CleanConfig
 from pipeline_tasks.jobs.local.tuning import run_tuning_job
 from pipeline_tasks.jobs.names import JOB_PREFIX_KEY, TUNING_JOB_NAME_MAX, job_name
 from pipeline_tasks.jobs.requests import training_job_config
 from pipeline_tasks.jobs.tuning import tuning_request_from_param
 from pipeline_tasks.pipeline import (
     CorpusConfig,
+    clean_step,
     download_step,
     recordio_step,
     subset_step,
@@ -80,6 +82,7 @@ def main() -> None:
         layout = RunLayout(root, DAG_ID, run_id)
         download_step(layout, CORPUS)
         subset_step(layout, CORPUS, SubsetConfig(size=10000, max_len=100, max_ratio=3.0))
+        clean_step(layout, CORPUS, CleanConfig())
         tokenize_step(layout, CORPUS, TokenizerConfig(mode="whitespace", detokenizer="none", bpe_vocab_size=8000))
         recordio_step(layout, CORPUS, VocabConfig(num_words_source=50000, num_words_target=50000))
         data = upload_step(layout)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline_tasks.channels import VocabConfig
+from pipeline_tasks.clean import CleanConfig
 from pipeline_tasks.evaluate import EvaluateConfig
 from pipeline_tasks.gate import GateRule, gate
 from pipeline_tasks.jobs.names import JOB_PREFIX_KEY, job_name
@@ -31,6 +32,7 @@ from pipeline_tasks.jobs.requests import training_job_config
 from pipeline_tasks.parent_model import resolve_init_model
 from pipeline_tasks.pipeline import (
     CorpusConfig,
+    clean_step,
     download_step,
     evaluate_step,
     parent_step,
@@ -65,6 +67,7 @@ def run(root: str, run_id: str, pairs: int, init_model: str, updates: int, test_
     hp = hyperparameters(updates)
     download_step(layout, CORPUS)
     subset_step(layout, CORPUS, SubsetConfig(size=pairs, max_len=100, max_ratio=3.0))
+    clean_step(layout, CORPUS, CleanConfig())
     parent = parent_step(layout, CORPUS, resolve_init_model(init_model, layout.pointer), hp, TOKENIZER)["parent"]
     tokenize_step(layout, CORPUS, TOKENIZER, parent)
     rec = recordio_step(layout, CORPUS, VOCAB, parent)

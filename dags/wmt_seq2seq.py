@@ -452,7 +452,7 @@ def wmt_seq2seq():
             or (approval or {}).get("model_package_arn"),
             "metrics": scores["metrics"], "bleu_signature": scores["bleu_signature"], "report": scores["report"],
             "eval": scores["eval"], "transform_output": job.get("TransformOutput", {}).get("S3OutputPath"),
-            "tuning": model.get("tuning"),
+            "tuning": model.get("tuning"), "cleaning": (ti.xcom_pull(task_ids="clean") or {}).get("report"),
             "transform_job": job.get("TransformJobName"),
             "parent": parent_summary(parent["parent"], scores.get("parent")),
         }
