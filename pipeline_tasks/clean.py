@@ -49,6 +49,7 @@ SCRIPTS = {**dict.fromkeys(("en", "de", "fr", "es", "it", "pt", "nl", "cs", "pl"
            "ar": "ARABIC", "fa": "ARABIC", "hi": "DEVANAGARI", "zh": "CJK", "ko": "HANGUL"}
 _TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9:-]*(\s[^<>]*)?/?>")
 _URL = re.compile(r"(?:https?://|www\.)\S+|[\w.+-]+@[\w-]+\.[\w.-]+", re.IGNORECASE)
+PARALLEL_MIN_BYTES = 2 << 20  # below this, one process (starting workers takes seconds)
 _SPACES = re.compile(r"\s+")
 _DIGITS = re.compile(r"\d")
 _BAD = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\ufffd]")  # Unicode's control characters but tab, and U+FFFD
@@ -220,8 +221,9 @@ def clean(source: str, target: str, out_source: str | os.PathLike[str], out_targ
     progress = Progress(log, "clean", "pairs")
     jobs = ((n, bs, bt, source_lang, target_lang, cfg, str(source), str(target))
             for n, bs, bt in iter_pair_blocks(source, target))
+    small = os.path.getsize(source) + os.path.getsize(target) < PARALLEL_MIN_BYTES  # workers cost more
     with staged_files(outputs, [source, target], encoding="utf-8") as (fs, ft), \
-            WorkerPool(workers or default_workers()) as pool:
+            WorkerPool(1 if small and workers is None else workers or default_workers()) as pool:
         for pairs, verdicts, exact, near, _, _ in pool.map(_judge_block, jobs):
             for (s, t), verdict, e, n in zip(pairs, verdicts, exact, near, strict=True):
                 report.pairs_in += 1

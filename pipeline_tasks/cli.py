@@ -68,6 +68,14 @@ def cmd_subset(a: argparse.Namespace) -> None:
     _print_json(subset(a.source, a.target, a.output_source, a.output_target, cfg))
 
 
+def cmd_clean(a: argparse.Namespace) -> None:
+    from pipeline_tasks.clean import CleanConfig, clean
+
+    cfg = CleanConfig.from_dict({**{name: False for name in a.off}, **({"enabled": False} if a.none else {})})
+    _print_json(clean(a.source, a.target, a.output_source, a.output_target, a.source_lang, a.target_lang, cfg,
+                      workers=a.workers, keep_all=a.keep_all))
+
+
 def cmd_tokenize(a: argparse.Namespace) -> None:
     from pipeline_tasks.tokenization import TokenizerConfig, tokenize_corpus
 
@@ -201,6 +209,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-len", type=int, help="drop pairs with a side longer than this many tokens")
     s.add_argument("--max-ratio", type=float, help="drop pairs whose token-length ratio exceeds this")
     s.set_defaults(fn=cmd_subset)
+
+    c = sub.add_parser("clean", help="drop noisy pairs: bad characters, markup, URLs, copies, wrong script or "
+                       "language, duplicates; a report of what each filter dropped")
+    c.add_argument("--source", required=True)
+    c.add_argument("--target", required=True)
+    c.add_argument("--output-source", required=True)
+    c.add_argument("--output-target", required=True)
+    c.add_argument("--source-lang", required=True, help="ISO code of the source side (en)")
+    c.add_argument("--target-lang", required=True, help="ISO code of the target side (de)")
+    c.add_argument("--off", nargs="*", default=[], metavar="FILTER",
+                   help="filters to switch off: bad_characters markup url_only copy script language duplicate "
+                        "near_duplicate")
+    c.add_argument("--none", action="store_true", help="no filter: pass the pairs through, counted")
+    c.add_argument("--keep-all", action="store_true", help="write every pair; only report what would be dropped")
+    c.add_argument("--workers", type=int, help="processes (default: every core)")
+    c.set_defaults(fn=cmd_clean)
 
     t = sub.add_parser("tokenize", help="whitespace or Moses tokenization, optional SentencePiece BPE")
     for split in ("train", "val", "test"):

@@ -10,9 +10,11 @@ folder, or wait forever on a queue nobody feeds.
 
 from __future__ import annotations
 
+import importlib.machinery
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -63,6 +65,11 @@ class WorkerPool:
     Workers are started with `spawn` (not fork): safe inside a multi-threaded Airflow task process.
     Scripts that use it need the usual `if __name__ == "__main__":` guard. Workers exit when this
     process dies, however it dies (see _die_with_parent).
+
+    A spawned worker runs the parent's main script again, unless that is a module (``python -m``). In an
+    Airflow task the main script is the ``airflow`` console script, which would start Airflow in every
+    worker and kill it; while the pool lives, such a main (a script that is not a ``.py`` file) is marked
+    as a module named ``__main__``, which spawn does not re-run. Work functions live in modules anyway.
     """
 
     def __init__(self, workers: int) -> None:
@@ -70,7 +77,13 @@ class WorkerPool:
         self._ex: Executor | None = None
 
     def __enter__(self) -> WorkerPool:
+        self._hidden_main = None
         if self.workers > 1:
+            main = sys.modules.get("__main__")
+            script = getattr(main, "__file__", None)
+            if main is not None and getattr(main, "__spec__", None) is None and script and not script.endswith(".py"):
+                main.__spec__ = importlib.machinery.ModuleSpec("__main__", None)  # spawn skips "__main__"
+                self._hidden_main = main
             self._ex = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
                                            initializer=_die_with_parent, initargs=(os.getpid(),))
         return self
@@ -79,6 +92,9 @@ class WorkerPool:
         if self._ex is not None:
             self._ex.shutdown(wait=True, cancel_futures=True)
             self._ex = None
+        if self._hidden_main is not None:
+            self._hidden_main.__spec__ = None
+            self._hidden_main = None
 
     def map(self, fn: Callable[[T], R], items: Iterable[T], max_in_flight: int | None = None) -> Iterator[R]:
         """fn(item) for each item, in input order, at most `max_in_flight` submitted ahead."""

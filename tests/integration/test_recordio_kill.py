@@ -128,3 +128,27 @@ def test_the_portable_fallback_alone_ends_a_worker_whose_parent_was_killed(tmp_p
             parent.wait()
         if child is not None and _alive([child]):
             child.kill()
+
+
+CONSOLE_SCRIPT = """
+import sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[1])
+Path(sys.argv[2]).open("a").write("started\\n")  # a spawned worker that ran this script again would add a line
+from pipeline_tasks.parallel import WorkerPool
+with WorkerPool(2) as pool:
+    print(sum(pool.map(abs, range(-50, 50))))
+"""
+
+
+def test_workers_start_under_a_console_script_such_as_airflows(tmp_path):
+    """In an Airflow task the main script is the ``airflow`` console script (no .py): spawn would run it
+    again in every worker, which starts Airflow there and kills the worker (BrokenProcessPool)."""
+    script = tmp_path / "console"  # no .py, as .venv/bin/airflow
+    script.write_text(CONSOLE_SCRIPT)
+    marker = tmp_path / "runs.txt"
+    done = subprocess.run([sys.executable, str(script), str(ROOT), str(marker)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == str(sum(abs(i) for i in range(-50, 50)))
+    assert marker.read_text() == "started\n"  # the script ran once, in the parent only
