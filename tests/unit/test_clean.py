@@ -112,3 +112,24 @@ def test_planted_noise_is_removed_and_real_pairs_are_kept(tmp_path):
     assert lost / len(real_set) < 0.01, lost  # under 1 % of the real pairs
     assert report["pairs_in"] == len(lines) and report["dropped"]["markup"] >= 95
     assert json.dumps(report)  # the report is JSON as published
+
+
+def test_the_command_line_cleans_a_pair_of_files_and_names_a_missing_one(tmp_path):
+    import subprocess
+    import sys
+
+    src, trg = tmp_path / "in.en", tmp_path / "in.de"
+    src.write_text(f"{GOOD[0]}\n{GOOD[0]}\nHotel Adlon Berlin\n")
+    trg.write_text(f"{GOOD[1]}\n{GOOD[1]}\nHotel Adlon Berlin\n")
+    args = [sys.executable, "-m", "pipeline_tasks", "-q", "clean", "--source", str(src), "--target", str(trg),
+            "--output-source", str(tmp_path / "out.en"), "--output-target", str(tmp_path / "out.de"),
+            "--source-lang", "en", "--target-lang", "de", "--off", "copy"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["pairs_out"] == 2 and report["dropped"]["duplicate"] == 1
+    assert "copy" not in report["config"]["filters"]
+    missing = subprocess.run([*args[:6], str(tmp_path / "nope.en"), *args[7:]], capture_output=True, text=True,
+                             timeout=120)
+    assert missing.returncode != 0 and f"input file not found: {tmp_path / 'nope.en'}" in missing.stderr
+    assert "Traceback" not in missing.stderr
