@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import demo_hyperparameters
 from pipeline_tasks.channels import VocabConfig
 from pipeline_tasks.clean import CleanConfig
 from pipeline_tasks.jobs.local.tuning import run_tuning_job
@@ -49,15 +50,6 @@ OBJECTIVE = "validation:perplexity"
 RANGES = {"ContinuousParameterRanges": [{"Name": "learning_rate", "MinValue": "0.0005", "MaxValue": "0.02",
                                          "ScalingType": "Logarithmic"}],
           "CategoricalParameterRanges": [{"Name": "rnn_num_hidden", "Values": ["64", "128", "256"]}]}
-
-
-def hyperparameters(updates: int) -> dict[str, Any]:
-    """The `make demo` hyperparameters (Makefile DEMO_HP), with the update budget."""
-    return {"max_seq_len_source": 60, "max_seq_len_target": 60, "optimized_metric": "perplexity",
-            "batch_size": 32, "checkpoint_frequency_num_batches": max(updates // 3, 1), "rnn_num_hidden": 128,
-            "num_layers_encoder": 1, "num_layers_decoder": 1, "num_embed_source": 64, "num_embed_target": 64,
-            "checkpoint_threshold": 100, "max_num_batches": updates, "learning_rate": 0.003,
-            "bleu_sample_size": 0}
 
 
 def objective(job: dict[str, Any]) -> float:
@@ -88,7 +80,8 @@ def main() -> None:
         data = upload_step(layout)
         request = training_job_config(job_name=job_name(DAG_ID, run_id, 1), image_uri="wmt-seq2seq:latest",
                                       role_arn="arn:aws:iam::000000000000:role/local", channels=data["channels"],
-                                      output_uri=layout.uri("model"), hyperparameters=hyperparameters(args.updates))
+                                      output_uri=layout.uri("model"),
+                                      hyperparameters=demo_hyperparameters(args.updates, max(args.updates // 3, 1)))
         started = time.monotonic()
         default = train_step({**request, JOB_PREFIX_KEY: DAG_ID}, "local", run_id, 1)["Training"]
         default_s = time.monotonic() - started

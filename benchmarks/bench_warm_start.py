@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import demo_hyperparameters
 from pipeline_tasks.channels import VocabConfig
 from pipeline_tasks.clean import CleanConfig
 from pipeline_tasks.evaluate import EvaluateConfig
@@ -52,19 +53,10 @@ TOKENIZER = TokenizerConfig(mode="whitespace", detokenizer="none", bpe_vocab_siz
 VOCAB = VocabConfig(num_words_source=50000, num_words_target=50000)
 
 
-def hyperparameters(updates: int) -> dict[str, Any]:
-    """The `make demo` hyperparameters (Makefile DEMO_HP), with the update budget."""
-    return {"max_seq_len_source": 60, "max_seq_len_target": 60, "optimized_metric": "perplexity",
-            "batch_size": 32, "checkpoint_frequency_num_batches": 200, "rnn_num_hidden": 128,
-            "num_layers_encoder": 1, "num_layers_decoder": 1, "num_embed_source": 64, "num_embed_target": 64,
-            "checkpoint_threshold": 100, "max_num_batches": updates, "learning_rate": 0.003,
-            "bleu_sample_size": 0}
-
-
 def run(root: str, run_id: str, pairs: int, init_model: str, updates: int, test_sentences: int) -> dict[str, Any]:
     """One DAG run up to the gate, through the DAG's step functions; promotes when the gate says so."""
     layout = RunLayout(root, DAG_ID, run_id)
-    hp = hyperparameters(updates)
+    hp = demo_hyperparameters(updates)
     download_step(layout, CORPUS)
     subset_step(layout, CORPUS, SubsetConfig(size=pairs, max_len=100, max_ratio=3.0))
     clean_step(layout, CORPUS, CleanConfig())

@@ -11,6 +11,15 @@ from pathlib import Path
 SAMPLE = Path(__file__).resolve().parent.parent / "pipeline_tasks" / "sample_data" / "wmt-toy-ende"
 
 
+def demo_hyperparameters(updates: int, checkpoint_every: int = 200) -> dict:
+    """The `make demo` hyperparameters (Makefile DEMO_HP), with an update budget and checkpoint interval."""
+    return {"max_seq_len_source": 60, "max_seq_len_target": 60, "optimized_metric": "perplexity",
+            "batch_size": 32, "checkpoint_frequency_num_batches": checkpoint_every, "rnn_num_hidden": 128,
+            "num_layers_encoder": 1, "num_layers_decoder": 1, "num_embed_source": 64, "num_embed_target": 64,
+            "checkpoint_threshold": 100, "max_num_batches": updates, "learning_rate": 0.003,
+            "bleu_sample_size": 0}
+
+
 def repeated_corpus(out_dir: Path, pairs: int, src: str = "en", trg: str = "de") -> tuple[Path, Path]:
     """train.{src,trg} of `pairs` lines: the sample's training split repeated (and cut)."""
     out_dir.mkdir(parents=True, exist_ok=True)
