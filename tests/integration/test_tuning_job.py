@@ -184,3 +184,19 @@ def test_the_command_line_runs_a_request_file_and_prints_the_result(training_req
                           capture_output=True, text=True, timeout=120)
     assert done.returncode != 0 and "tuning range of num_layers_encoder: MinValue 4 > MaxValue 2" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_tuning_jobs_runtime_limit_stops_the_running_trial_and_starts_no_more(training_request, tmp_path,
+                                                                                 monkeypatch):
+    script = tmp_path / "train.py"
+    script.write_text(STAND_IN_TRAIN)  # six checkpoints, half a second apart
+    monkeypatch.setenv(TRAIN_COMMAND_ENV, f"{sys.executable} {script}")
+    ranges = {"CategoricalParameterRanges": [{"Name": "learning_rate", "Values": ["0.02", "0.001", "0.005"]}]}
+    request = tuning_job_config(job_name="tune-limit-1", training_request=training_request,
+                                objective="validation:perplexity", ranges=ranges, strategy="Random", max_jobs=3)
+    # Beneath SageMaker's 120 s minimum, which the request builder enforces: the executor takes what it is given.
+    request["HyperParameterTuningJobConfig"]["ResourceLimits"]["MaxRuntimeInSeconds"] = 1
+    result = run_tuning_job(request, "local", store=str(tmp_path / "store"), workdir=str(tmp_path / "jobs"))
+    [trial] = result["TrainingJobSummaries"]  # no trial starts once the limit has passed
+    assert trial["TrainingJobStatus"] == "Stopped"
+    assert result["TrainingJobStatusCounters"]["Stopped"] == 1

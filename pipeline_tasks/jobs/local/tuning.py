@@ -9,7 +9,8 @@ starts training jobs.
 - **Scaling**: Logarithmic samples log-uniformly; ReverseLogarithmic samples 1 - x log-uniformly (dense near
   1, as SageMaker's); Auto and Linear sample uniformly.
 - **Limits**: at most MaxParallelTrainingJobs trials at once, at most MaxNumberOfTrainingJobs in all, no new
-  trial after the tuning job's MaxRuntimeInSeconds. A failed trial is counted (NonRetryableError, objective
+  trial after the tuning job's MaxRuntimeInSeconds, and running ones stopped at their next metric line
+  after it (SageMaker stops them too). A failed trial is counted (NonRetryableError, objective
   Failed) and the search goes on.
 - **Early stopping** (TrainingJobEarlyStoppingType Auto, and Hyperband): each validation checkpoint's
   objective line is reported to the pruner as it is printed; a trial the pruner drops is stopped as
@@ -308,6 +309,9 @@ def run_tuning_job(request: Mapping[str, Any], backend: str = "local", *, store:
         pruned = [False]
 
         def on_metric(metric_name: str, value: float) -> bool:
+            if time.monotonic() >= deadline:  # the tuning job's MaxRuntimeInSeconds stops its running trials too
+                jlog.warning("trial %s: the tuning job's MaxRuntimeInSeconds has passed: stopping it", job_name)
+                return True
             if metric_name != metric:
                 return False
             steps[0] += 1
