@@ -182,7 +182,7 @@ def _digest(source: str, target: str) -> bytes:
 
 
 def _judge_block(job: tuple[int, list[bytes], list[bytes], str, str, CleanConfig, str, str]
-                 ) -> tuple[list[tuple[str, str]], list[str | None], list[bytes], list[bytes], TextStats, TextStats]:
+                 ) -> tuple[list[tuple[str, str]], list[str | None], list[bytes], list[bytes]]:
     """A worker's part: decode a block, apply the per-pair filters, digest each pair (exact, normalised)."""
     line_no, bs, bt, src_lang, trg_lang, cfg, src_name, trg_name = job
     s_stats, t_stats = TextStats(src_name), TextStats(trg_name)
@@ -191,7 +191,7 @@ def _judge_block(job: tuple[int, list[bytes], list[bytes], str, str, CleanConfig
     verdicts = [pair_verdict(s, t, src_lang, trg_lang, cfg) if cfg.enabled else None for s, t in pairs]
     exact = [_digest(s, t) for s, t in pairs]
     near = [_digest(normalized(s, cfg.normalize), normalized(t, cfg.normalize)) for s, t in pairs]
-    return pairs, verdicts, exact, near, s_stats, t_stats
+    return pairs, verdicts, exact, near
 
 
 @dataclass
@@ -224,7 +224,7 @@ def clean(source: str, target: str, out_source: str | os.PathLike[str], out_targ
     small = os.path.getsize(source) + os.path.getsize(target) < PARALLEL_MIN_BYTES  # workers cost more
     with staged_files(outputs, [source, target], encoding="utf-8") as (fs, ft), \
             WorkerPool(1 if small and workers is None else workers or default_workers()) as pool:
-        for pairs, verdicts, exact, near, _, _ in pool.map(_judge_block, jobs):
+        for pairs, verdicts, exact, near in pool.map(_judge_block, jobs):
             for (s, t), verdict, e, n in zip(pairs, verdicts, exact, near, strict=True):
                 report.pairs_in += 1
                 if verdict is None and dedup and e in exact_seen:

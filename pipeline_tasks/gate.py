@@ -88,14 +88,12 @@ def decide(new_metrics: Mapping[str, Any], current: Mapping[str, Any] | None, ru
 
 def read_pointer(uri: str) -> dict[str, Any] | None:
     """The promoted model's record, or None when nothing has been promoted."""
+    if not storage.exists(uri):
+        return None
     loc = storage.parse(uri)
     if isinstance(loc, storage.S3Location):
-        if storage.head(loc) is None:
-            return None
         body = storage.s3_client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
     else:
-        if not loc.is_file():
-            return None
         body = loc.read_bytes()
     try:
         return json.loads(body)
