@@ -36,6 +36,10 @@ class SageMakerPaths:
     def input_data_config_file(self) -> Path:
         return self.config_dir / "inputdataconfig.json"
 
+    @property
+    def resource_config_file(self) -> Path:
+        return self.config_dir / "resourceconfig.json"
+
     def channel(self, name: str) -> Path:
         return self.root / "input" / "data" / name
 

@@ -5,8 +5,9 @@ leaves in the model directory everything serving needs. Any error ends with its 
 ``output/failure`` and a non-zero exit — the message SageMaker shows as FailureReason, so it names
 the channel, file, record or hyperparameter at fault.
 
-With several GPUs (or ``SEQ2SEQ_NUM_PROCESSES`` > 1) it re-launches itself under ``torchrun``, one
-process per device, like the built-in algorithm's single-machine multi-GPU mode.
+With more than one host in ``resourceconfig.json``, several GPUs, or ``SEQ2SEQ_NUM_PROCESSES`` > 1, it
+re-launches itself under ``torchrun``: one process per GPU (one on a CPU host) on every host of the job,
+global rank 0 on the leader (model/distributed.py).
 """
 
 from __future__ import annotations
@@ -32,17 +33,30 @@ from model.constants import (
     VALIDATION_CHANNEL,
     VOCAB_CHANNEL,
 )
+from model.distributed import (
+    RANK_REPORTS_ENV,
+    SHARDED_BY_S3_KEY,
+    DistInfo,
+    LaunchPlan,
+    ResourceConfig,
+    channel_distribution,
+    die_with_launcher,
+    failure_message,
+    host_outcome,
+    plan_launch,
+    processes_per_host,
+    report_rank,
+)
 from model.hyperparameters import Hyperparameters, parse_hyperparameters
 from model.model import build_model, count_parameters
 from model.optim import build_optimizer, build_schedule
 from model.sagemaker import SageMakerPaths, read_json_file, write_failure
 from model.tokenizer import copy_tokenizer
-from model.training import STOPPED_BY_SIGTERM, DistInfo, Trainer
+from model.training import STOPPED_BY_SIGTERM, Trainer
 from model.vocab import reverse
 
 log = logging.getLogger("model.train")
 
-NUM_PROCESSES_ENV = "SEQ2SEQ_NUM_PROCESSES"
 # true: also write the CTranslate2 export (model/ctranslate.py) into the model directory, so that
 # model.tar.gz carries it to serving and batch transform (the int8 CPU engine). Transformer models only.
 CTRANSLATE2_EXPORT_ENV = "SEQ2SEQ_CTRANSLATE2_EXPORT"
@@ -71,57 +85,73 @@ def configure_logging() -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
 
 
-def wanted_processes(environ: dict[str, str] | os._Environ) -> int:
-    explicit = environ.get(NUM_PROCESSES_ENV)
-    if explicit:
-        return max(1, int(explicit))
-    return torch.cuda.device_count() if torch.cuda.is_available() else 1
+def gpu_count() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
-def relaunch_distributed(n: int) -> int:
-    """Run this entrypoint under torchrun with one process per device; returns its exit status.
+def read_resources(paths: SageMakerPaths) -> ResourceConfig:
+    return ResourceConfig.from_dict(read_json_file(paths.resource_config_file, "resourceconfig.json", required=False),
+                                    str(paths.resource_config_file))
 
-    SageMaker stops a job by signalling the container's first process, this one: SIGTERM and SIGINT are
+
+def launch(plan: LaunchPlan, paths: SageMakerPaths, resources: ResourceConfig) -> int:
+    """Run this entrypoint under torchrun, this host's part of the job; returns its exit status and, when it
+    fails, writes the host's failure (the rank that failed first of its own accord, named).
+
+    SageMaker stops a job by signalling each container's first process, this one: SIGTERM and SIGINT are
     passed on to torchrun (which passes them to every rank), so the ranks checkpoint and exit together
     instead of being killed when the container goes."""
     import signal
     import subprocess
 
-    log.info("launching %d training processes with torchrun", n)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-           "-m", "model.train"]
-    proc = subprocess.Popen(cmd)
+    if plan.nnodes == 1:
+        log.info("launching %d training processes with torchrun", plan.nproc_per_node)
+    else:
+        log.info("launching %d training process(es) with torchrun on host %s (%d of %d hosts; rendezvous at %s:%d, "
+                 "%s; %d processes in all)", plan.nproc_per_node, resources.current_host, plan.node_rank + 1,
+                 plan.nnodes, plan.master_addr, plan.master_port, resources.leader, plan.world_size)
+    signalled = []
+    with tempfile.TemporaryDirectory(prefix="rank-reports-") as reports:
+        env = {**os.environ, **plan.env, RANK_REPORTS_ENV: reports}
+        proc = subprocess.Popen(plan.command(sys.executable), env=env)
 
-    def forward(signum: int, frame: object) -> None:
-        log.warning("%s received: passing it on to the training processes", signal.Signals(signum).name)
-        proc.send_signal(signum)
+        def forward(signum: int, frame: object) -> None:
+            log.warning("%s received: passing it on to the training processes", signal.Signals(signum).name)
+            signalled.append(signum)
+            proc.send_signal(signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return proc.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            status = proc.wait()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        failure = host_outcome(Path(reports), resources.current_host, status, plan.nproc_per_node, bool(signalled))
+    if failure is not None:
+        write_failure(paths, failure)
+        return status or 1
+    if status != 0:
+        log.info("torchrun exited with status %d after the signal; every rank checkpointed and ended cleanly", status)
+    return 0
 
 
-def setup_distributed() -> tuple[DistInfo, torch.device]:
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+def setup_distributed(resources: ResourceConfig) -> tuple[DistInfo, torch.device]:
+    dist = DistInfo.from_env(os.environ, resources)
+    if "RANK" not in os.environ or dist.world_size == 1:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return DistInfo(), device
+        return DistInfo(host=resources.current_host, num_hosts=len(resources.hosts)), device
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     # Rank 0 evaluates BLEU while the others wait at the next collective: allow for long evaluations.
     torch.distributed.init_process_group(backend=backend, timeout=timedelta(hours=2))
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     if torch.cuda.is_available():
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local_rank)
-        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(dist.local_rank)
+        device = torch.device("cuda", dist.local_rank)
     else:
         device = torch.device("cpu")
-    return DistInfo(rank, world), device
+    return dist, device
 
 
-def run(paths: SageMakerPaths) -> int:
+def run(paths: SageMakerPaths, resources: ResourceConfig) -> int:
     raw = read_json_file(paths.hyperparameters_file, "hyperparameters.json", required=False)
     hp: Hyperparameters = parse_hyperparameters(raw)
     input_config = read_json_file(paths.input_data_config_file, "inputdataconfig.json", required=False)
@@ -130,10 +160,16 @@ def run(paths: SageMakerPaths) -> int:
             log.warning("channel %r is not used by this algorithm (%s, and %s for a warm start)", channel,
                         ", ".join(CHANNELS), MODEL_CHANNEL)
 
-    dist, device = setup_distributed()
+    dist, device = setup_distributed(resources)
     export = wants_ctranslate2_export(os.environ, hp)
+    # ShardedByS3Key: each host holds only its share of the training files, so its ranks split that share.
+    sharded = dist.num_hosts > 1 and channel_distribution(input_config, TRAIN_CHANNEL) == SHARDED_BY_S3_KEY
     if dist.is_main:
-        log.info("device %s, %d process(es), precision %s", device, dist.world_size, hp.precision)
+        log.info("device %s, %d process(es)%s, precision %s", device, dist.world_size,
+                 f" on {dist.num_hosts} hosts" if dist.num_hosts > 1 else "", hp.precision)
+        if dist.num_hosts > 1:
+            log.info("training channel %s: %s", channel_distribution(input_config, TRAIN_CHANNEL),
+                     "each host trains on its own files" if sharded else "the ranks take turns through every batch")
     torch.manual_seed(hp.seed)
 
     source_vocab, target_vocab = data_io.load_vocabularies(paths.channel(VOCAB_CHANNEL))
@@ -144,11 +180,19 @@ def run(paths: SageMakerPaths) -> int:
     load = {"source_vocab_size": len(source_vocab), "target_vocab_size": len(target_vocab),
             "max_seq_len_source": hp.max_seq_len_source, "max_seq_len_target": hp.max_seq_len_target}
     started = time.monotonic()
-    train_data = data_io.load_channel(paths.channel(TRAIN_CHANNEL), TRAIN_CHANNEL, **load)
+    try:
+        train_data = data_io.load_channel(paths.channel(TRAIN_CHANNEL), TRAIN_CHANNEL, **load)
+    except data_io.ChannelError as e:
+        if sharded and "is empty" in str(e):
+            raise data_io.ChannelError(f"{e} on host {dist.host}: with ShardedByS3Key each instance gets some of the "
+                                       "channel's files, so the channel needs at least as many files as instances "
+                                       "(the recordio step's shards)") from None
+        raise
     val_data = data_io.load_channel(paths.channel(VALIDATION_CHANNEL), VALIDATION_CHANNEL, **load)
-    if dist.is_main:
-        log.info("loaded %d training and %d validation pairs in %.1fs; vocabularies %d source / %d target",
-                 len(train_data), len(val_data), time.monotonic() - started, len(source_vocab), len(target_vocab))
+    if dist.is_main or (dist.num_hosts > 1 and dist.local_rank == 0):  # each host's share under ShardedByS3Key
+        log.info("loaded %d training and %d validation pairs in %.1fs%s; vocabularies %d source / %d target",
+                 len(train_data), len(val_data), time.monotonic() - started,
+                 f" on {dist.host}" if dist.num_hosts > 1 else "", len(source_vocab), len(target_vocab))
 
     model = build_model(hp, len(source_vocab), len(target_vocab))
     parent_identity = None
@@ -168,8 +212,10 @@ def run(paths: SageMakerPaths) -> int:
     optimizer = build_optimizer(model.parameters(), hp)
     schedule = build_schedule(optimizer, hp)
     trainer = Trainer(hp, model, optimizer, schedule, train_data, val_data, reverse(target_vocab),
-                      paths.model_dir, paths.checkpoint_dir, device, dist, parent=parent_identity)
+                      paths.model_dir, paths.checkpoint_dir, device, dist, parent=parent_identity,
+                      sharded_train=sharded)
     trainer.resume()
+    trainer.agree_on_start()
     if dist.enabled:
         trainer.model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -189,19 +235,24 @@ def run(paths: SageMakerPaths) -> int:
 def main() -> int:
     configure_logging()
     paths = SageMakerPaths.from_env()
+    resources = ResourceConfig()
+    if os.environ.get(RANK_REPORTS_ENV) and "RANK" in os.environ:
+        die_with_launcher()  # a rank of ours: never outlive the torchrun agent
     try:
-        if "RANK" not in os.environ:
-            n = wanted_processes(os.environ)
-            if n > 1:
-                status = relaunch_distributed(n)
-                if status != 0 and not paths.failure_file.exists():
-                    write_failure(paths, f"distributed training failed: torchrun exited with status {status}")
-                return status
-        return run(paths)
+        resources = read_resources(paths)
+        if "RANK" not in os.environ:  # the container's first process: launch the ranks if there are several
+            plan = plan_launch(resources, processes_per_host(os.environ, gpu_count()), os.environ)
+            if plan is not None:
+                return launch(plan, paths, resources)
+        status = run(paths, resources)
+        report_rank(os.environ, DistInfo.from_env(os.environ, resources))
+        return status
     except Exception as e:
-        reason = f"{type(e).__name__}: {e}"
-        if int(os.environ.get("RANK", "0")) == 0:
-            write_failure(paths, reason)
+        dist = DistInfo.from_env(os.environ, resources)
+        reason = failure_message(dist, e)
+        # A rank under our launcher reports to it; the launcher writes the host's failure file.
+        if not report_rank(os.environ, dist, e) and dist.rank == 0:
+            write_failure(paths, reason if "RANK" in os.environ else f"{type(e).__name__}: {e}")
         log.error("training failed: %s\n%s", reason, traceback.format_exc())
         return 1
 

@@ -32,6 +32,7 @@ from model import data_io, metrics
 from model.averaging import BEST_DIR, BestCheckpoints, better_or_equal
 from model.checkpoint_decoder import bleu_sample, evaluate_bleu, evaluate_likelihood
 from model.constants import CHECKPOINT_FILE
+from model.distributed import DistInfo, parameter_checksum
 from model.hyperparameters import Hyperparameters, architecture_names
 from model.loss import forward_real, token_losses
 from model.optim import LearningRateSchedule, clip_gradients
@@ -42,20 +43,6 @@ log = logging.getLogger(__name__)
 
 PROGRESS_SECONDS = 30.0  # at most this long between two progress lines in the log
 STOPPED_BY_SIGTERM = "stopped by SIGTERM"
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
 
 
 @dataclass
@@ -122,6 +109,7 @@ class Trainer:
         device: torch.device,
         dist: DistInfo | None = None,
         parent: Mapping[str, Any] | None = None,
+        sharded_train: bool = False,
     ) -> None:
         self.hp = hp
         self.parent = dict(parent) if parent is not None else None  # a warm start's parent, for metrics.json
@@ -135,6 +123,9 @@ class Trainer:
         self.checkpoint_dir = checkpoint_dir
         self.device = device
         self.dist = dist or DistInfo()
+        # ShardedByS3Key: each host holds its own training files; its ranks split them, and every rank runs
+        # as many updates an epoch as the smallest share allows (else the others would wait forever).
+        self.sharded_train = sharded_train
         self.config = data_io.DataConfig.from_hyperparameters(hp)
         self.state = TrainingState()
         self.bleu_indices = bleu_sample(len(val_data), hp)
@@ -203,10 +194,45 @@ class Trainer:
                  self.state.num_checkpoints, self.hp.optimized_metric, self.state.best_metric)
         return True
 
+    def agree_on_start(self) -> None:
+        """Every rank must start from the same point: SageMaker copies the one checkpoint prefix to every host,
+        so a difference means the hosts were given different checkpoints, and training on would hang or
+        silently mix two runs."""
+        if not self.dist.enabled:
+            return
+        mine = torch.tensor([self.state.num_updates, self.state.epoch, self.state.batch_in_epoch], dtype=torch.int64,
+                            device=self.device)
+        every = [torch.zeros_like(mine) for _ in range(self.dist.world_size)]
+        torch.distributed.all_gather(every, mine)
+        starts = [tuple(int(v) for v in t.tolist()) for t in every]
+        if len(set(starts)) > 1:
+            where = "; ".join(f"rank {r}: {u} updates (epoch {e + 1}, batch {b})" for r, (u, e, b) in enumerate(starts))
+            raise ValueError(f"the ranks' checkpoints differ ({where}): every host must get the same checkpoint "
+                             "prefix; remove the stale checkpoints or restore the missing ones")
+
+    def epoch_batches(self) -> list:
+        """This rank's batches of the current epoch (index arrays), the same number on every rank."""
+        batches = data_io.make_batches(self.train_data, self.config, self.state.epoch)
+        if not self.sharded_train:  # every rank holds all the data: the ranks take turns through its batches
+            return data_io.shard(batches, self.dist.rank, self.dist.world_size)
+        mine = data_io.shard(batches, self.dist.local_rank, self.dist.local_world_size)
+        counts = [torch.zeros(1, dtype=torch.int64, device=self.device) for _ in range(self.dist.world_size)]
+        torch.distributed.all_gather(counts, torch.tensor([len(mine)], dtype=torch.int64, device=self.device))
+        per_rank = [int(c.item()) for c in counts]
+        usable = min(per_rank)
+        if self.dist.is_main and self.state.batch_in_epoch == 0:
+            log.info("epoch %d: the ranks' shards give %s batches; each rank runs %d (the rest of a larger shard "
+                     "comes round in later epochs' shuffles)", self.state.epoch + 1,
+                     "/".join(map(str, per_rank)), usable)
+        return mine[:usable]
+
     # --- evaluation ----------------------------------------------------------------------------------
     def checkpoint(self) -> bool:
         """Evaluate, print metrics, keep the best weights, save the training state. True = stop now."""
         decision = [False, False]  # improved, stop
+        if self.dist.enabled:  # DDP keeps the replicas equal: every rank's log shows the same checksum
+            log.info("parameter checksum at update %d: %s (%s)", self.state.num_updates,
+                     parameter_checksum(ckpt.unwrap(self.model).state_dict()), self.dist.describe())
         if self.dist.is_main:
             decision = self._evaluate_and_save()
         if self.dist.enabled:
@@ -353,8 +379,7 @@ class Trainer:
                 if hp.max_num_epochs is not None and self.state.epoch >= hp.max_num_epochs:
                     self.state.stop_reason = f"max_num_epochs={hp.max_num_epochs} reached"
                     break
-                batches = data_io.shard(data_io.make_batches(self.train_data, self.config, self.state.epoch),
-                                        self.dist.rank, self.dist.world_size)
+                batches = self.epoch_batches()
                 if not batches:
                     raise data_io.ChannelError("channel 'train' gives no batch on this rank: fewer batches than "
                                                f"processes ({self.dist.world_size})")

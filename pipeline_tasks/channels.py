@@ -14,10 +14,13 @@ numpy, and only the few header bytes per record are assembled in Python.
 Output layout (the three SageMaker channels plus a report outside them):
     DIR/train/train.rec  DIR/validation/val.rec  DIR/vocab/vocab.src.json  DIR/vocab/vocab.trg.json
     DIR/recordio-report.json
+With ``shards`` = N > 1 the training split is N files, ``train-00001-of-0000N.rec`` …, for a training job
+whose instances each read their own files (ShardedByS3Key).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -212,27 +215,37 @@ def _side_bytes(ids_file: str, lens_file: str, lookup: str, line_off: int, n_lin
     return buf, offsets.tolist(), lens, int(np.count_nonzero(unk[prov]))
 
 
-def encode_block(item: tuple) -> tuple[bytes, dict]:
-    """Pass 2 for one aligned block: the framed records, and what was counted."""
-    src, trg, line_off, n_lines = item
+def encode_block(item: tuple) -> tuple[list[bytes], dict]:
+    """Pass 2 for one aligned block: the framed records of each shard (line i of the split goes to shard
+    i mod the number of shards), and what was counted."""
+    src, trg, line_off, n_lines, shards = item
     s_buf, so, s_lens, s_unk = _side_bytes(*src[:3], line_off, n_lines, *src[3:])
     t_buf, to, t_lens, t_unk = _side_bytes(*trg[:3], line_off, n_lines, *trg[3:])
     keep = np.flatnonzero((s_lens > 0) & (t_lens > 0)).tolist()
     sh, th, fh, pad = recordio.SOURCE_HEADERS, recordio.TARGET_HEADERS, recordio.FRAME_HEADERS, recordio.PADDING
-    parts: list[bytes] = []
-    add = parts.extend
+    parts: list[list[bytes]] = [[] for _ in range(shards)]
     for i in keep:
         a, b, c, d = so[i], so[i + 1], to[i], to[i + 1]
         hs, ht = sh[b - a], th[d - c]
         n = len(hs) + b - a + len(ht) + d - c
-        add((fh[n], hs, s_buf[a:b], ht, t_buf[c:d], pad[n & 3]))
+        parts[(line_off + i) % shards].extend((fh[n], hs, s_buf[a:b], ht, t_buf[c:d], pad[n & 3]))
     counts = {"lines": n_lines, "records": len(keep), "blank": n_lines - len(keep), "src_unk": s_unk, "trg_unk": t_unk}
-    return b"".join(parts), counts
+    return [b"".join(p) for p in parts], counts
 
 
-def convert(split: str, src: Scan, trg: Scan, output: Path, src_vocab: vocab.Vocab, trg_vocab: vocab.Vocab,
+def shard_names(name: str, shards: int) -> list[str]:
+    """The file names of a split written as `shards` files: ``train.rec`` alone, or ``train-00001-of-00004.rec``
+    …, whose key order is the shard order (ShardedByS3Key hands host i of N the keys i, i+N, …)."""
+    if shards == 1:
+        return [name]
+    stem, ext = os.path.splitext(name)
+    return [f"{stem}-{i + 1:05d}-of-{shards:05d}{ext}" for i in range(shards)]
+
+
+def convert(split: str, src: Scan, trg: Scan, outputs: list[Path], src_vocab: vocab.Vocab, trg_vocab: vocab.Vocab,
             scratch: Path, pool: WorkerPool) -> ConversionStats:
-    """Write one split's `.rec` file from its two scans, records in input order."""
+    """Write one split's `.rec` file(s) from its two scans, records in input order (in each shard: with
+    several `outputs`, line i goes to output i mod their number)."""
     stats = ConversionStats(split)
     lookups = []
     for side, scan, voc in (("src", src, src_vocab), ("trg", trg, trg_vocab)):
@@ -246,13 +259,15 @@ def convert(split: str, src: Scan, trg: Scan, output: Path, src_vocab: vocab.Voc
         line_off = s_off = t_off = 0
         for (n_lines, s_n), (_, t_n) in zip(src.blocks, trg.blocks):
             yield ((src.ids_file, src.lens_file, lookups[0], s_off, s_n),
-                   (trg.ids_file, trg.lens_file, lookups[1], t_off, t_n), line_off, n_lines)
+                   (trg.ids_file, trg.lens_file, lookups[1], t_off, t_n), line_off, n_lines, len(outputs))
             line_off, s_off, t_off = line_off + n_lines, s_off + s_n, t_off + t_n
 
     progress = Progress(log, f"recordio {split}", "pairs", total=src.lines)
-    with open(output, "wb") as f:
+    with contextlib.ExitStack() as stack:
+        files = [stack.enter_context(open(p, "wb")) for p in outputs]
         for data, c in pool.map(encode_block, items()):
-            f.write(data)
+            for f, part in zip(files, data):
+                f.write(part)
             stats.lines += c["lines"]
             stats.records += c["records"]
             stats.blank_pairs_skipped += c["blank"]
@@ -297,7 +312,7 @@ def build_vocabs(src: Scan, trg: Scan, cfg: VocabConfig) -> tuple[vocab.Vocab, v
 def make_channels(train_source: str, train_target: str, val_source: str, val_target: str,
                   output: str | os.PathLike[str], vocab_cfg: VocabConfig | None = None,
                   workers: int | None = None, tokenizer_dir: str | os.PathLike[str] | None = None,
-                  vocab_origin: str | None = None) -> dict:
+                  vocab_origin: str | None = None, shards: int = 1) -> dict:
     """Build vocabularies and both RecordIO channels under `output`; returns the report.
 
     `tokenizer_dir` (the tokenize step's output) puts the tokenizer into the vocab channel beside the
@@ -306,8 +321,11 @@ def make_channels(train_source: str, train_target: str, val_source: str, val_tar
     Everything is staged and published together, so a failure leaves `output` as it was, and success
     replaces it whole (training reads every .rec of a channel: no file of an earlier output may stay).
     `vocab_origin` says in the report where given vocabularies came from (a parent model's URI), since
-    their local paths are temporary.
+    their local paths are temporary. `shards` > 1 writes the training split as that many files (line i in
+    file i mod `shards`), so that a job of several instances can hand each its own files (ShardedByS3Key).
     """
+    if isinstance(shards, bool) or not isinstance(shards, int) or shards < 1:
+        raise ValueError(f"shards must be a whole number >= 1, got {shards!r}")
     if tokenizer_dir is not None and not tokenizer_files(tokenizer_dir):
         raise FileNotFoundError(f"{tokenizer_dir}: no {TOKENIZER_FILE} (the tokenize step's output folder)")
     vocab_cfg = vocab_cfg or VocabConfig()
@@ -340,16 +358,20 @@ def make_channels(train_source: str, train_target: str, val_source: str, val_tar
         vocab.save(src_vocab, stage / VOCAB_CHANNEL / VOCAB_SOURCE_FILE)
         vocab.save(trg_vocab, stage / VOCAB_CHANNEL / VOCAB_TARGET_FILE)
         tokenizer = copy_tokenizer(tokenizer_dir, stage / VOCAB_CHANNEL) if tokenizer_dir is not None else []
-        train = convert("train", scans["train.src"], scans["train.trg"], stage / TRAIN_CHANNEL / TRAIN_RECORDIO_FILE,
+        train = convert("train", scans["train.src"], scans["train.trg"],
+                        [stage / TRAIN_CHANNEL / n for n in shard_names(TRAIN_RECORDIO_FILE, shards)],
                         src_vocab, trg_vocab, scratch, pool)
+        if train.records < shards:
+            raise ValueError(f"train: {train.records} records cannot fill {shards} shards")
         val = convert("validation", scans["val.src"], scans["val.trg"],
-                      stage / VALIDATION_CHANNEL / VALIDATION_RECORDIO_FILE, src_vocab, trg_vocab, scratch, pool)
+                      [stage / VALIDATION_CHANNEL / VALIDATION_RECORDIO_FILE], src_vocab, trg_vocab, scratch, pool)
         for p in scratch.iterdir():
             p.unlink()
         scratch.rmdir()
         report = {"vocab": {"source_size": len(src_vocab), "target_size": len(trg_vocab), **asdict(vocab_cfg),
                             **({"reused_from": vocab_origin} if vocab_origin else {})},
-                  "tokenizer_files": tokenizer, "train": asdict(train), "validation": asdict(val)}
+                  "tokenizer_files": tokenizer, "train": {**asdict(train), "shards": shards},
+                  "validation": asdict(val)}
         (stage / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     log.info("channels written to %s: %d train and %d validation records", output, train.records, val.records)
     return report

@@ -109,7 +109,7 @@ def cmd_recordio(a: argparse.Namespace) -> None:
                       min_count_source=a.min_count_source, min_count_target=a.min_count_target,
                       joint=a.joint_vocab, source_json=a.vocab_source_json, target_json=a.vocab_target_json)
     _print_json(make_channels(a.train_source, a.train_target, a.val_source, a.val_target, a.output, cfg,
-                              workers=a.workers, tokenizer_dir=a.tokenizer))
+                              workers=a.workers, tokenizer_dir=a.tokenizer, shards=a.shards))
 
 
 def cmd_inspect(a: argparse.Namespace) -> None:
@@ -262,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--vocab-target-json", help="reuse this target vocabulary")
     r.add_argument("--tokenizer", help="the tokenize step's output folder: ships its tokenizer.json (and subword "
                    "models) in the vocab channel, so the trained model can take raw text")
+    r.add_argument("--shards", type=int, default=1, help="write the training split as N files (line i in file i "
+                   "mod N), for a training job of several instances with ShardedByS3Key (default: %(default)s)")
     r.add_argument("--workers", type=int, help="processes (default: all cores)")
     r.set_defaults(fn=cmd_recordio)
 

@@ -31,7 +31,9 @@ from model.constants import (
     MODEL_CHANNEL,
     MODEL_CONTENT_TYPE,
     PARENT_MODEL_URI_ENV,
+    TRAIN_CHANNEL,
 )
+from model.distributed import FULLY_REPLICATED, SHARDED_BY_S3_KEY
 from model.hyperparameters import format_value, parse_hyperparameters
 from model.metrics import METRIC_DEFINITIONS
 from pipeline_tasks.jobs.names import validate_job_name
@@ -82,7 +84,8 @@ def training_job_config(*, job_name: str, image_uri: str, role_arn: str, channel
                         instance_type: str = "ml.p3.2xlarge", instance_count: int = 1, volume_gb: int = 50,
                         max_runtime_s: int = 86400, use_spot: bool = False, max_wait_s: int | None = None,
                         checkpoint_uri: str | None = None, model_uri: str | None = None,
-                        tags: Mapping[str, str] | None = None) -> dict[str, Any]:
+                        tags: Mapping[str, str] | None = None,
+                        train_distribution: str = FULLY_REPLICATED) -> dict[str, Any]:
     """The boto3 ``create_training_job`` request (what SageMakerTrainingOperator takes and
     pipeline_tasks.jobs.local.training.run_training_job executes).
 
@@ -93,8 +96,16 @@ def training_job_config(*, job_name: str, image_uri: str, role_arn: str, channel
 
     `model_uri` (a model.tar.gz or a model folder) makes it a warm start: a fourth channel, ``model``, as
     SageMaker passes a model for incremental training, and the URI in the job's Environment so that the
-    trained model can record where its parent came from."""
+    trained model can record where its parent came from.
+
+    `train_distribution` is the training channel's S3DataDistributionType: FullyReplicated (every instance
+    gets every file) or ShardedByS3Key (each instance about 1/N of the files: write the channel as at least
+    as many shards as instances). Validation and vocab stay FullyReplicated: the leader evaluates on all
+    of it, and every rank needs the vocabularies."""
     validate_job_name(job_name)
+    if train_distribution not in (FULLY_REPLICATED, SHARDED_BY_S3_KEY):
+        raise ValueError(f"train_distribution must be {FULLY_REPLICATED} or {SHARDED_BY_S3_KEY}, "
+                         f"got {train_distribution!r}")
     for what, value in (("image_uri", image_uri), ("role_arn", role_arn), ("output_uri", output_uri)):
         if not isinstance(value, str) or not value:
             raise ValueError(f"{what} must be a non-empty string, got {value!r}")
@@ -138,7 +149,8 @@ def training_job_config(*, job_name: str, image_uri: str, role_arn: str, channel
             {
                 "ChannelName": name,
                 "DataSource": {"S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": channels[name],
-                                                "S3DataDistributionType": "FullyReplicated"}},
+                                                "S3DataDistributionType": train_distribution
+                                                if name == TRAIN_CHANNEL else FULLY_REPLICATED}},
                 "ContentType": content_type,
                 "CompressionType": "None",
             }
@@ -198,12 +210,19 @@ def check_training_request(config: Mapping[str, Any]) -> None:
         if not isinstance(s3, Mapping) or not isinstance(s3.get("S3Uri"), str) or not s3["S3Uri"]:
             problems.append(f"channel {cname!r}: DataSource.S3DataSource.S3Uri is missing")
             continue
+        distribution = s3.get("S3DataDistributionType", FULLY_REPLICATED)
+        if distribution not in (FULLY_REPLICATED, SHARDED_BY_S3_KEY):
+            problems.append(f"channel {cname!r}: S3DataDistributionType must be {FULLY_REPLICATED} or "
+                            f"{SHARDED_BY_S3_KEY}, got {distribution!r}")
         wanted = {"S3DataType": (s3.get("S3DataType"), "S3Prefix"),
-                  "S3DataDistributionType": (s3.get("S3DataDistributionType", "FullyReplicated"), "FullyReplicated"),
                   "CompressionType": (ch.get("CompressionType", "None"), "None"),
                   "InputMode": (ch.get("InputMode", "File"), "File")}
         problems += [f"channel {cname!r}: unsupported {k}={got!r} (the local backends implement {want!r})"
                      for k, got, want in _mismatches(wanted)]
+    resources = config.get("ResourceConfig") or {}
+    count = resources.get("InstanceCount", 1) if isinstance(resources, Mapping) else None
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        problems.append(f"ResourceConfig.InstanceCount must be a whole number >= 1, got {count!r}")
     output = config.get("OutputDataConfig")
     if not isinstance(output, Mapping) or not isinstance(output.get("S3OutputPath"), str) or not output["S3OutputPath"]:
         problems.append("OutputDataConfig.S3OutputPath is missing")

@@ -12,7 +12,8 @@ def test_progress_lines_come_during_validation_too_and_rates_are_per_window(capl
 
     from model.hyperparameters import parse_hyperparameters
     from model.progress import Progress
-    from model.training import DistInfo, TrainingState
+    from model.distributed import DistInfo
+    from model.training import TrainingState
 
     hp = parse_hyperparameters({"max_num_batches": "1000"})
     trainer = SimpleNamespace(state=TrainingState(), hp=hp, dist=DistInfo(),

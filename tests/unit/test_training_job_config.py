@@ -5,6 +5,7 @@ command and its no-engine error, metric parsing, and the request checks of the l
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -246,12 +247,38 @@ def test_the_requests_environment_reaches_the_container_on_both_backends(tmp_pat
     start's parent URI travels that way)."""
     monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))  # no docker here: removing an old container is a no-op
     env = {"SEQ2SEQ_PARENT_MODEL_URI": "s3://b/runs/1/model.tar.gz"}
-    cmd, _, name = training._train_command("docker", "job-t1", tmp_path / "job-t1", "img:1", False, env)
-    assert name == "job-t1" and cmd[cmd.index("SEQ2SEQ_PARENT_MODEL_URI=s3://b/runs/1/model.tar.gz") - 1] == "-e"
-    assert "TRAINING_JOB_NAME=job-t1" in cmd
-    cmd, process_env, name = training._train_command("local", "job-t1", tmp_path / "job-t1", None, False, env)
-    assert name is None and process_env["SEQ2SEQ_PARENT_MODEL_URI"] == "s3://b/runs/1/model.tar.gz"
-    assert process_env["TRAINING_JOB_NAME"] == "job-t1"
+    [host] = training._hosts("docker", "job-t1", tmp_path / "job-t1", 1, "img:1", False, env)
+    cmd = host.cmd
+    assert host.docker_name == "job-t1"
+    assert cmd[cmd.index("SEQ2SEQ_PARENT_MODEL_URI=s3://b/runs/1/model.tar.gz") - 1] == "-e"
+    assert "TRAINING_JOB_NAME=job-t1" in cmd and "--network" not in cmd
+    [host] = training._hosts("local", "job-t1", tmp_path / "job-t1", 1, None, False, env)
+    assert host.docker_name is None and host.env["SEQ2SEQ_PARENT_MODEL_URI"] == "s3://b/runs/1/model.tar.gz"
+    assert host.env["TRAINING_JOB_NAME"] == "job-t1" and host.root == tmp_path / "job-t1"
+    assert "SEQ2SEQ_HOST_ADDRESSES" not in host.env
+
+
+def test_several_instances_get_a_root_a_name_and_a_rendezvous_each(tmp_path, monkeypatch):
+    """InstanceCount = 3: three SageMaker roots under the job's, algo-1..3; the local backend's processes
+    find each other on 127.0.0.1 at one free port (no DNS knows algo-N here) and train on the CPU; the
+    docker backend's containers are named per host, on the job's network, reachable by host name."""
+    monkeypatch.setenv("PATH", str(tmp_path / "no-bin"))
+    hosts = training._hosts("local", "job-t1", tmp_path / "job-t1", 3, None, True, {})
+    assert [h.name for h in hosts] == ["algo-1", "algo-2", "algo-3"] == [h.label for h in hosts]
+    assert [h.root for h in hosts] == [tmp_path / "job-t1" / f"algo-{i}" for i in (1, 2, 3)]
+    assert [h.env["SAGEMAKER_BASE_DIR"] for h in hosts] == [str(h.root) for h in hosts]
+    assert json.loads(hosts[0].env["SEQ2SEQ_HOST_ADDRESSES"]) == {f"algo-{i}": "127.0.0.1" for i in (1, 2, 3)}
+    assert len({h.env["SEQ2SEQ_MASTER_PORT"] for h in hosts}) == 1 and hosts[0].env["CUDA_VISIBLE_DEVICES"] == ""
+    hosts = training._hosts("docker", "job-t1", tmp_path / "job-t1", 2, "img:1", True, {})
+    for i, h in enumerate(hosts, 1):
+        assert h.docker_name == f"job-t1-algo-{i}"
+        assert h.cmd == docker.docker_train_command("img:1", tmp_path / "job-t1" / f"algo-{i}", False,
+                                                    name=f"job-t1-algo-{i}", user=f"{os.getuid()}:{os.getgid()}",
+                                                    env={"TRAINING_JOB_NAME": "job-t1", "HOME": "/tmp"},
+                                                    network="job-t1", hostname=f"algo-{i}")
+        assert h.cmd[h.cmd.index("--network-alias") + 1] == f"algo-{i}" and "--gpus" not in h.cmd
+    assert training.resource_config("algo-2", ["algo-1", "algo-2"], "lo") == {
+        "current_host": "algo-2", "hosts": ["algo-1", "algo-2"], "network_interface_name": "lo"}
 
 
 def fake_command(bin_dir: Path, name: str, body: str) -> Path:

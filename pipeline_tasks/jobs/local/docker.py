@@ -51,10 +51,16 @@ def nvidia_gpus_available(timeout_s: float = 15.0) -> bool:
 
 def docker_run_command(image: str, entrypoint: str, *, name: str, volume: str, gpus: bool,
                        publish: str | None = None, shm_size: str | None = None, user: str | None = None,
-                       env: Mapping[str, str] | None = None) -> list[str]:
+                       env: Mapping[str, str] | None = None, network: str | None = None,
+                       hostname: str | None = None) -> list[str]:
     """``docker run --rm`` of the image's `entrypoint` (train or serve), the container named `name` (so
-    it can be stopped by name), `volume` mounted, all GPUs when `gpus`, `publish` a port mapping."""
+    it can be stopped by name), `volume` mounted, all GPUs when `gpus`, `publish` a port mapping; on
+    `network` as `hostname` (its name there, too) when the job has several hosts."""
     cmd = ["docker", "run", "--rm", "--name", name]
+    if network:
+        cmd += ["--network", network]
+    if hostname:
+        cmd += ["--hostname", hostname] + (["--network-alias", hostname] if network else [])
     if publish:
         cmd += ["-p", publish]
     cmd += ["-v", volume]
@@ -70,13 +76,31 @@ def docker_run_command(image: str, entrypoint: str, *, name: str, volume: str, g
 
 
 def docker_train_command(image: str, root: str | os.PathLike[str], gpus: bool, *, name: str | None = None,
-                         user: str | None = None, env: Mapping[str, str] | None = None) -> list[str]:
+                         user: str | None = None, env: Mapping[str, str] | None = None,
+                         network: str | None = None, hostname: str | None = None) -> list[str]:
     """``docker run`` as SageMaker starts a training container: the job root mounted at /opt/ml, the
     container named after the job (so it can be killed by name), all GPUs when there are any, a larger
-    /dev/shm for data-loader workers. `user` ("uid:gid") keeps the files it writes owned by us."""
+    /dev/shm for data-loader workers. `user` ("uid:gid") keeps the files it writes owned by us. A job of
+    several instances runs one container per host on the job's own `network`, each reachable there by
+    its host name (algo-1, algo-2, …), as SageMaker's instances reach each other."""
     root = Path(root).resolve()
     return docker_run_command(image, "train", name=name or root.name, volume=f"{root}:/opt/ml", gpus=gpus,
-                              shm_size="1g", user=user, env=env)
+                              shm_size="1g", user=user, env=env, network=network, hostname=hostname)
+
+
+def docker_network_create(name: str) -> None:
+    """A bridge network of the job's own, where its containers find each other by host name (a network
+    left by a crashed attempt is removed first)."""
+    docker_network_remove(name)
+    proc = subprocess.run(["docker", "network", "create", name], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise DockerUnavailableError(f"docker network create {name} failed: "
+                                     f"{(proc.stderr or proc.stdout).strip() or proc.returncode}")
+
+
+def docker_network_remove(name: str) -> None:
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        subprocess.run(["docker", "network", "rm", name], capture_output=True, timeout=60)
 
 
 def docker_serve_command(image: str, model_dir: str | os.PathLike[str], port: int, environment: dict[str, str],

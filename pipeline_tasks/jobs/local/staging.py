@@ -1,8 +1,9 @@
 """Moving a local job's files between storage (a path, ``file://`` or ``s3://``) and its job root, as
 SageMaker does around a job (docs/ARCHITECTURE.md §5): every channel's ``S3Uri`` prefix fetched into
-``input/data/<channel>/``, ``CheckpointConfig.S3Uri`` synced into ``checkpoints/`` before, during and
-after training, ``model/`` tarred to ``model.tar.gz`` and put under the output path. The transform
-job lists its input objects with the same :func:`list_objects`.
+each host's ``input/data/<channel>/`` (all of it, or the host's share under ShardedByS3Key),
+``CheckpointConfig.S3Uri`` synced into ``checkpoints/`` before, during and after training, ``model/``
+tarred to ``model.tar.gz`` and put under the output path. The transform job lists its input objects
+with the same :func:`list_objects`.
 
 A storage failure is a :class:`JobFailed` whose message is the FailureReason SageMaker would give
 (``ClientError: …``): the job fails, the task does not crash.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tarfile
 import threading
 from collections.abc import Mapping
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from model.constants import MODEL_ARCHIVE
+from model.distributed import FULLY_REPLICATED, SHARDED_BY_S3_KEY, shard_objects
 from pipeline_tasks import storage
 
 Logger = logging.Logger | logging.LoggerAdapter
@@ -71,20 +74,53 @@ def fetch_all(objects: list[tuple[str, str]], dest: Path) -> int:
     return sum(p.stat().st_size for _, p in targets)
 
 
-def stage_channels(config: Mapping[str, Any], root: Path, logger: Logger) -> None:
-    """Every channel's objects into ``input/data/<channel>/`` before ``train`` starts (File mode); a channel
-    with no objects fails the job, as it does on SageMaker."""
+def _replicate(files: list[Path], src: Path, dest: Path) -> None:
+    """The same files under another host's root: hard links where the file system allows (the hosts only
+    read their input data), else copies."""
+    for path in files:
+        target = dest / path.relative_to(src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(path, target)
+        except OSError:
+            shutil.copy2(path, target)
+
+
+def stage_channels(config: Mapping[str, Any], roots: list[Path], logger: Logger) -> None:
+    """Every channel's objects into each host's ``input/data/<channel>/`` before ``train`` starts (File mode):
+    all of them on every host (FullyReplicated), or host i of N the objects i, i+N, … in key order
+    (ShardedByS3Key, so each instance gets about 1/N of them). A channel with no objects fails the job, as
+    it does on SageMaker; a host left without a shard gets an empty folder, which the container names."""
     for ch in config["InputDataConfig"]:
-        name, uri = ch["ChannelName"], ch["DataSource"]["S3DataSource"]["S3Uri"]
+        name, source = ch["ChannelName"], ch["DataSource"]["S3DataSource"]
+        uri = source["S3Uri"]
+        sharded = source.get("S3DataDistributionType", FULLY_REPLICATED) == SHARDED_BY_S3_KEY and len(roots) > 1
         try:
             objects = list_objects(uri)
             if not objects:
                 raise JobFailed(f'ClientError: channel {name!r}: no objects found under S3 URL "{uri}" given in '
                                 "input data source; check that the prefix exists and holds the channel's files")
-            size = fetch_all(objects, root / "input" / "data" / name)
+            if sharded:
+                by_name = dict((rel, (u, rel)) for u, rel in objects)
+                for i, root in enumerate(roots):
+                    mine = [by_name[rel] for rel in shard_objects(list(by_name), i, len(roots))]
+                    dest = root / "input" / "data" / name
+                    size = fetch_all(mine, dest) if mine else 0
+                    dest.mkdir(parents=True, exist_ok=True)
+                    if not mine:
+                        logger.warning("channel %s: no object left for host %d of %d (ShardedByS3Key over %d "
+                                       "objects)", name, i + 1, len(roots), len(objects))
+                    logger.info("channel %s: %d of %d object(s), %d bytes from %s on host %d (ShardedByS3Key)", name,
+                                len(mine), len(objects), size, uri, i + 1)
+                continue
+            first = roots[0] / "input" / "data" / name
+            size = fetch_all(objects, first)
+            for root in roots[1:]:
+                _replicate([p for p in sorted(first.rglob("*")) if p.is_file()], first, root / "input" / "data" / name)
         except storage_errors() as e:
             raise JobFailed(f'ClientError: channel {name!r}: cannot fetch "{uri}": {type(e).__name__}: {e}') from e
-        logger.info("channel %s: %d object(s), %d bytes from %s", name, len(objects), size, uri)
+        logger.info("channel %s: %d object(s), %d bytes from %s%s", name, len(objects), size, uri,
+                    f" on each of {len(roots)} hosts" if len(roots) > 1 else "")
 
 
 # --- checkpoints -------------------------------------------------------------------------------------------
