@@ -29,6 +29,7 @@ from pipeline_tasks.clean import FILTERS as CLEAN_FILTERS
 from pipeline_tasks.clean import NORMALIZATIONS as CLEAN_NORMALIZATIONS
 from pipeline_tasks.jobs.names import JOB_PREFIX_KEY
 from pipeline_tasks.jobs.tuning import RANGE_KEYS as TUNING_RANGE_KEYS
+from pipeline_tasks.plan import TRAIN_DISTRIBUTIONS
 from seq2seq_airflow.approval import PromotionApprovalOperator
 from seq2seq_airflow.assets import DATASET, MODEL
 from seq2seq_airflow.branches import training_branch, transform_branch, transform_task_id
@@ -133,7 +134,17 @@ PARAMS = {
     "instance_type": Param("ml.p3.2xlarge", type="string", pattern="^ml\\.", title="Training instance type",
                            description="SageMaker instance type for training (sagemaker backend)."),
     "instance_count": Param(1, type="integer", minimum=1, title="Training instances",
-                            description="SageMaker training instances."),
+                            description="Training instances: with more than one, the container trains with torch "
+                                        "distributed (DDP) across them, one process per GPU. local/docker run "
+                                        "them as processes/containers on this machine."),
+    "train_distribution": Param(TRAIN_DISTRIBUTIONS[0], enum=list(TRAIN_DISTRIBUTIONS),
+                                title="Training data distribution",
+                                description="S3DataDistributionType of the train channel: FullyReplicated (every "
+                                            "instance gets every file) or ShardedByS3Key (each instance about 1/N "
+                                            "of the files: less to download and load per instance)."),
+    "train_shards": Param(None, type=["integer", "null"], minimum=1, title="Training files",
+                          description="How many .rec files the recordio step writes the training split as; null: "
+                                      "the number of instances under ShardedByS3Key, else 1."),
     "use_spot": Param(False, type="boolean", title="Managed spot training",
                       description="Spot capacity; training resumes from its checkpoints after an interruption."),
     "max_runtime_s": Param(86400, type="integer", minimum=60, title="Max training seconds",
@@ -314,10 +325,12 @@ def wmt_seq2seq():
     def recordio(tok: dict, parent: dict, params=None, run_id=None) -> dict:
         from pipeline_tasks.channels import VocabConfig
         from pipeline_tasks.pipeline import recordio_step
+        from pipeline_tasks.plan import training_shards
 
         cfg = VocabConfig(num_words_source=params["num_words_source"], num_words_target=params["num_words_target"],
                           min_count_source=params["min_count"], min_count_target=params["min_count"])
-        return recordio_step(_layout(params, run_id), _corpus(params), cfg, parent["parent"])
+        shards = training_shards(params["train_distribution"], params["train_shards"], params["instance_count"])
+        return recordio_step(_layout(params, run_id), _corpus(params), cfg, parent["parent"], shards=shards)
 
     @task(outlets=[DATASET])
     def upload(rec: dict, run: dict, params=None, run_id=None, outlet_events=None) -> dict:
@@ -343,7 +356,7 @@ def wmt_seq2seq():
             output_uri=layout.uri("model"), hyperparameters=params["hyperparameters"],
             instance_type=params["instance_type"], instance_count=params["instance_count"],
             max_runtime_s=params["max_runtime_s"], use_spot=params["use_spot"],
-            checkpoint_uri=layout.uri("model", "checkpoints"),
+            train_distribution=params["train_distribution"], checkpoint_uri=layout.uri("model", "checkpoints"),
             model_uri=parent["parent"]["model"] if parent["parent"] else None,
             tags={"dag_id": DAG_ID, "run_id": run_id[:256]})
         if params["backend"] == "sagemaker":

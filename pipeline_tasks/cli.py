@@ -149,6 +149,17 @@ def cmd_transform_job(a: argparse.Namespace) -> None:
         raise RuntimeError(f"transform job {result['TransformJobName']} failed: {result.get('FailureReason')}")
 
 
+def cmd_training_job(a: argparse.Namespace) -> None:
+    from pipeline_tasks.jobs.local.training import run_training_job
+
+    with open(a.request, encoding="utf-8") as f:
+        request = json.load(f)
+    result = run_training_job(request, backend=a.backend, workdir=a.workdir, keep_root=a.keep_root)
+    _print_json(result)
+    if result["TrainingJobStatus"] == "Failed":
+        raise RuntimeError(f"training job {result['TrainingJobName']} failed: {result.get('FailureReason')}")
+
+
 def cmd_tune(a: argparse.Namespace) -> None:
     from pipeline_tasks.jobs.local.tuning import default_store, run_tuning_job
 
@@ -305,6 +316,17 @@ def build_parser() -> argparse.ArgumentParser:
     tj.add_argument("--request", required=True, help="JSON file: {\"Model\": CreateModel, \"Transform\": "
                     "CreateTransformJob}")
     tj.set_defaults(fn=cmd_transform_job)
+
+    trj = sub.add_parser("training-job", help="run a CreateTrainingJob request here (one process or container per "
+                        "instance) and print its DescribeTrainingJob-shaped result")
+    trj.add_argument("--request", required=True, help="JSON file: the CreateTrainingJob request (channel URIs may "
+                     "be paths or s3://)")
+    trj.add_argument("--backend", choices=("local", "docker"), default="local",
+                     help="local: the container's code as processes; docker: the image (default: %(default)s)")
+    trj.add_argument("--workdir", help="where the job's SageMaker roots go (default: $SEQ2SEQ_LOCAL_JOBS_DIR or the "
+                     "system temp dir)")
+    trj.add_argument("--keep-root", action="store_true", help="keep the job's roots after a successful job")
+    trj.set_defaults(fn=cmd_training_job)
 
     tu = sub.add_parser("tune", help="run a CreateHyperParameterTuningJob request here: Optuna searches, each "
                         "trial a local (or docker) training job")

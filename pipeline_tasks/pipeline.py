@@ -183,9 +183,10 @@ def tokenize_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any,
 
 
 def recordio_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any,
-                  parent: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Vocabularies and RecordIO channels; with a warm start's parent, its vocabularies (id 417 means what
-    it meant to the parent; words it never saw become <unk>, counted in the report)."""
+                  parent: Mapping[str, Any] | None = None, shards: int = 1) -> dict[str, Any]:
+    """Vocabularies and RecordIO channels (the training split as `shards` files); with a warm start's
+    parent, its vocabularies (id 417 means what it meant to the parent; words it never saw become <unk>,
+    counted in the report)."""
     from dataclasses import replace
 
     from model.constants import VOCAB_SOURCE_FILE, VOCAB_TARGET_FILE
@@ -203,7 +204,7 @@ def recordio_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any,
             s, t = corpus.source_lang, corpus.target_lang
             report = make_channels(str(tok / f"train.{s}"), str(tok / f"train.{t}"), str(tok / f"val.{s}"),
                                    str(tok / f"val.{t}"), Path(tmp) / "channels", cfg, tokenizer_dir=tok,
-                                   vocab_origin=origin)
+                                   vocab_origin=origin, shards=shards)
             if origin:
                 log.info("recordio: the parent's vocabularies (%d source, %d target entries); tokens it never saw, "
                          "now <unk>: %d source and %d target in training, %d and %d in validation",

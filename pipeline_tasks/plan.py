@@ -12,6 +12,7 @@ import difflib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from model.distributed import FULLY_REPLICATED, SHARDED_BY_S3_KEY
 from model.hyperparameters import HyperparameterError, parse_hyperparameters
 from pipeline_tasks.clean import CleanConfig
 from pipeline_tasks.jobs.requests import hyperparameter_strings, is_builtin_image
@@ -19,9 +20,20 @@ from pipeline_tasks.jobs.tuning import TuningError, check_tuning_param
 from pipeline_tasks.parent_model import INIT_NONE
 from pipeline_tasks.tracking import TrackingConfig
 
+# The train channel's S3DataDistributionType values, the DAG's default first.
+TRAIN_DISTRIBUTIONS = (FULLY_REPLICATED, SHARDED_BY_S3_KEY)
+
 
 class PlanError(ValueError):
     """A run's parameters cannot work; retrying will not change that."""
+
+
+def training_shards(distribution: str, shards: int | None, instance_count: int) -> int:
+    """How many files the recordio step writes the training split as: as asked, else one per instance
+    under ShardedByS3Key (so that each instance gets a file), else one."""
+    if shards is not None:
+        return int(shards)
+    return int(instance_count) if distribution == SHARDED_BY_S3_KEY else 1
 
 
 def unknown_keys(given: Iterable[str], known: Iterable[str], what: str) -> str | None:
@@ -84,6 +96,17 @@ def check_training_run(params: Mapping[str, Any], conf: Mapping[str, Any] | None
             check_tuning_param(params["tuning"], hyperparameter_strings(params["hyperparameters"]))
         except TuningError as e:
             raise PlanError(str(e)) from None
+    count = int(params.get("instance_count") or 1)
+    distribution = params.get("train_distribution") or FULLY_REPLICATED
+    if count > 1 and is_builtin_image(params["image"]):
+        raise PlanError(f"instance_count={count} with the built-in seq2seq algorithm ({params['image']}): it trains "
+                        f"on one instance, so {count} instances would each train alone (and be billed); use this "
+                        "project's image, which trains across instances, or instance_count=1")
+    shards = training_shards(distribution, params.get("train_shards"), count)
+    if distribution == SHARDED_BY_S3_KEY and shards < count:
+        raise PlanError(f"train_shards={shards} with ShardedByS3Key over instance_count={count}: each instance gets "
+                        f"about 1/{count} of the training files, so {count - shards} would get none; use at least "
+                        f"{count} shards (null: one per instance)")
     if params["source_lang"] == params["target_lang"]:
         raise PlanError(f"source_lang and target_lang are the same ({params['source_lang']!r})")
     init_model = str(params.get("init_model") or INIT_NONE).strip()

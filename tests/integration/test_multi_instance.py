@@ -240,3 +240,36 @@ def test_two_instances_resume_from_the_leaders_checkpoint_after_sigterm_to_every
     assert json.loads(archive_members(result)["metrics.json"])["num_updates"] == target
     sums = checksums(lines)
     assert sums[("algo-1", 0)] == sums[("algo-2", 1)]
+
+
+def test_the_training_job_command_runs_a_two_instance_request_from_s3(channels, tmp_path, s3, bucket):
+    """``python -m pipeline_tasks training-job``: the request as the DAG builds it, channels on S3 (moto), the
+    training files sharded over the two hosts; prints the DescribeTrainingJob-shaped result."""
+    import subprocess
+    import sys
+
+    from pipeline_tasks.upload import upload_channels
+
+    uris = upload_channels(channels, f"s3://{bucket}/channels")["channels"]
+    cfg = training_job_config(job_name="multi-cli", image_uri="wmt-seq2seq:test", role_arn="arn:aws:iam::1:role/r",
+                              channels=uris, output_uri=f"s3://{bucket}/model", hyperparameters=HP,
+                              instance_count=2, train_distribution="ShardedByS3Key")
+    request = tmp_path / "request.json"
+    request.write_text(json.dumps(cfg))
+    cmd = [sys.executable, "-m", "pipeline_tasks", "training-job", "--request", str(request),
+           "--workdir", str(tmp_path / "jobs")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["TrainingJobStatus"] == "Completed"
+    assert result["ModelArtifacts"]["S3ModelArtifacts"] == f"s3://{bucket}/model/multi-cli/output/model.tar.gz"
+    assert s3.head_object(Bucket=bucket, Key="model/multi-cli/output/model.tar.gz")["ContentLength"] > 1000
+    assert "[algo-2] " in proc.stderr and "2 of 3 object(s)" in proc.stderr
+    # a malformed request is one line naming what is wrong, and nothing runs
+    cfg["ResourceConfig"]["InstanceCount"] = 0
+    request.write_text(json.dumps(cfg))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: malformed CreateTrainingJob request 'multi-cli': ResourceConfig.InstanceCount must be a whole number "
+        ">= 1, got 0")

@@ -396,3 +396,50 @@ elif sys.argv[1] == "run":
                                         env={"TRAINING_JOB_NAME": "wmt-docker", "HOME": "/tmp"})[1:]
     assert runs == [["info", "--format", "{{.ServerVersion}}"], ["rm", "-f", "wmt-docker"], expected_run]
     assert "--gpus" in expected_run and expected_run[-2:] == ["wmt-seq2seq:test", "train"]
+
+
+def test_docker_backend_runs_one_container_per_instance_on_the_jobs_network(local_channels, tmp_path, monkeypatch):
+    """InstanceCount = 2 on the docker backend: a network of the job's own, one container per host named after
+    the job and the host, reachable there by its host name, each on its own root with its own
+    resourceconfig.json; the network is removed afterwards. No GPUs: the instances share this machine."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "docker-calls.jsonl"
+    (bin_dir / "docker").write_text(f"""#!{sys.executable}
+import json, sys
+from pathlib import Path
+with open({str(calls)!r}, "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1] == "info":
+    print("27.3.1")
+elif sys.argv[1] == "run":
+    root = Path(sys.argv[sys.argv.index("-v") + 1].rsplit(":", 1)[0])
+    config = json.loads((root / "input/config/resourceconfig.json").read_text())
+    assert config["current_host"] == sys.argv[sys.argv.index("--hostname") + 1]
+    if config["current_host"] == config["hosts"][0]:
+        (root / "model/params.pt").write_text("from the leader")
+        print("validation:perplexity=4.25")
+""")
+    (bin_dir / "docker").chmod(0o755)
+    (bin_dir / "nvidia-smi").write_text(f"#!{sys.executable}\nprint('GPU 0: NVIDIA H100 (UUID: GPU-1)')\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    cfg = job_config("wmt-docker2", local_channels, str(tmp_path / "model"), instance_count=2)
+    result = run_training_job(cfg, backend="docker", workdir=tmp_path / "jobs", keep_root=True)
+    assert result["TrainingJobStatus"] == "Completed", result.get("FailureReason")
+    assert tar_members(Path(result["ModelArtifacts"]["S3ModelArtifacts"])) == {"params.pt": b"from the leader"}
+    calls_made = [json.loads(line) for line in calls.read_text().splitlines()]
+    job = (tmp_path / "jobs" / "wmt-docker2").resolve()
+    user = f"{os.getuid()}:{os.getgid()}"
+    runs = [docker_train_command("wmt-seq2seq:test", job / host, False, name=f"wmt-docker2-{host}", user=user,
+                                 env={"TRAINING_JOB_NAME": "wmt-docker2", "HOME": "/tmp"}, network="wmt-docker2",
+                                 hostname=host)[1:] for host in ("algo-1", "algo-2")]
+    assert calls_made[:3] == [["info", "--format", "{{.ServerVersion}}"], ["rm", "-f", "wmt-docker2-algo-1"],
+                              ["rm", "-f", "wmt-docker2-algo-2"]]
+    assert calls_made[3:5] == [["network", "rm", "wmt-docker2"], ["network", "create", "wmt-docker2"]]
+    assert sorted(calls_made[5:7]) == sorted(runs)  # started together
+    assert calls_made[7:] == [["network", "rm", "wmt-docker2"]]
+    for host in ("algo-1", "algo-2"):
+        config = json.loads((job / host / "input/config/resourceconfig.json").read_text())
+        assert config == {"current_host": host, "hosts": ["algo-1", "algo-2"], "network_interface_name": "eth0"}
+    assert "--gpus" not in runs[0] and runs[0][runs[0].index("--network-alias") + 1] == "algo-1"

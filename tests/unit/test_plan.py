@@ -75,3 +75,24 @@ def test_a_tuning_range_the_algorithm_cannot_take_fails_in_plan():
     check_training_run({**PARAMS, "tuning": tuned}, None, PARAMS)
     with pytest.raises(PlanError, match="tuning: unknown key"):
         check_training_run({**PARAMS, "tuning": {**good, "max_trials": 3}}, None, PARAMS)
+
+
+def test_several_instances_need_this_projects_image_and_a_shard_for_each():
+    builtin = "224300973850.dkr.ecr.eu-west-1.amazonaws.com/seq2seq:1"
+    with pytest.raises(PlanError, match=r"instance_count=2 with the built-in seq2seq algorithm .* would each train "
+                                        "alone"):
+        check_training_run({**PARAMS, "image": builtin, "instance_count": 2}, None, PARAMS)
+    check_training_run({**PARAMS, "instance_count": 3, "train_distribution": "ShardedByS3Key"}, None, PARAMS)
+    with pytest.raises(PlanError, match=r"train_shards=2 with ShardedByS3Key over instance_count=3: .* 1 would get "
+                                        "none; use at least 3 shards"):
+        check_training_run({**PARAMS, "instance_count": 3, "train_distribution": "ShardedByS3Key",
+                            "train_shards": 2}, None, PARAMS)
+    check_training_run({**PARAMS, "instance_count": 3, "train_shards": 2}, None, PARAMS)  # replicated: any number
+
+
+def test_training_shards_default_to_one_per_instance_when_sharded():
+    from pipeline_tasks.plan import training_shards
+
+    assert training_shards("ShardedByS3Key", None, 4) == 4
+    assert training_shards("FullyReplicated", None, 4) == 1
+    assert training_shards("FullyReplicated", 6, 4) == 6

@@ -10,9 +10,9 @@ def test_progress_lines_come_during_validation_too_and_rates_are_per_window(capl
     import time
     from types import SimpleNamespace
 
+    from model.distributed import DistInfo
     from model.hyperparameters import parse_hyperparameters
     from model.progress import Progress
-    from model.distributed import DistInfo
     from model.training import TrainingState
 
     hp = parse_hyperparameters({"max_num_batches": "1000"})

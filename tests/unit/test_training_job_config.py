@@ -386,3 +386,22 @@ def test_the_module_imports_neither_torch_nor_airflow():
     proc = subprocess.run([sys.executable, "-c", code], cwd=process.REPO_ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(process.REPO_ROOT)}, timeout=60)
     assert proc.returncode == 0, proc.stderr + proc.stdout
+
+
+def test_the_train_channels_distribution_is_the_callers_and_the_others_stay_replicated():
+    cfg = requests.training_job_config(job_name="job", image_uri="img", role_arn="arn:aws:iam::1:role/r",
+                                       channels={"train": "s3://b/t", "validation": "s3://b/v", "vocab": "s3://b/w"},
+                                       output_uri="s3://b/o", hyperparameters={}, instance_count=2,
+                                       train_distribution="ShardedByS3Key")
+    kinds = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3DataDistributionType"]
+             for c in cfg["InputDataConfig"]}
+    assert kinds == {"train": "ShardedByS3Key", "validation": "FullyReplicated", "vocab": "FullyReplicated"}
+    assert cfg["ResourceConfig"]["InstanceCount"] == 2
+    requests.check_training_request(cfg)  # the local backends run it
+    with pytest.raises(ValueError, match="train_distribution must be FullyReplicated or ShardedByS3Key, got 'Shard'"):
+        requests.training_job_config(job_name="job", image_uri="img", role_arn="r", channels={}, output_uri="o",
+                                     hyperparameters={}, train_distribution="Shard")
+    cfg["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3DataDistributionType"] = "Replicated"
+    with pytest.raises(ValueError, match="channel 'train': S3DataDistributionType must be FullyReplicated or "
+                                         "ShardedByS3Key, got 'Replicated'"):
+        requests.check_training_request(cfg)
