@@ -151,7 +151,8 @@ def setup_distributed(resources: ResourceConfig) -> tuple[DistInfo, torch.device
     return dist, device
 
 
-def run(paths: SageMakerPaths, resources: ResourceConfig) -> int:
+def run(paths: SageMakerPaths, resources: ResourceConfig | None = None) -> int:
+    resources = resources or ResourceConfig()
     raw = read_json_file(paths.hyperparameters_file, "hyperparameters.json", required=False)
     hp: Hyperparameters = parse_hyperparameters(raw)
     input_config = read_json_file(paths.input_data_config_file, "inputdataconfig.json", required=False)

@@ -89,7 +89,8 @@ def cmd_tokenize(a: argparse.Namespace) -> None:
             raise ValueError(f"--{name}-source and --{name}-target go together")
     cfg = TokenizerConfig(mode=a.mode, source_lang=a.source_lang, target_lang=a.target_lang,
                           moses_escape=a.moses_escape, detokenizer=a.detokenizer,
-                          bpe_vocab_size=a.bpe_vocab_size, bpe_joint=a.joint_bpe)
+                          bpe_vocab_size=a.bpe_vocab_size, bpe_joint=a.joint_bpe,
+                          **({"bpe_max_sentences": a.bpe_sample} if a.bpe_sample else {}))
     _print_json(tokenize_corpus(splits, a.output, cfg, workers=a.workers))
 
 
@@ -249,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--detokenizer", choices=("moses", "none"), default="moses")
     t.add_argument("--bpe-vocab-size", type=int, help="learn a SentencePiece BPE model of this size")
     t.add_argument("--joint-bpe", action="store_true", help="one subword model for both languages")
+    t.add_argument("--bpe-sample", type=int, metavar="N",
+                   help="sentences (sampled from the training split) the subword model learns from "
+                   "(default: 2,000,000)")
     t.add_argument("--workers", type=int, help="processes (default: all cores)")
     t.set_defaults(fn=cmd_tokenize)
 
