@@ -71,12 +71,17 @@ def _train_bpe(inputs: list[Path], model_prefix: Path, cfg: TokenizerConfig, wor
         minloglevel=2)
 
 
-def _apply_bpe(src: Path, dst: Path, model: Path) -> None:
+def _apply_bpe(src: Path, dst: Path, model: Path, threads: int = 1) -> None:
+    """Subword-split a pretokenized file, 4 MiB of lines at a time, on `threads` of SentencePiece's own
+    (C++, outside the GIL: about 1.8x on 2 cores)."""
     sp = sentencepiece_processor(str(model))
+    progress = Progress(log, f"subwords {src.name}", "lines")
     with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
         while lines := f.readlines(1 << 22):
-            pieces = sp.encode([line.rstrip("\n") for line in lines], out_type=str)
+            pieces = sp.encode([line.rstrip("\n") for line in lines], out_type=str, num_threads=threads)
             out.writelines(" ".join(p) + "\n" for p in pieces)
+            progress.update(len(lines))
+    progress.done()
 
 
 def tokenize_corpus(splits: dict[str, tuple[str, str]], output: str | os.PathLike[str],
@@ -124,7 +129,8 @@ def tokenize_corpus(splits: dict[str, tuple[str, str]], output: str | os.PathLik
                     _train_bpe([pre / f"train.{lang}" for lang in group], stage / prefix, cfg, workers)
             for name in splits:
                 for lang in langs:
-                    _apply_bpe(pre / f"{name}.{lang}", stage / f"{name}.{lang}", stage / cfg.bpe_model_file(lang))
+                    _apply_bpe(pre / f"{name}.{lang}", stage / f"{name}.{lang}", stage / cfg.bpe_model_file(lang),
+                               workers)
             shutil.rmtree(pre)
         (stage / TOKENIZER_FILE).write_text(json.dumps(asdict(cfg), indent=2) + "\n", encoding="utf-8")
     log.info("tokenize: %s written to %s", ", ".join(splits), output)
