@@ -117,12 +117,17 @@ def test_int8_stays_close(exported, beam):
 
 def test_the_serving_contract_is_unchanged(exported):
     torch_t = load(exported, engine="torch", compute_type=None, beam_size=3)
-    ct2 = load(exported)  # auto: the export, int8 (its recorded compute type)
+    ct2 = load(exported, beam_size=3)  # auto: the export, int8 (its recorded compute type)
     assert ct2.engine is not None and ct2.engine.compute_type == "int8"
     inputs = texts(50, seed=4, lo=3, hi=8)
     body, ctype = invoke(ct2, jsonlines(inputs), JSONLINES_CONTENT_TYPE)
     got = [json.loads(line)["target"] for line in body.decode().splitlines()]
-    assert ctype == JSONLINES_CONTENT_TYPE and len(got) == 50 and sum(a == b for a, b in zip(got, inputs)) >= 47
+    want = [json.loads(line)["target"] for line in invoke(torch_t, jsonlines(inputs), JSONLINES_CONTENT_TYPE)[0]
+            .decode().splitlines()]
+    # line for line what the float32 engine answers (so in input order); how well the session's tiny model
+    # copies at all depends on the CPU it trained on (44 to 50 of these 50 seen), so that is held to float32's
+    assert ctype == JSONLINES_CONTENT_TYPE and len(got) == 50 and sum(a == b for a, b in zip(got, want)) >= 48
+    assert sum(a == b for a, b in zip(got, inputs)) >= sum(a == b for a, b in zip(want, inputs)) - 2 >= 40
     request = {"instances": [{"data": "a b c d", "configuration": {"attention_matrix": "true"}}, {"data": "p o"}]}
     a = json.loads(invoke(ct2, json.dumps(request).encode(), JSON_CONTENT_TYPE)[0])["predictions"]
     b = json.loads(invoke(torch_t, json.dumps(request).encode(), JSON_CONTENT_TYPE)[0])["predictions"]
@@ -149,7 +154,8 @@ def test_batch_transform_picks_up_the_export(exported, tmp_path):
                        TransformConfig(beam_size=1, batch_size=64, engine="torch"), device="cpu")
     assert report["engine"] == "torch"
     torch_out = [json.loads(line)["target"] for line in (tmp_path / "torch.jsonl").read_text().splitlines()]
-    assert len(out) == 200 and sum(a == b for a, b in zip(torch_out, out)) >= 196  # int8 decodes as float32
+    # int8 decodes as float32 does: 97 %, as test_int8_stays_close holds it (194 to 199 of 200 seen across CPUs)
+    assert len(out) == 200 and sum(a == b for a, b in zip(torch_out, out)) >= 194
     # and copies as well (how well the tiny model copies at all depends on the CPU it was trained on)
     copied, copied_fp32 = (sum(a == b for a, b in zip(o, inputs)) for o in (out, torch_out))
     assert copied >= copied_fp32 - 3 and copied_fp32 >= 180, (copied, copied_fp32)
