@@ -158,7 +158,8 @@ def test_batch_transform_picks_up_the_export(exported, tmp_path):
     assert len(out) == 200 and sum(a == b for a, b in zip(torch_out, out)) >= 194
     # and copies as well (how well the tiny model copies at all depends on the CPU it was trained on)
     copied, copied_fp32 = (sum(a == b for a, b in zip(o, inputs)) for o in (out, torch_out))
-    assert copied >= copied_fp32 - 3 and copied_fp32 >= 180, (copied, copied_fp32)
+    # (float32 copied 190 of 200 on one AVX-512 machine, 162 on another: the floor only says it is trained)
+    assert copied >= copied_fp32 - 3 and copied_fp32 >= 150, (copied, copied_fp32)
 
 
 # --- torch.ao dynamic int8 for the RNN --------------------------------------------------------------------
