@@ -2,8 +2,9 @@
 
 The channels are the built-in algorithm's (docs/ARCHITECTURE.md §3): ``train/`` and ``validation/`` hold any number of
 RecordIO-protobuf ``.rec`` files (ours or AWS's ``create_vocab_proto.py``'s), ``vocab/`` the two JSON
-vocabularies. Pairs are held as flat numpy arrays (ids + offsets), not Python lists, so millions of pairs
-fit in a few hundred MB; batches are index arrays into them, collated to padded tensors on demand.
+vocabularies. Pairs are held as flat numpy arrays (ids, uint16 for vocabularies up to 65,536 words, plus
+int64 offsets), not Python lists, so millions of pairs fit in a few hundred MB; batches are index arrays
+into them, collated to padded int64 tensors on demand.
 
 Bucketing puts sentences of nearly equal length together so that a batch is mostly real tokens: that,
 not the model, is where most of the speed on real data comes from. Word batches are filled to a budget
@@ -83,12 +84,19 @@ class ParallelData:
         return self.trg[self.trg_offsets[i]:self.trg_offsets[i + 1]]
 
     def subset(self, indices: np.ndarray) -> ParallelData:
-        src = [self.source(i) for i in indices]
-        trg = [self.target(i) for i in indices]
-        return from_lists(src, trg)
+        """The given pairs, in that order, with the id dtype kept."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return ParallelData(*_gather(self.src, self.src_offsets, indices),
+                            *_gather(self.trg, self.trg_offsets, indices))
 
 
-def _offsets(lengths: list[int]) -> np.ndarray:
+def _gather(ids: np.ndarray, offsets: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    lengths = offsets[indices + 1] - offsets[indices]
+    new_offsets = _offsets(lengths)
+    return ids[np.arange(new_offsets[-1]) + np.repeat(offsets[indices] - new_offsets[:-1], lengths)], new_offsets
+
+
+def _offsets(lengths: list[int] | np.ndarray) -> np.ndarray:
     out = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=out[1:])
     return out
@@ -125,6 +133,54 @@ def load_vocabularies(vocab_dir: str | os.PathLike[str]) -> tuple[vocab.Vocab, v
     return vocab.load(paths[0]), vocab.load(paths[1])
 
 
+def id_dtype(vocab_size: int) -> type[np.integer]:
+    """The narrowest dtype that holds every id of a vocabulary: 6M WMT pairs take 0.7 GB as uint16
+    where int32 would take twice that (and int64, as per-record arrays were, four times)."""
+    return np.uint16 if vocab_size <= 1 << 16 else np.int32
+
+
+class _Column:
+    """A flat array filled chunk by chunk into room reserved up front for an upper bound of its size.
+
+    Pages of the reservation that are never written are never backed by memory, and the final shrink
+    gives the tail back in place (realloc), so loading never holds the data twice, as concatenating a
+    list of chunk arrays at the end would."""
+
+    def __init__(self, capacity: int, dtype: type[np.integer]) -> None:
+        self.array = np.empty(capacity, dtype)
+        self.size = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        end = self.size + len(values)
+        if end > len(self.array):   # only if a file grew while the channel was read
+            self.array.resize(max(end, 2 * len(self.array)), refcheck=False)
+        self.array[self.size:end] = values
+        self.size = end
+
+    def finish(self) -> np.ndarray:
+        self.array.resize(self.size, refcheck=False)
+        return self.array
+
+
+def _first_bad_id(ids: np.ndarray, lengths: np.ndarray, keep: np.ndarray, size: int) -> tuple[int, int] | None:
+    """(record index in the chunk, id) of the first id outside 0..size-1 of a kept record, if any."""
+    if not len(ids) or (ids.min() >= 0 and ids.max() < size):
+        return None
+    bad = np.flatnonzero((ids < 0) | (ids >= size))
+    record = np.searchsorted(np.cumsum(lengths), bad, side="right")
+    kept = keep[record]
+    if not kept.any():
+        return None
+    i = int(np.argmax(kept))
+    return int(record[i]), int(ids[bad[i]])
+
+
+def _truncated(ids: np.ndarray, lengths: np.ndarray, limit: int) -> np.ndarray:
+    """The first `limit` ids of each record."""
+    starts = np.cumsum(lengths) - lengths
+    return ids[np.arange(len(ids)) - np.repeat(starts, lengths) < limit]
+
+
 def load_channel(
     channel_dir: str | os.PathLike[str],
     channel: str,
@@ -134,35 +190,58 @@ def load_channel(
     max_seq_len_target: int,
 ) -> ParallelData:
     """All pairs of a channel, truncated to the maximum lengths; ids are checked against the vocabularies
-    because an id outside the embedding would otherwise surface as an opaque index error mid-training."""
-    src: list[np.ndarray] = []
-    trg: list[np.ndarray] = []
+    because an id outside the embedding would otherwise surface as an opaque index error mid-training.
+
+    Files are decoded a chunk at a time into flat arrays of the narrowest id dtype (:func:`id_dtype`):
+    starting a job on millions of pairs takes seconds, and memory holds little more than the result."""
+    files = channel_files(channel_dir, channel)
+    # Upper bounds (every id takes at least one byte of a file, every record at least 8), reserved, not used.
+    total = sum(f.stat().st_size for f in files)
+    src, trg = _Column(total, id_dtype(source_vocab_size)), _Column(total, id_dtype(target_vocab_size))
+    src_offsets, trg_offsets = _Column(total // 8 + 1, np.int64), _Column(total // 8 + 1, np.int64)
+    src_offsets.extend(np.zeros(1, np.int64))
+    trg_offsets.extend(np.zeros(1, np.int64))
     skipped = truncated = 0
-    for path in channel_files(channel_dir, channel):
-        for n, (s, t) in enumerate(recordio.read_pairs(path)):
-            if not s or not t:
-                skipped += 1
-                continue
-            s_arr = np.asarray(s, dtype=np.int64)
-            t_arr = np.asarray(t, dtype=np.int64)
-            for side, arr, size in (("source", s_arr, source_vocab_size), ("target", t_arr, target_vocab_size)):
-                bad = (arr < 0) | (arr >= size)
-                if bad.any():
-                    raise ChannelError(
-                        f"channel '{channel}': {path.name} record {n}: {side} id {int(arr[bad][0])} is outside "
-                        f"the {side} vocabulary (ids 0..{size - 1}); the channel and the vocab channel do not match"
-                    )
-            if len(s_arr) > max_seq_len_source or len(t_arr) > max_seq_len_target:
-                truncated += 1
-            src.append(s_arr[:max_seq_len_source].astype(np.int32))
-            trg.append(t_arr[:max_seq_len_target].astype(np.int32))
-    if not src:
+    for path in files:
+        for chunk in recordio.read_pair_chunks(path):
+            s_ids, s_len, t_ids, t_len = chunk.src, chunk.src_lengths, chunk.trg, chunk.trg_lengths
+            keep = (s_len > 0) & (t_len > 0)
+            bad = []
+            for side, ids, lengths, size in (("source", s_ids, s_len, source_vocab_size),
+                                             ("target", t_ids, t_len, target_vocab_size)):
+                found = _first_bad_id(ids, lengths, keep, size)
+                if found:
+                    bad.append((*found, side, size))
+            if bad:   # the first such record in file order; in a record, its source first (min is stable)
+                record, bad_id, side, size = min(bad, key=lambda b: b[0])
+                raise ChannelError(
+                    f"channel '{channel}': {path.name} record {chunk.first + record}: {side} id {bad_id} is "
+                    f"outside the {side} vocabulary (ids 0..{size - 1}); the channel and the vocab channel "
+                    "do not match"
+                )
+            if not keep.all():
+                skipped += len(keep) - int(np.count_nonzero(keep))
+                s_ids, t_ids = s_ids[np.repeat(keep, s_len)], t_ids[np.repeat(keep, t_len)]
+                s_len, t_len = s_len[keep], t_len[keep]
+            over_s, over_t = s_len > max_seq_len_source, t_len > max_seq_len_target
+            truncated += int(np.count_nonzero(over_s | over_t))
+            if over_s.any():
+                s_ids, s_len = _truncated(s_ids, s_len, max_seq_len_source), np.minimum(s_len, max_seq_len_source)
+            if over_t.any():
+                t_ids, t_len = _truncated(t_ids, t_len, max_seq_len_target), np.minimum(t_len, max_seq_len_target)
+            src.extend(s_ids)
+            trg.extend(t_ids)
+            src_offsets.extend(src.size - len(s_ids) + np.cumsum(s_len))
+            trg_offsets.extend(trg.size - len(t_ids) + np.cumsum(t_len))
+            del chunk, s_ids, t_ids   # not held while the next chunk is decoded
+    pairs = src_offsets.size - 1
+    if not pairs:
         raise ChannelError(f"channel '{channel}' is empty: its .rec files hold no usable sentence pair")
     log.info(
         "channel %s: %d pairs (%d truncated to %d/%d tokens, %d with an empty side skipped)",
-        channel, len(src), truncated, max_seq_len_source, max_seq_len_target, skipped,
+        channel, pairs, truncated, max_seq_len_source, max_seq_len_target, skipped,
     )
-    return from_lists(src, trg)
+    return ParallelData(src.finish(), src_offsets.finish(), trg.finish(), trg_offsets.finish())
 
 
 @dataclass
