@@ -159,11 +159,23 @@ PARAMS = {
     "max_output_length": max_output_length_param(),
     "eval_max_sentences": Param(None, type=["integer", "null"], minimum=1, title="Test sentences",
                                 description="Evaluate on the first N test sentences; null: all."),
+    "test_sets": Param([], type="array", title="Test sets",
+                       description="Where the model is scored, each kept apart: catalog names (newstest2014, "
+                                   "newstest2015, newstest2016, newstest2017: the official raw sets, as sacreBLEU "
+                                   "has them), \"test\" (the corpus's own test split) or {name, source, "
+                                   "reference} files (paths, s3:// or URLs); [] is [\"test\"]. The first set's "
+                                   "scores are the test:* metrics; every set's are <name>:bleu, … and their "
+                                   "means mean:bleu, ….",
+                       items={"type": ["string", "object"]}),
     "gate": Param({"metric": "test:bleu", "min_delta": 0.0}, type="object", title="Quality gate",
                   description="Promote when metric is at least as good as the promoted model's (+min_delta); "
-                              "optional threshold for the first promotion; mode max|min (default by metric).",
-                  properties={"metric": {"type": "string", "enum": ["test:bleu", "test:chrf", "test:tokenized_bleu",
+                              "optional threshold for the first promotion; mode max|min (default by metric); "
+                              "test_set: the test set that decides (a name of test_sets, or mean; default the "
+                              "first).",
+                  properties={"metric": {"type": "string", "enum": ["test:bleu", "test:chrf", "test:chrfpp",
+                                                                    "test:ter", "test:tokenized_bleu",
                                                                     "test:perplexity", "test:accuracy"]},
+                              "test_set": {"type": ["string", "null"]},
                               "mode": {"type": ["string", "null"], "enum": ["max", "min", None]},
                               "min_delta": {"type": "number", "minimum": 0},
                               "threshold": {"type": ["number", "null"]}},
@@ -292,6 +304,14 @@ def wmt_seq2seq():
         return download_step(_layout(params, run_id), _corpus(params), limits=limits)
 
     @task
+    def test_sets(run: dict, params=None, run_id=None) -> dict:
+        """Fetches the run's test sets (catalog sets through the download cache, or given files) while the
+        corpus downloads; the corpus's own test split comes with it."""
+        from pipeline_tasks.pipeline import fetch_test_sets_step
+
+        return fetch_test_sets_step(_layout(params, run_id), _corpus(params), params["test_sets"])
+
+    @task
     def subset(raw: dict, params=None, run_id=None) -> dict:
         from pipeline_tasks.pipeline import subset_step
         from pipeline_tasks.subset import SubsetConfig
@@ -378,14 +398,15 @@ def wmt_seq2seq():
         return {**config, JOB_PREFIX_KEY: f"{DAG_ID}-tune"}
 
     @task
-    def evaluate(model: dict, parent: dict, run: dict, params=None, run_id=None) -> dict:
+    def evaluate(model: dict, parent: dict, run: dict, sets: dict, params=None, run_id=None) -> dict:
         from pipeline_tasks.evaluate import EvaluateConfig
         from pipeline_tasks.pipeline import evaluate_step
         from pipeline_tasks.tracking import track_evaluation, track_tuning
 
         cfg = EvaluateConfig(beam_size=params["beam_size"], max_output_length=params["max_output_length"],
                              max_sentences=params["eval_max_sentences"])
-        scores = evaluate_step(_layout(params, run_id), _corpus(params), model["model"], cfg, parent=parent["parent"])
+        scores = evaluate_step(_layout(params, run_id), _corpus(params), model["model"], cfg, sets["test_sets"],
+                               parent=parent["parent"])
         track_evaluation(run["tracking"], params, scores["eval"], model)
         track_tuning(run["tracking"], params, model.get("tuning"))
         return scores
@@ -503,7 +524,7 @@ def wmt_seq2seq():
     parent = parent_model(run)
     request = training_request(upload(recordio(tokenize(clean(subset(download(run))), parent), parent), run), parent)
     model = training_branch(request, tuning_request(request))
-    scores = evaluate(model, parent, run)
+    scores = evaluate(model, parent, run, test_sets(run))
     decision = gate(scores, model)
     approval = PromotionApprovalOperator(task_id="approval", decision=decision, scores=scores, model=model)
     promoted(decision) >> approval

@@ -22,7 +22,8 @@ REASON_FIELD = "reason"
 OUTCOME_KEY = "approval"                 # the approval task's XCom key for the outcome, whatever the answer
 PACKAGE_ARN_KEY = "model_package_arn"   # the SageMaker model package registered while the approval waits
 # The test metrics an approver compares, in this order (those a run has).
-SHOWN_METRICS = ("test:bleu", "test:chrf", "test:tokenized_bleu", "test:perplexity", "test:accuracy")
+SHOWN_METRICS = ("test:bleu", "test:chrf", "test:chrfpp", "test:ter", "test:tokenized_bleu", "test:perplexity",
+                 "test:accuracy")
 
 NOT_REQUIRED: dict[str, Any] = {"required": False, "approved": True, "by": None, "at": None, "reason": None,
                                 "timed_out": False}
@@ -37,8 +38,10 @@ def request_text(run_id: str, decision: Mapping[str, Any], scores: Mapping[str, 
     """The subject and the Markdown body of the approval request (the Airflow UI's Required Actions)."""
     new = scores.get("metrics") or {}
     was = (current or {}).get("metrics") or {}
+    # and, with several test sets, each other set's BLEU and the mean (the gate may decide on either)
+    other_sets = sorted({k for k in (*new, *was) if k.endswith(":bleu") and not k.startswith("test:")})
     rows = [f"| {name} | {_fmt(new.get(name))} | {_fmt(was.get(name))} |"
-            for name in SHOWN_METRICS if name in new or name in was]
+            for name in (*SHOWN_METRICS, *other_sets) if name in new or name in was]
     now = f"promoted now (run {current.get('run_id')})" if current else "promoted now (none yet)"
     body = "\n".join([
         f"The quality gate would promote this run's model: {decision.get('reason')}.",

@@ -188,11 +188,12 @@ def translate_lines(translator: Any, sources: Sequence[str], cfg: EvaluateConfig
 # --- scoring ---------------------------------------------------------------------------------------------
 
 def sacrebleu_scores(hypotheses: list[str], references: list[str]) -> dict[str, dict[str, Any]]:
-    """sacreBLEU BLEU and chrF with their signatures: detokenized output against the raw reference."""
-    from sacrebleu.metrics import BLEU, CHRF
+    """sacreBLEU BLEU, chrF, chrF++ (word bigrams too) and TER with their signatures: detokenized output
+    against the raw reference."""
+    from sacrebleu.metrics import BLEU, CHRF, TER
 
     out = {}
-    for name, metric in (("bleu", BLEU()), ("chrf", CHRF())):
+    for name, metric in (("bleu", BLEU()), ("chrf", CHRF()), ("chrfpp", CHRF(word_order=2)), ("ter", TER())):
         score = metric.corpus_score(hypotheses, [references])
         out[name] = {"score": float(score.score), "signature": str(metric.get_signature()), "string": str(score)}
     return out
@@ -261,7 +262,8 @@ def _recompute_commands(folder: Path | None) -> dict[str, str]:
         return q(str(folder / name)) if folder is not None else q(name)
 
     return {
-        "recompute": f"sacrebleu {f(REFERENCE_FILE)} -i {f(HYPOTHESES_FILE)} -m bleu chrf -w 4",
+        "recompute": f"sacrebleu {f(REFERENCE_FILE)} -i {f(HYPOTHESES_FILE)} -m bleu chrf ter -w 4",
+        "recompute_chrfpp": f"sacrebleu {f(REFERENCE_FILE)} -i {f(HYPOTHESES_FILE)} -m chrf --chrf-word-order 2 -w 4",
         "recompute_tokenized": f"sacrebleu {f(REFERENCE_TOK_FILE)} -i {f(HYPOTHESES_TOK_FILE)} "
                                f"-m bleu -tok none --force -w 4",
     }
@@ -281,17 +283,116 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+# --- several test sets ------------------------------------------------------------------------------------
+
+PRIMARY = "test"                   # the metric prefix of the first (or only) test set, as the gate has always read it
+MEAN = "mean"                      # the prefix of the scores averaged over the test sets
+TEST_SETS_DIR = "test_sets"        # where the other test sets' evaluation folders go
+_AVERAGED = ("bleu", "chrf", "chrfpp", "ter", "tokenized_bleu")
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """A named test set: raw source and raw reference, line by line."""
+
+    name: str
+    source: str
+    reference: str
+
+    def __post_init__(self) -> None:
+        check_set_name(self.name)
+
+
+def check_set_name(name: str) -> None:
+    """Test set names become metric names (``newstest2017:bleu``) and folder names."""
+    if not isinstance(name, str) or not name or not set(name) <= _NAME_CHARS:
+        raise ValueError(f"test set name {name!r}: use letters, digits, '.', '_' and '-'")
+    if name == MEAN:
+        raise ValueError(f"test set name {name!r} is reserved for the scores averaged over the test sets")
+
+
+def set_metrics(name: str, metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """A set's ``test:*`` metrics under its own name (``newstest2017:bleu``)."""
+    return {f"{name}:{key.split(':', 1)[1]}": value for key, value in metrics.items()}
+
+
+def mean_metrics(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Scores over every test set: the mean of each set's BLEU, chrF, chrF++, TER and tokenized BLEU (as WMT
+    averages systems over test sets); perplexity and accuracy pooled over all their target tokens."""
+    out: dict[str, Any] = {}
+    for m in _AVERAGED:
+        values = [r["metrics"].get(f"{PRIMARY}:{m}") for r in results]
+        if values and all(isinstance(v, int | float) for v in values):
+            out[f"{MEAN}:{m}"] = sum(values) / len(values)
+    ppl = [r.get("perplexity") or {} for r in results]
+    tokens = sum(p.get("tokens") or 0 for p in ppl)
+    if tokens and all(p.get("tokens") for p in ppl):
+        import math
+
+        out[f"{MEAN}:perplexity"] = math.exp(sum(p["nll_sum"] for p in ppl) / tokens)
+        out[f"{MEAN}:accuracy"] = sum((p.get("accuracy") or 0.0) * p["tokens"] for p in ppl) / tokens
+    return out
+
+
+def set_summary(result: Mapping[str, Any], folder: str) -> dict[str, Any]:
+    """What the summary keeps of one set's evaluation (its full metrics.json is in `folder`)."""
+    return {"folder": folder, "metrics": dict(result["metrics"]), "bleu_signature": result["bleu"]["signature"],
+            "sentences": result["sentences"]["total"], "source": result["data"]["source"]["path"],
+            "reference": result["data"]["reference"]["path"]}
+
+
+def evaluate_sets(model_dir: str | os.PathLike[str], sets: Sequence[EvalSet], output: str | os.PathLike[str],
+                  cfg: EvaluateConfig | None = None, model_uri: str | None = None, device: str | None = None,
+                  output_uri: str | None = None, parent: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate on each test set: the first into `output` (its metrics are ``test:*``, as with one set), the
+    others into ``output/test_sets/<name>/``, each folder complete on its own (hypotheses, references,
+    metrics.json, report). `output`'s metrics.json also holds every set's scores under its name
+    (``newstest2017:bleu``), their means (``mean:bleu``, ``mean:perplexity`` pooled) and a table of the
+    sets (``test_sets``), which the report shows. `output` is a working folder the caller publishes."""
+    if not sets:
+        raise ValueError("no test set to evaluate on")
+    names = [s.name for s in sets]
+    if len(set(names)) != len(names):
+        raise ValueError(f"test set names must be unique, got {names}")
+    if PRIMARY in names[1:]:
+        raise ValueError(f"a test set named {PRIMARY!r} must come first: its metrics are the {PRIMARY}:* ones")
+    out = Path(output)
+    others: dict[str, dict[str, Any]] = {}
+    scratch = out.parent / f".{out.name}-{TEST_SETS_DIR}"
+    shutil.rmtree(scratch, ignore_errors=True)
+    for s in sets[1:]:
+        folder = f"{TEST_SETS_DIR}/{s.name}"
+        sub_uri = f"{output_uri.rstrip('/')}/{folder}" if output_uri else None
+        others[s.name] = evaluate(model_dir, s.source, s.reference, scratch / s.name, cfg, model_uri=model_uri,
+                                  device=device, output_uri=sub_uri, name=s.name,
+                                  parent=(parent or {}).get("test_set_results", {}).get(s.name))
+    first = sets[0]
+    result = evaluate(model_dir, first.source, first.reference, out, cfg, model_uri=model_uri, device=device,
+                      output_uri=output_uri, parent=parent, name=first.name, others=others)
+    if others:
+        (out / TEST_SETS_DIR).mkdir()
+        for name in others:
+            os.replace(scratch / name, out / TEST_SETS_DIR / name)
+        shutil.rmtree(scratch, ignore_errors=True)
+    result["test_set_results"] = others  # in memory only: what a child's parent comparison needs
+    return result
+
+
 def evaluate(model_dir: str | os.PathLike[str], source: str | os.PathLike[str], reference: str | os.PathLike[str],
              output: str | os.PathLike[str], cfg: EvaluateConfig | None = None,
              model_uri: str | None = None, device: str | None = None,
-             output_uri: str | None = None, parent: Mapping[str, Any] | None = None) -> dict[str, Any]:
+             output_uri: str | None = None, parent: Mapping[str, Any] | None = None, name: str = PRIMARY,
+             others: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, Any]:
     """Translate `source`, score against `reference`, write the evaluation folder `output`; returns metrics.json.
 
     `model_uri` is what the user named (an S3 URI or model.tar.gz that was unpacked into `model_dir`),
     recorded as the model's identity. `device`: a torch device name (default: cuda when available).
     `output_uri`: where `output` is published afterwards (the pipeline writes a temporary folder and
     uploads it), so that the log and the recompute commands name the place people will look. `parent`: the
-    metrics.json of a warm start's parent evaluated on the same files, shown beside this model's."""
+    metrics.json of a warm start's parent evaluated on the same files, shown beside this model's. `name`:
+    the test set's name; `others`: the results of the other test sets this model was evaluated on
+    (:func:`evaluate_sets`), whose scores this metrics.json and report then show beside this set's."""
     import torch
 
     from model import metrics as model_metrics
@@ -324,10 +425,11 @@ def evaluate(model_dir: str | os.PathLike[str], source: str | os.PathLike[str], 
 
     result: dict[str, Any] = {
         "metrics": {"test:bleu": scores["bleu"]["score"], "test:chrf": scores["chrf"]["score"],
+                    "test:chrfpp": scores["chrfpp"]["score"], "test:ter": scores["ter"]["score"],
                     "test:tokenized_bleu": tok_bleu, "test:perplexity": ppl["perplexity"],
                     "test:accuracy": ppl["accuracy"]},
-        "bleu": {**scores["bleu"], "hypotheses": HYPOTHESES_FILE, "reference": REFERENCE_FILE},
-        "chrf": {**scores["chrf"], "hypotheses": HYPOTHESES_FILE, "reference": REFERENCE_FILE},
+        **{name: {**scores[name], "hypotheses": HYPOTHESES_FILE, "reference": REFERENCE_FILE}
+           for name in ("bleu", "chrf", "chrfpp", "ter")},
         "tokenized_bleu": {"score": tok_bleu, "tokenize": "none", "hypotheses": HYPOTHESES_TOK_FILE,
                            "reference": REFERENCE_TOK_FILE,
                            "note": "BLEU on the model's own tokens (the built-in algorithm's validation:bleu view)"},
@@ -344,6 +446,14 @@ def evaluate(model_dir: str | os.PathLike[str], source: str | os.PathLike[str], 
                      "device": str(translator.device), "torch": torch.__version__},
         **_recompute_commands(_published_folder(out, output_uri)),
     }
+    result["test_set"] = name
+    if others:
+        every = {name: result, **others}
+        result["test_sets"] = {n: set_summary(r, "." if n == name else f"{TEST_SETS_DIR}/{n}")
+                               for n, r in every.items()}
+        for n, r in every.items():
+            result["metrics"].update(set_metrics(n, r["metrics"]))
+        result["metrics"].update(mean_metrics(list(every.values())))
     if parent is not None:
         result["parent"] = {"model": parent["model"], "metrics": parent["metrics"],
                             "bleu_signature": parent["bleu"]["signature"], "metrics_file": f"parent/{METRICS_FILE}"}

@@ -29,28 +29,43 @@ LOWER_IS_BETTER = ("perplexity", "loss", "ter")
 class GateRule:
     """``metric`` of the evaluation (``test:bleu``, ``test:chrf``, ``test:perplexity``, …) decides; the
     new model must reach ``current + min_delta`` (or ``current - min_delta`` when lower is better), and
-    ``threshold``, when set, is a floor (ceiling) it must pass even with nothing promoted yet."""
+    ``threshold``, when set, is a floor (ceiling) it must pass even with nothing promoted yet. With
+    several test sets, ``test_set`` names the one that decides (``newstest2017``: its
+    ``newstest2017:bleu``), or ``mean`` (the scores averaged over the sets); None: the first set, whose
+    scores are the ``test:*`` ones."""
 
     metric: str = "test:bleu"
-    mode: str | None = None          # max | min; None: min for perplexity/loss, else max
+    mode: str | None = None          # max | min; None: min for perplexity/loss/TER, else max
     min_delta: float = 0.0
     threshold: float | None = None
+    test_set: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in (None, "max", "min"):
             raise ValueError(f"gate mode must be max or min, got {self.mode!r}")
         if self.min_delta < 0:
             raise ValueError(f"gate min_delta must be >= 0, got {self.min_delta}")
+        if ":" not in self.metric:
+            raise ValueError(f"gate metric must be <test set>:<measure> such as test:bleu, got {self.metric!r}")
+
+    @property
+    def measure(self) -> str:
+        return self.metric.split(":", 1)[1]
+
+    @property
+    def metric_name(self) -> str:
+        """The metric compared: ``metric`` as given, or its measure on the named test set (or the mean)."""
+        return self.metric if self.test_set is None else f"{self.test_set}:{self.measure}"
 
     @property
     def higher_is_better(self) -> bool:
         if self.mode is not None:
             return self.mode == "max"
-        return not any(word in self.metric.lower() for word in LOWER_IS_BETTER)
+        return not any(word in self.measure.lower() for word in LOWER_IS_BETTER)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> GateRule:
-        unknown = sorted(set(d) - {"metric", "mode", "min_delta", "threshold"})
+        unknown = sorted(set(d) - {"metric", "mode", "min_delta", "threshold", "test_set"})
         if unknown:
             raise ValueError(f"unknown gate rule field(s): {', '.join(unknown)}")
         return cls(**d)
@@ -66,7 +81,7 @@ class Decision:
 
 def decide(new_metrics: Mapping[str, Any], current: Mapping[str, Any] | None, rule: GateRule) -> Decision:
     """Whether the new model replaces the promoted one (``current``: the pointer, or None)."""
-    name = rule.metric
+    name = rule.metric_name
     value = new_metrics.get(name)
     if not isinstance(value, int | float) or math.isnan(value):
         return Decision(False, f"the new model has no usable {name} ({value!r})", None, None)

@@ -67,6 +67,14 @@ def _done(uri: str, what: str) -> bool:
     return False
 
 
+def _cache_dir(layout: RunLayout) -> str:
+    """Downloads are cached under the artifact root when it is local (<root>/cache/downloads), else in the
+    system temp folder."""
+    local_root = storage.parse(layout.root)
+    return (str(Path(local_root) / "cache" / "downloads") if isinstance(local_root, Path)
+            else os.path.join(tempfile.gettempdir(), "wmt-seq2seq-cache"))
+
+
 def download_step(layout: RunLayout, corpus: CorpusConfig, cache_dir: str | None = None,
                   limits: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The corpus under raw/. `limits` may raise DownloadConfig's decompression limits
@@ -75,13 +83,52 @@ def download_step(layout: RunLayout, corpus: CorpusConfig, cache_dir: str | None
 
     out = layout.uri("raw")
     if not _done(out, "download"):
-        local_root = storage.parse(layout.root)
-        cache = cache_dir or (str(Path(local_root) / "cache" / "downloads") if isinstance(local_root, Path)
-                              else os.path.join(tempfile.gettempdir(), "wmt-seq2seq-cache"))
         with _tmp("raw") as tmp:
-            download(corpus.source, Path(tmp) / "raw", DownloadConfig(cache_dir=cache, **dict(limits or {})))
+            download(corpus.source, Path(tmp) / "raw", DownloadConfig(cache_dir=cache_dir or _cache_dir(layout),
+                                                                      **dict(limits or {})))
             put_tree(Path(tmp) / "raw", out)
     return {"raw": out}
+
+
+def fetch_test_sets_step(layout: RunLayout, corpus: CorpusConfig, test_sets: Any, cache_dir: str | None = None
+                   ) -> dict[str, Any]:
+    """The run's test sets (the ``test_sets`` param, pipeline_tasks/test_sets.py) fetched as raw source and
+    reference under test_sets/<name>/; the corpus's own test split stays with the corpus (subset/)."""
+    from pipeline_tasks.test_sets import parse_test_sets
+
+    specs = parse_test_sets(test_sets, corpus.source_lang, corpus.target_lang)
+    fetched = [s for s in specs if not s.corpus_split]
+    out = layout.uri("test_sets")
+    if fetched and not _done(out, "test_sets"):
+        from pipeline_tasks.test_sets import fetch_test_set
+
+        with _tmp("test-sets") as tmp:
+            for spec in fetched:
+                fetch_test_set(spec, Path(tmp) / "sets" / spec.name, cache_dir or _cache_dir(layout),
+                               corpus.source_lang, corpus.target_lang)
+            put_tree(Path(tmp) / "sets", out)
+    return {"test_sets": [s.name for s in specs], "fetched": out if fetched else None}
+
+
+def eval_sets(layout: RunLayout, corpus: CorpusConfig, names: list[str], work: Path) -> list[Any]:
+    """The test sets as local files, in the param's order: the corpus split from subset/, others from
+    test_sets/ (raw, as fetched)."""
+    from pipeline_tasks.evaluate import PRIMARY, EvalSet
+    from pipeline_tasks.test_sets import REFERENCE_FILE, SOURCE_FILE
+
+    sets = []
+    for name in names:
+        folder = work / "sets" / name
+        folder.mkdir(parents=True)
+        if name == PRIMARY:
+            sub = layout.uri("subset")
+            src = storage.get_file(storage.join(sub, f"test.{corpus.source_lang}"), folder / "test.src")
+            ref = storage.get_file(storage.join(sub, f"test.{corpus.target_lang}"), folder / "test.ref")
+        else:
+            src = storage.get_file(layout.uri("test_sets", name, SOURCE_FILE), folder / SOURCE_FILE)
+            ref = storage.get_file(layout.uri("test_sets", name, REFERENCE_FILE), folder / REFERENCE_FILE)
+        sets.append(EvalSet(name, str(src), str(ref)))
+    return sets
 
 
 def subset_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any) -> dict[str, Any]:
@@ -236,42 +283,39 @@ def _read_json(uri: str) -> Any:
 
 
 def evaluate_step(layout: RunLayout, corpus: CorpusConfig, model_uri: str, cfg: Any,
-                  test_source: str | None = None, test_reference: str | None = None,
-                  parent: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Score the model on the test split as it was downloaded (raw, before tokenization) or on the given
-    files; publishes eval/ with hypotheses, metrics.json and the report. With a warm start's `parent`,
-    the parent is scored too, on the same sentences with the same settings (eval/parent/), and the report
-    shows both side by side: the gate's view of what the retrain changed."""
+                  test_sets: list[str] | None = None, parent: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Score the model on each test set (`test_sets`: names from fetch_test_sets_step; default the corpus's test
+    split, raw, before tokenization); publishes eval/ (the first set; the others under eval/test_sets/)
+    with hypotheses, metrics.json and the report. With a warm start's `parent`, the parent is scored too,
+    on the same sentences with the same settings (eval/parent/), and the report shows both side by side:
+    the gate's view of what the retrain changed."""
     from dataclasses import replace
 
-    from pipeline_tasks.evaluate import evaluate
+    from pipeline_tasks.evaluate import PRIMARY, evaluate_sets
     from pipeline_tasks.transform import resolve_model
 
     out = layout.uri("eval")
     if not _done(out, "evaluate"):
         with _tmp("eval") as tmp:
             work = Path(tmp)
-            if test_source and test_reference:
-                src = storage.get_file(test_source, work / "test.src")
-                ref = storage.get_file(test_reference, work / "test.ref")
-            else:
-                sub = layout.uri("subset")
-                src = storage.get_file(storage.join(sub, f"test.{corpus.source_lang}"), work / "test.src")
-                ref = storage.get_file(storage.join(sub, f"test.{corpus.target_lang}"), work / "test.ref")
+            sets = eval_sets(layout, corpus, test_sets or [PRIMARY], work)
             parent_result = None
             if parent:
                 log.info("evaluate: the parent model %s first, on the same test sentences", parent["model"])
                 parent_dir = resolve_model(parent["model"], work / "parent-model")
-                parent_result = evaluate(parent_dir, src, ref, work / "parent-eval", replace(cfg, report=False),
-                                         model_uri=parent["model"], output_uri=storage.join(out, "parent"))
+                parent_result = evaluate_sets(parent_dir, sets, work / "parent-eval", replace(cfg, report=False),
+                                              model_uri=parent["model"], output_uri=storage.join(out, "parent"))
             model_dir = resolve_model(model_uri, work / "model")
-            evaluate(model_dir, src, ref, work / "eval", cfg, model_uri=model_uri, output_uri=out, parent=parent_result)
+            evaluate_sets(model_dir, sets, work / "eval", cfg, model_uri=model_uri, output_uri=out,
+                          parent=parent_result)
             if parent_result is not None:
                 os.replace(work / "parent-eval", work / "eval" / "parent")
             put_tree(work / "eval", out)
     metrics = _read_json(storage.join(out, "metrics.json"))
     return {"eval": out, "report": storage.join(out, "report", "index.html"), "metrics": metrics["metrics"],
-            "bleu_signature": metrics["bleu"]["signature"], "parent": metrics.get("parent")}
+            "bleu_signature": metrics["bleu"]["signature"], "parent": metrics.get("parent"),
+            "test_sets": {name: {k: v for k, v in s.items() if k in ("folder", "sentences", "bleu_signature")}
+                          for name, s in (metrics.get("test_sets") or {}).items()}}
 
 
 def transform_input_step(layout: RunLayout, corpus: CorpusConfig, source: str | None = None) -> str:

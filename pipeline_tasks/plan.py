@@ -15,9 +15,11 @@ from typing import Any
 from model.distributed import FULLY_REPLICATED, SHARDED_BY_S3_KEY
 from model.hyperparameters import HyperparameterError, parse_hyperparameters
 from pipeline_tasks.clean import CleanConfig
+from pipeline_tasks.evaluate import MEAN
 from pipeline_tasks.jobs.requests import hyperparameter_strings, is_builtin_image
 from pipeline_tasks.jobs.tuning import TuningError, check_tuning_param
 from pipeline_tasks.parent_model import INIT_NONE
+from pipeline_tasks.test_sets import TestSetError, parse_test_sets
 from pipeline_tasks.tracking import TrackingConfig
 
 # The train channel's S3DataDistributionType values, the DAG's default first.
@@ -80,9 +82,17 @@ def check_training_run(params: Mapping[str, Any], conf: Mapping[str, Any] | None
     check_conf(conf, known)
     check_hyperparameters(params["hyperparameters"])
     try:
-        GateRule.from_dict(params["gate"])
+        rule = GateRule.from_dict(params["gate"])
     except ValueError as e:
         raise PlanError(f"gate: {e}") from None
+    try:
+        sets = parse_test_sets(params.get("test_sets"), params["source_lang"], params["target_lang"])
+    except TestSetError as e:
+        raise PlanError(str(e)) from None
+    names = [s.name for s in sets]
+    if rule.test_set is not None and rule.test_set not in (*names, MEAN):
+        raise PlanError(f"gate: test_set {rule.test_set!r} is not one of the run's test sets ({', '.join(names)}) "
+                        f"or {MEAN}")
     try:
         TrackingConfig.from_dict(params.get("tracking"))
     except (ValueError, TypeError) as e:

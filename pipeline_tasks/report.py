@@ -139,14 +139,19 @@ def _table(rows: Sequence[tuple[str, object]]) -> str:
 
 
 def _metric_rows(m: Mapping[str, Any]) -> list[tuple[str, object]]:
-    bleu, chrf, tok, ppl = (m.get(k) or {} for k in ("bleu", "chrf", "tokenized_bleu", "perplexity"))
+    bleu, chrf, chrfpp, ter, tok, ppl = (m.get(k) or {} for k in ("bleu", "chrf", "chrfpp", "ter", "tokenized_bleu",
+                                                                     "perplexity"))
     sent = m.get("sentences") or {}
     return [
+        ("test set", m.get("test_set")),
         ("BLEU (sacreBLEU)", bleu.get("score")),
         ("BLEU signature", bleu.get("signature")),
         ("BLEU details", bleu.get("string")),
         ("chrF", chrf.get("score")),
         ("chrF signature", chrf.get("signature")),
+        ("chrF++", chrfpp.get("score")),
+        ("TER", ter.get("score")),
+        ("TER signature", ter.get("signature")),
         ("tokenized BLEU (model tokens)", tok.get("score")),
         ("test perplexity", ppl.get("test:perplexity")),
         ("target tokens scored", ppl.get("tokens")),
@@ -154,6 +159,28 @@ def _metric_rows(m: Mapping[str, Any]) -> list[tuple[str, object]]:
         ("empty source lines", sent.get("empty_source")),
         ("recompute", m.get("recompute")),
     ]
+
+
+_SET_COLUMNS = (("BLEU", "bleu"), ("chrF", "chrf"), ("chrF++", "chrfpp"), ("TER", "ter"),
+                ("perplexity", "perplexity"), ("tokenized BLEU", "tokenized_bleu"))
+
+
+def _test_sets_table(m: Mapping[str, Any]) -> str:
+    """One row per test set, and the mean: the table the gate's choice of set is made from."""
+    sets = m.get("test_sets") or {}
+    flat = m.get("metrics") or {}
+    head = "<tr><th>test set</th><th>sentences</th>" + "".join(f"<th>{_e(t)}</th>" for t, _ in _SET_COLUMNS) + \
+        "<th>evaluation</th></tr>"
+    rows = []
+    for name, s in sets.items():
+        cells = "".join(f"<td>{_e(_fmt(flat.get(f'{name}:{key}')))}</td>" for _, key in _SET_COLUMNS)
+        link = "this page" if s.get("folder") == "." else f'<a href="../{_e(s.get("folder"))}/report/index.html">' \
+            f"{_e(s.get('folder'))}/</a>"
+        rows.append(f"<tr><th>{_e(name)}</th><td>{_e(s.get('sentences'))}</td>{cells}<td>{link}</td></tr>")
+    means = "".join(f"<td>{_e(_fmt(flat.get(f'mean:{key}')))}</td>" if f"mean:{key}" in flat else "<td></td>"
+                    for _, key in _SET_COLUMNS)
+    rows.append(f"<tr><th>mean</th><td></td>{means}<td>scores: the mean over the sets; perplexity: pooled</td></tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
 
 
 def _parent_table(m: Mapping[str, Any]) -> str:
@@ -205,6 +232,7 @@ def write_report(directory: str | os.PathLike[str], metrics: Mapping[str, Any],
     title = f"Evaluation of {metrics.get('model', {}).get('uri', 'a model')}"
     parts = [f"<!doctype html><html><head><meta charset=\"utf-8\"><title>{_e(title)}</title>",
              f"<style>{_STYLE}</style></head><body><h1>{_e(title)}</h1>",
+             *(["<h2>Test sets</h2>", _test_sets_table(metrics)] if metrics.get("test_sets") else []),
              "<h2>Scores</h2>", _table(_metric_rows(metrics)),
              *(["<h2>This model and its parent</h2>", _parent_table(metrics)] if metrics.get("parent") else []),
              "<h2>What was evaluated</h2>", _table(_identity_rows(metrics)),

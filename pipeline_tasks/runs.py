@@ -20,7 +20,7 @@ from pipeline_tasks import storage
 
 log = logging.getLogger(__name__)
 
-STAGES = ("raw", "subset", "clean", "parent", "tok", "recordio", "channels", "model", "eval", "transform")
+STAGES = ("raw", "test_sets", "subset", "clean", "parent", "tok", "recordio", "channels", "model", "eval", "transform")
 POINTER_FILE = "promoted.json"
 COMPLETE_MARKER = "_COMPLETE"
 

@@ -110,7 +110,8 @@ def test_bleu_and_chrf_equal_sacrebleu_on_the_written_files(evaluated):
 
 def test_recompute_command_reproduces_the_scores(evaluated):
     m = evaluated["metrics"]
-    for key, names in (("recompute", ("bleu", "chrf")), ("recompute_tokenized", ("tokenized_bleu",))):
+    for key, names in (("recompute", ("bleu", "chrf", "ter")), ("recompute_chrfpp", ("chrfpp",)),
+                       ("recompute_tokenized", ("tokenized_bleu",))):
         argv = shlex.split(m[key])
         assert argv[0] == "sacrebleu"
         proc = subprocess.run([str(SACREBLEU_CLI), *argv[1:]], capture_output=True, text=True, check=True)
@@ -329,16 +330,19 @@ def test_log_names_the_final_uri_with_rounded_figures(copy_model, tmp_path, capl
 
 
 def test_evaluate_step_logs_where_it_published(copy_model, tmp_path, caplog):
-    from pipeline_tasks.pipeline import CorpusConfig, evaluate_step
+    from pipeline_tasks.pipeline import CorpusConfig, evaluate_step, fetch_test_sets_step
     from pipeline_tasks.runs import RunLayout
 
     lines = copy_lines(6, seed=4)
     src = tmp_path / "test.src"
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     layout = RunLayout(str(tmp_path / "root"), "wmt_seq2seq", "manual__1")
+    corpus = CorpusConfig("wmt-toy-ende-sample")
+    sets = fetch_test_sets_step(layout, corpus, [{"name": "copy", "source": str(src), "reference": str(src)}])
+    assert sets == {"test_sets": ["copy"], "fetched": layout.uri("test_sets")}
     with caplog.at_level("INFO", logger="pipeline_tasks.evaluate"):
-        result = evaluate_step(layout, CorpusConfig("wmt-toy-ende-sample"), str(copy_model),
-                               EvaluateConfig(report=False), test_source=str(src), test_reference=str(src))
+        result = evaluate_step(layout, corpus, str(copy_model), EvaluateConfig(report=False),
+                               test_sets=sets["test_sets"])
     line = _final_log_line(caplog)
     assert result["eval"] == layout.uri("eval") and line.endswith(f"-> {layout.uri('eval')}")
     assert "wmt-eval-" not in line
@@ -373,3 +377,56 @@ def test_cli_evaluate_mismatch_is_a_one_line_error(wmt_model, newstest, tmp_path
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "12 lines" in err and str(short) in err
     assert not (tmp_path / "out").exists()
+
+
+# --- several test sets ------------------------------------------------------------------------------------
+
+def test_each_test_set_is_scored_apart_and_recomputes_from_its_files(wmt_model, tmp_path):
+    """Two real newstest2017 slices as two named sets: the first in the folder itself, the second under
+    test_sets/; every score of each set recomputed with sacreBLEU from the files written; the summary names
+    each set's scores and their means; the gate can decide on either."""
+    from pipeline_tasks.evaluate import EvalSet, evaluate_sets
+    from pipeline_tasks.gate import GateRule, decide
+
+    sets = []
+    for name, start in (("ns17a", 0), ("ns17b", 40)):
+        for lang in ("en", "de"):
+            lines = (NEWSTEST / f"newstest2017.en-de.{lang}").read_text(encoding="utf-8").splitlines()
+            (tmp_path / f"{name}.{lang}").write_text("\n".join(lines[start:start + 30]) + "\n", encoding="utf-8")
+        sets.append(EvalSet(name, str(tmp_path / f"{name}.en"), str(tmp_path / f"{name}.de")))
+    out = tmp_path / "eval"
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = evaluate_sets(wmt_model, sets, out, EvaluateConfig(beam_size=1), device="cpu")
+    finally:
+        torch.set_num_threads(before)
+    summary = json.loads((out / "metrics.json").read_text("utf-8"))
+    assert summary["test_set"] == "ns17a" and list(summary["test_sets"]) == ["ns17a", "ns17b"]
+    assert summary["test_sets"]["ns17b"]["folder"] == "test_sets/ns17b"
+    assert summary["test_sets"]["ns17a"]["folder"] == "."
+    flat = summary["metrics"]
+    for name, folder in (("ns17a", out), ("ns17b", out / "test_sets" / "ns17b")):
+        mine = json.loads((folder / "metrics.json").read_text("utf-8"))
+        assert mine["test_set"] == name and (folder / "report" / "index.html").is_file()
+        hyps, refs = read_lines(folder / "hypotheses.txt"), read_lines(folder / "reference.txt")
+        assert len(hyps) == len(refs) == 30
+        assert refs == (tmp_path / f"{name}.de").read_text(encoding="utf-8").splitlines()
+        independent = {"bleu": sacrebleu.corpus_bleu(hyps, [refs]).score,
+                       "chrf": sacrebleu.corpus_chrf(hyps, [refs]).score,
+                       "chrfpp": sacrebleu.corpus_chrf(hyps, [refs], word_order=2).score,
+                       "ter": sacrebleu.corpus_ter(hyps, [refs]).score}
+        for measure, value in independent.items():
+            assert mine["metrics"][f"test:{measure}"] == pytest.approx(value, abs=1e-9), (name, measure)
+            assert flat[f"{name}:{measure}"] == pytest.approx(value, abs=1e-9), (name, measure)
+        assert flat[f"{name}:perplexity"] == mine["metrics"]["test:perplexity"] > 1
+    # the first set's scores are still the test:* ones; the means are the sets' means (perplexity pooled)
+    assert flat["test:bleu"] == flat["ns17a:bleu"] and result["metrics"] == flat
+    assert flat["mean:bleu"] == pytest.approx((flat["ns17a:bleu"] + flat["ns17b:bleu"]) / 2)
+    assert min(flat["ns17a:perplexity"], flat["ns17b:perplexity"]) <= flat["mean:perplexity"] <= \
+        max(flat["ns17a:perplexity"], flat["ns17b:perplexity"])
+    page = (out / "report" / "index.html").read_text("utf-8")
+    assert "<h2>Test sets</h2>" in page and '<a href="../test_sets/ns17b/report/index.html">' in page
+    promoted = {"metrics": {**flat, "ns17b:bleu": flat["ns17b:bleu"] + 1}}
+    assert decide(flat, promoted, GateRule("test:bleu", test_set="ns17a")).promote
+    assert not decide(flat, promoted, GateRule("test:bleu", test_set="ns17b")).promote
