@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DEMO   := demo-output
 SAMPLE := pipeline_tasks/sample_data/wmt-toy-ende
+NEWSTEST := pipeline_tasks/sample_data/newstest2017
 # The AWS example's hyperparameters, scaled down so that the demo trains in a few minutes on 2 CPUs.
 DEMO_HP := {"max_seq_len_source": 60, "max_seq_len_target": 60, "optimized_metric": "perplexity", \
 	"batch_size": 32, "checkpoint_frequency_num_batches": 200, "rnn_num_hidden": 128, \
@@ -13,8 +14,9 @@ DEMO_HP := {"max_seq_len_source": 60, "max_seq_len_target": 60, "optimized_metri
 # The whole DAG on the bundled sample: local backend, local storage (docs/ARCHITECTURE.md §6 layout under $(DEMO)/).
 DEMO_CONF := {"corpus": "wmt-toy-ende-sample", "subset_size": 10000, "max_len": 100, "max_ratio": 3, \
 	"tokenizer": "whitespace", "detokenizer": "none", "bpe_vocab_size": 8000, "hyperparameters": $(DEMO_HP), \
-	"backend": "local", "artifact_root": "$(CURDIR)/$(DEMO)", "beam_size": 5, "eval_max_sentences": 500, \
-	"gate": {"metric": "test:bleu"}}
+	"backend": "local", "artifact_root": "$(CURDIR)/$(DEMO)", "beam_size": 5, "eval_max_sentences": 300, \
+	"test_sets": ["test", {"name": "newstest2017", "source": "$(CURDIR)/$(NEWSTEST)/newstest2017.en-de.en", \
+	"reference": "$(CURDIR)/$(NEWSTEST)/newstest2017.en-de.de"}], "gate": {"metric": "test:bleu"}}
 AIRFLOW_DIR := $(CURDIR)/.airflow
 # Airflow for the demo only: SQLite and logs under .airflow/ in the repo, the DAGs of dags/.
 demo $(AIRFLOW_DIR)/.migrated: export AIRFLOW_HOME := $(AIRFLOW_DIR)
@@ -46,10 +48,12 @@ demo: venv $(AIRFLOW_DIR)/.migrated
 		|| { tail -n 60 $(DEMO).log; echo "demo failed: full log in $(DEMO).log"; exit 1; }
 	@$(PY) -c "import glob, json; r = json.load(open(sorted(glob.glob('$(DEMO)/wmt_seq2seq/*/run.json'))[-1])); \
 		m = r['metrics']; print(f\"\nsacreBLEU {m['test:bleu']:.2f} ({r['bleu_signature']}), chrF {m['test:chrf']:.2f}, \" \
-		f\"perplexity {m['test:perplexity']:.2f} on the test set; promoted: {r['promoted']}\"); \
+		f\"perplexity {m['test:perplexity']:.2f} on the first test set; promoted: {r['promoted']}\"); \
 		c = r['cleaning']['train']; print(f\"cleaning: {c['pairs_in'] - c['pairs_out']} of {c['pairs_in']} training pairs \" \
 		f\"dropped ({', '.join(f'{k} {v}' for k, v in c['dropped'].items() if v)}); \" \
 		f\"{r['eval'].rsplit('/', 1)[0]}/clean/clean-report.json\"); \
+		[print(f\"{n:>17}: BLEU {m[n + ':bleu']:.2f}, chrF {m[n + ':chrf']:.2f}, TER {m[n + ':ter']:.2f}, \" \
+		f\"perplexity {m[n + ':perplexity']:.2f}\") for n in [*r['test_sets'], 'mean']]; \
 		[print(f'{k:>17}: {r[k]}') for k in ('model', 'eval', 'report', 'transform_output')]; \
 		print(f'{\"run summary\":>17}: {sorted(glob.glob(\"$(DEMO)/wmt_seq2seq/*/run.json\"))[-1]}'); \
 		print(f'{\"run history\":>17}: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/$(DEMO)/mlflow/mlflow.db')"

@@ -62,9 +62,14 @@ PARAMS = {
                          description="ISO code of the side translated from (en for en→de)."),
     "target_lang": Param("de", type="string", pattern="^[a-z]{2,3}$", title="Target language",
                          description="ISO code of the side translated into."),
-    "corpus": Param("wmt17-de-en-preprocessed", type="string", minLength=1, title="Corpus",
+    "corpus": Param("wmt17-de-en-preprocessed", type=["string", "array"], minLength=1, minItems=1, title="Corpus",
                     description="Catalog name (wmt17-de-en-preprocessed: the AWS example's data; "
-                                "wmt-toy-ende-sample: bundled, offline), an http(s) URL, file:// URL or path."),
+                                "wmt-toy-ende-sample: bundled, offline; the raw WMT17 corpora europarl-v7-de-en, "
+                                "news-commentary-v12-de-en, commoncrawl-de-en, rapid2016-de-en), an http(s) URL, "
+                                "file:// URL or path. Or a list of sources mixed for training, each a name/URL/path "
+                                "or {source, layout, weight (an upsampling factor) | share (of the mix), name}; "
+                                "validation and test come from the first source that has them.",
+                    items={"type": ["string", "object"]}),
     "corpus_layout": Param({}, type="object", title="Corpus layout",
                            description='Where each split is in the corpus, e.g. {"train": "corpus.{lang}", '
                                        '"val": "dev.{lang}", "test": "test.{lang}"}; empty: the catalog\'s.',
@@ -455,6 +460,7 @@ def wmt_seq2seq():
         from pipeline_tasks.jobs.names import job_name
         from pipeline_tasks.jobs.requests import transform_job_config
         from pipeline_tasks.pipeline import transform_input_step
+        from pipeline_tasks.test_sets import parse_test_sets
         from pipeline_tasks.transform import TransformConfig
 
         layout = _layout(params, run_id)
@@ -462,7 +468,9 @@ def wmt_seq2seq():
         config = transform_job_config(
             job_name=name, model_name=name, image_uri=params["image"], model_data_url=promotion["model"],
             role_arn=role_arn(params["role_arn"]),
-            input_uri=transform_input_step(layout, _corpus(params), params["transform_input"]),
+            input_uri=transform_input_step(layout, _corpus(params), params["transform_input"],
+                                           parse_test_sets(params["test_sets"], params["source_lang"],
+                                                           params["target_lang"])[0].name),
             output_uri=layout.uri("transform", "output"), instance_type=params["transform_instance_type"],
             cfg=TransformConfig(beam_size=params["beam_size"], max_output_length=params["max_output_length"]),
             tags={"dag_id": DAG_ID})
@@ -471,6 +479,7 @@ def wmt_seq2seq():
     @task(trigger_rule=TriggerRule.NONE_FAILED)
     def publish(decision: dict, scores: dict, model: dict, parent: dict, params=None, run_id=None, ti=None) -> dict:
         from pipeline_tasks.approval import OUTCOME_KEY, describe
+        from pipeline_tasks.evaluate import describe_test_sets
         from pipeline_tasks.pipeline import parent_summary, publish_step
 
         promotion = ti.xcom_pull(task_ids="promote")  # None: the gate or the approver said no
@@ -485,7 +494,8 @@ def wmt_seq2seq():
             "model_package_arn": (promotion or {}).get("model_package_arn")
             or (approval or {}).get("model_package_arn"),
             "metrics": scores["metrics"], "bleu_signature": scores["bleu_signature"], "report": scores["report"],
-            "eval": scores["eval"], "transform_output": job.get("TransformOutput", {}).get("S3OutputPath"),
+            "eval": scores["eval"], "test_sets": scores.get("test_sets") or {},
+            "transform_output": job.get("TransformOutput", {}).get("S3OutputPath"),
             "tuning": model.get("tuning"), "cleaning": (ti.xcom_pull(task_ids="clean") or {}).get("report"),
             "transform_job": job.get("TransformJobName"),
             "parent": parent_summary(parent["parent"], scores.get("parent")),
@@ -500,6 +510,8 @@ def wmt_seq2seq():
             outcome = f"not promoted: {decision['reason']}"
         print(f"BLEU {scores['metrics']['test:bleu']:.2f} ({scores['bleu_signature']}), "
               f"perplexity {scores['metrics']['test:perplexity']:.2f}; {outcome}")
+        for line in describe_test_sets(scores["metrics"], scores.get("test_sets") or {}):
+            print(line)
         if summary["parent"] and summary["parent"]["metrics"]:
             was = summary["parent"]["metrics"]
             print(f"parent {summary['parent']['model']}: BLEU {was['test:bleu']:.2f}, "

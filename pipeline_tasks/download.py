@@ -72,6 +72,20 @@ CATALOG: dict[str, CatalogEntry] = {
         "corpus.tc.{de,en}.gz (~5.9M pairs, ~560 MB gzipped) and dev.tgz (newstest2014-2016)",
         (WMT17_DEEN + "corpus.tc.de.gz", WMT17_DEEN + "corpus.tc.en.gz", WMT17_DEEN + "dev.tgz"),
     ),
+    # The WMT17 news task's raw (untokenized) de-en training corpora, to mix with weights (the corpus param's
+    # list form); each holds a training split only: validation and test come from another source or test_sets.
+    "europarl-v7-de-en": CatalogEntry(
+        "Europarl v7 German-English (WMT17 training, raw): europarl-v7.de-en.{de,en}, ~1.9M pairs, ~190 MB",
+        ("http://www.statmt.org/europarl/v7/de-en.tgz",)),
+    "news-commentary-v12-de-en": CatalogEntry(
+        "News Commentary v12 German-English (WMT17 training, raw): training/news-commentary-v12.de-en.{de,en}, "
+        "~270k pairs", ("http://data.statmt.org/wmt17/translation-task/training-parallel-nc-v12.tgz",)),
+    "commoncrawl-de-en": CatalogEntry(
+        "CommonCrawl German-English (WMT13-17 training, raw, web-crawled and noisy: clean it): "
+        "commoncrawl.de-en.{de,en}, ~2.4M pairs", ("http://www.statmt.org/wmt13/training-parallel-commoncrawl.tgz",)),
+    "rapid2016-de-en": CatalogEntry(
+        "Rapid 2016 German-English (EU press releases, WMT17 training, raw): rapid2016.de-en.{de,en}, ~1.3M pairs",
+        ("http://data.statmt.org/wmt17/translation-task/rapid2016.tgz",)),
     "wmt-toy-ende-sample": CatalogEntry(
         "bundled offline sample: 10k WMT training pairs, newstest2012 validation, newstest2014 test "
         "(tokenized, en/de)",

@@ -335,6 +335,20 @@ def mean_metrics(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def describe_test_sets(metrics: Mapping[str, Any], sets: Mapping[str, Any]) -> list[str]:
+    """One line per test set and one for the mean, for logs and the demo (none with a single set)."""
+    if len(sets) < 2:
+        return []
+
+    def row(name: str) -> str:
+        parts = [f"{label} {metrics[f'{name}:{key}']:.2f}" for label, key in
+                 (("BLEU", "bleu"), ("chrF", "chrf"), ("chrF++", "chrfpp"), ("TER", "ter"),
+                  ("perplexity", "perplexity")) if isinstance(metrics.get(f"{name}:{key}"), int | float)]
+        return f"{name:>17}: " + ", ".join(parts)
+
+    return [row(name) for name in sets] + [row(MEAN)]
+
+
 def set_summary(result: Mapping[str, Any], folder: str) -> dict[str, Any]:
     """What the summary keeps of one set's evaluation (its full metrics.json is in `folder`)."""
     return {"folder": folder, "metrics": dict(result["metrics"]), "bleu_signature": result["bleu"]["signature"],

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,20 +30,85 @@ CORPUS_LAYOUTS: dict[str, dict[str, str]] = {
     "wmt17-de-en-preprocessed": {"train": "corpus.tc.{lang}", "val": "newstest2014.tc.{lang}",
                                  "test": "newstest2016.tc.{lang}"},
     "wmt-toy-ende-sample": {"train": "train.{lang}", "val": "val.{lang}", "test": "test.{lang}"},
+    "europarl-v7-de-en": {"train": "europarl-v7.de-en.{lang}"},
+    "news-commentary-v12-de-en": {"train": "news-commentary-v12.de-en.{lang}"},
+    "commoncrawl-de-en": {"train": "commoncrawl.de-en.{lang}"},
+    "rapid2016-de-en": {"train": "rapid2016.de-en.{lang}"},
 }
 DEFAULT_LAYOUT = {"train": "train.{lang}", "val": "val.{lang}", "test": "test.{lang}"}
 SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
+class CorpusSource:
+    """One corpus of the run: where it comes from, where its splits are, how much of the training mix it makes."""
+
+    source: str                                           # catalog name, URL or path
+    layout: Mapping[str, str] = field(default_factory=dict)  # split -> pattern; empty: the catalog's
+    weight: float = 1.0                                   # upsampling factor in a mix
+    share: float | None = None                            # or a share of the mix
+    name: str = ""
+
+    def files(self) -> dict[str, str]:
+        return {**CORPUS_LAYOUTS.get(self.source, DEFAULT_LAYOUT), **self.layout}
+
+
+def _source_name(source: str) -> str:
+    base = source.rstrip("/").rsplit("/", 1)[-1]
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in base) or "corpus"
+
+
+def corpus_sources(value: str | Sequence[Any], layout: Mapping[str, str] | None = None) -> list[CorpusSource]:
+    """The ``corpus`` param: one source (a string, with `layout`), or a list of sources, each a string or
+    ``{source, layout, weight | share, name}``. Names default to the catalog name or the file's name."""
+    if isinstance(value, str):
+        return [CorpusSource(value, dict(layout or {}), name=_source_name(value))]
+    if not isinstance(value, Sequence) or not value:
+        raise ValueError(f"corpus must be a source or a non-empty list of sources, got {value!r}")
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            item = {"source": item}
+        if not isinstance(item, Mapping) or not isinstance(item.get("source"), str) or not item["source"]:
+            raise ValueError(f"corpus[{i}]: a source (catalog name, URL or path) or {{source, layout, weight}}, "
+                             f"got {item!r}")
+        unknown = sorted(set(item) - {"source", "layout", "weight", "share", "name"})
+        if unknown:
+            raise ValueError(f"corpus[{i}]: unknown key(s) {', '.join(unknown)}; known: source, layout, weight, "
+                             "share, name")
+        weight = item.get("weight", 1.0)
+        share = item.get("share")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
+            raise ValueError(f"corpus[{i}]: weight must be a number > 0, got {weight!r}")
+        if share is not None and (isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1):
+            raise ValueError(f"corpus[{i}]: share must be a number in (0, 1], got {share!r}")
+        out.append(CorpusSource(item["source"], dict(item.get("layout") or {}), float(weight),
+                                None if share is None else float(share),
+                                item.get("name") or _source_name(item["source"])))
+    names = [s.name for s in out]
+    if len(set(names)) != len(names):
+        raise ValueError(f"corpus: two sources have the same name ({', '.join(names)}); give each a name")
+    if len(out) > 1 and any(s.share is not None for s in out) and any(s.share is None for s in out):
+        raise ValueError("corpus: give a share for every source of the mix, or for none (weights)")
+    return out
+
+
+@dataclass(frozen=True)
 class CorpusConfig:
-    source: str = "wmt17-de-en-preprocessed"   # catalog name, URL or path
+    source: str | Sequence[Any] = "wmt17-de-en-preprocessed"   # catalog name, URL or path; or a list (a mix)
     source_lang: str = "en"
     target_lang: str = "de"
     layout: Mapping[str, str] = field(default_factory=dict)  # split -> pattern; empty: the catalog's
 
+    def sources(self) -> list[CorpusSource]:
+        return corpus_sources(self.source, self.layout)
+
+    @property
+    def is_mix(self) -> bool:
+        return not isinstance(self.source, str)
+
     def files(self) -> dict[str, str]:
-        return {**CORPUS_LAYOUTS.get(self.source, DEFAULT_LAYOUT), **self.layout}
+        return self.sources()[0].files()
 
 
 def _tmp(prefix: str) -> tempfile.TemporaryDirectory:
@@ -77,15 +142,21 @@ def _cache_dir(layout: RunLayout) -> str:
 
 def download_step(layout: RunLayout, corpus: CorpusConfig, cache_dir: str | None = None,
                   limits: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The corpus under raw/. `limits` may raise DownloadConfig's decompression limits
-    (``max_expansion_ratio``, ``max_decompressed_bytes``) for a corpus that really inflates that much."""
+    """The corpus under raw/ (a mix: each source under raw/<name>/). `limits` may raise DownloadConfig's
+    decompression limits (``max_expansion_ratio``, ``max_decompressed_bytes``) for a corpus that really
+    inflates that much."""
     from pipeline_tasks.download import DownloadConfig, download
 
     out = layout.uri("raw")
     if not _done(out, "download"):
+        cfg = DownloadConfig(cache_dir=cache_dir or _cache_dir(layout), **dict(limits or {}))
         with _tmp("raw") as tmp:
-            download(corpus.source, Path(tmp) / "raw", DownloadConfig(cache_dir=cache_dir or _cache_dir(layout),
-                                                                      **dict(limits or {})))
+            if corpus.is_mix:
+                (Path(tmp) / "raw").mkdir()
+                for src in corpus.sources():
+                    download(src.source, Path(tmp) / "raw" / src.name, cfg)
+            else:
+                download(corpus.source, Path(tmp) / "raw", cfg)  # type: ignore[arg-type]
             put_tree(Path(tmp) / "raw", out)
     return {"raw": out}
 
@@ -132,8 +203,9 @@ def eval_sets(layout: RunLayout, corpus: CorpusConfig, names: list[str], work: P
 
 
 def subset_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any) -> dict[str, Any]:
-    """The training subset (SubsetConfig); validation and test pass through unchanged."""
-    from pipeline_tasks.subset import subset
+    """The training subset (SubsetConfig), or with several corpora the training mix (subset.mix);
+    validation and test pass through unchanged (with a mix: from the first source that has them)."""
+    from pipeline_tasks.subset import MixSource, mix, subset
 
     out = layout.uri("subset")
     report: dict[str, Any] = {}
@@ -142,16 +214,42 @@ def subset_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any) -> dict[str, 
             raw = get_tree(layout.uri("raw"), Path(tmp) / "raw")
             dst = Path(tmp) / "subset"
             dst.mkdir()
-            files = corpus.files()
             src_l, trg_l = corpus.source_lang, corpus.target_lang
-            report = subset(str(find_split(raw, files["train"], src_l)), str(find_split(raw, files["train"], trg_l)),
-                            dst / f"train.{src_l}", dst / f"train.{trg_l}", cfg)
+            sources = corpus.sources()
+            folders = [raw / s.name for s in sources] if corpus.is_mix else [raw]
+            if corpus.is_mix:
+                mixed = [MixSource(s.name, str(find_split(f, s.files()["train"], src_l)),
+                                   str(find_split(f, s.files()["train"], trg_l)), s.weight, s.share)
+                         for s, f in zip(sources, folders)]
+                report = mix(mixed, dst / f"train.{src_l}", dst / f"train.{trg_l}", cfg)
+            else:
+                train = corpus.files()["train"]
+                report = subset(str(find_split(raw, train, src_l)), str(find_split(raw, train, trg_l)),
+                                dst / f"train.{src_l}", dst / f"train.{trg_l}", cfg)
             for split in ("val", "test"):
-                for lang in (src_l, trg_l):
-                    (dst / f"{split}.{lang}").write_bytes(find_split(raw, files[split], lang).read_bytes())
+                found = _split_of(sources, folders, split, src_l, trg_l)
+                if found is None:
+                    if split == "val":
+                        raise FileNotFoundError("corpus: no source has a validation split (layout 'val'); give one "
+                                                "a layout with val, e.g. {\"val\": \"newstest2016.{lang}\"}")
+                    log.info("subset: no source has a test split: the run is scored on its test_sets only")
+                    continue
+                report.setdefault("splits_from", {})[split] = found[0]
+                for lang, path in zip((src_l, trg_l), found[1]):
+                    (dst / f"{split}.{lang}").write_bytes(path.read_bytes())
             (dst / "subset-report.json").write_text(json.dumps(report, indent=2) + "\n")
             put_tree(dst, out)
     return {"subset": out, "report": report}
+
+
+def _split_of(sources: list[CorpusSource], folders: list[Path], split: str, src_l: str, trg_l: str
+              ) -> tuple[str, tuple[Path, Path]] | None:
+    """(source name, (source file, target file)) of the first source whose layout has `split`."""
+    for source, folder in zip(sources, folders):
+        pattern = source.files().get(split)
+        if pattern:
+            return source.name, (find_split(folder, pattern, src_l), find_split(folder, pattern, trg_l))
+    return None
 
 
 def clean_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any) -> dict[str, Any]:
@@ -170,8 +268,9 @@ def clean_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any) -> dict[str, A
             report = {"train": clean(str(sub / f"train.{s}"), str(sub / f"train.{t}"), dst / f"train.{s}",
                                      dst / f"train.{t}", s, t, cfg)}
             for split in ("val", "test"):
-                report[split] = clean(str(sub / f"{split}.{s}"), str(sub / f"{split}.{t}"), dst / f"{split}.{s}",
-                                      dst / f"{split}.{t}", s, t, cfg, keep_all=True)
+                if (sub / f"{split}.{s}").is_file():  # a mix may have no test split (scored on its test_sets)
+                    report[split] = clean(str(sub / f"{split}.{s}"), str(sub / f"{split}.{t}"), dst / f"{split}.{s}",
+                                          dst / f"{split}.{t}", s, t, cfg, keep_all=True)
             (dst / "clean-report.json").write_text(json.dumps(report, indent=2) + "\n")
             put_tree(dst, out)
     return {"clean": out, "report": {split: {k: r[k] for k in ("pairs_in", "pairs_out", "dropped")}
@@ -223,7 +322,8 @@ def tokenize_step(layout: RunLayout, corpus: CorpusConfig, cfg: Any,
                 log.info("tokenize: with the parent model's tokenizer (%s)%s", parent["tokenizer"],
                          f"; the run's tokenizer params ({mine}) are not used" if mine != parent["tokenizer"] else "")
             s, t = corpus.source_lang, corpus.target_lang
-            splits = {split: (str(sub / f"{split}.{s}"), str(sub / f"{split}.{t}")) for split in SPLITS}
+            splits = {split: (str(sub / f"{split}.{s}"), str(sub / f"{split}.{t}")) for split in SPLITS
+                      if (sub / f"{split}.{s}").is_file()}
             tokenize_corpus(splits, Path(tmp) / "tok", cfg, saved=saved)
             put_tree(Path(tmp) / "tok", out)
     return {"tok": out}
@@ -318,14 +418,20 @@ def evaluate_step(layout: RunLayout, corpus: CorpusConfig, model_uri: str, cfg: 
                           for name, s in (metrics.get("test_sets") or {}).items()}}
 
 
-def transform_input_step(layout: RunLayout, corpus: CorpusConfig, source: str | None = None) -> str:
-    """The batch transform's input prefix: the given URI, or the test split's sources as JSON Lines."""
+def transform_input_step(layout: RunLayout, corpus: CorpusConfig, source: str | None = None,
+                         test_set: str = "test") -> str:
+    """The batch transform's input prefix: the given URI, or the first test set's sources as JSON Lines."""
+    from pipeline_tasks.evaluate import PRIMARY
+    from pipeline_tasks.test_sets import SOURCE_FILE
+
     if source:
         return source
     prefix = layout.uri("transform", "input")
     target = storage.join(prefix, "test.jsonl")
     with _tmp("transform-input") as tmp:
-        src = storage.get_file(storage.join(layout.uri("subset"), f"test.{corpus.source_lang}"), Path(tmp) / "src")
+        uri = (storage.join(layout.uri("subset"), f"test.{corpus.source_lang}") if test_set == PRIMARY
+               else layout.uri("test_sets", test_set, SOURCE_FILE))
+        src = storage.get_file(uri, Path(tmp) / "src")
         jsonl = Path(tmp) / "test.jsonl"
         with open(src, encoding="utf-8", errors="replace") as fin, open(jsonl, "w", encoding="utf-8") as fout:
             for line in fin:

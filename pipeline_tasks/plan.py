@@ -19,6 +19,7 @@ from pipeline_tasks.evaluate import MEAN
 from pipeline_tasks.jobs.requests import hyperparameter_strings, is_builtin_image
 from pipeline_tasks.jobs.tuning import TuningError, check_tuning_param
 from pipeline_tasks.parent_model import INIT_NONE
+from pipeline_tasks.pipeline import corpus_sources
 from pipeline_tasks.test_sets import TestSetError, parse_test_sets
 from pipeline_tasks.tracking import TrackingConfig
 
@@ -89,6 +90,16 @@ def check_training_run(params: Mapping[str, Any], conf: Mapping[str, Any] | None
         sets = parse_test_sets(params.get("test_sets"), params["source_lang"], params["target_lang"])
     except TestSetError as e:
         raise PlanError(str(e)) from None
+    try:
+        sources = corpus_sources(params.get("corpus", "wmt17-de-en-preprocessed"), params.get("corpus_layout"))
+    except ValueError as e:
+        raise PlanError(str(e)) from None
+    if not any(s.files().get("val") for s in sources):
+        raise PlanError("corpus: no source has a validation split; give one a layout with val, e.g. "
+                        '{"source": …, "layout": {"train": …, "val": "newstest2016.{lang}"}}')
+    if any(s.corpus_split for s in sets) and not any(s.files().get("test") for s in sources):
+        raise PlanError("corpus: no source has a test split, and test_sets asks for it (\"test\", the default); "
+                        "name test sets, e.g. [\"newstest2017\"]")
     names = [s.name for s in sets]
     if rule.test_set is not None and rule.test_set not in (*names, MEAN):
         raise PlanError(f"gate: test_set {rule.test_set!r} is not one of the run's test sets ({', '.join(names)}) "

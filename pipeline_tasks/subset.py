@@ -4,16 +4,21 @@ random sample of N, with optional length and length-ratio filters.
 Pairs stay aligned; blank pairs and filtered pairs are skipped and counted; files of different
 line counts fail with an error naming both files and both counts (even in head mode, where the
 rest of both files is still read to check). Random mode makes two streaming passes (count, then
-pick), so memory holds N line numbers, not N sentences, and output keeps corpus order.
+pick), so memory holds a flag per pair (one byte), not the sentences, and output keeps corpus order.
+
+Several corpora (:func:`mix`): each source's pairs enter the training mix with a weight (an
+upsampling factor) or a share of the mix, sampled reproducibly by seed; the report counts what came
+from each.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 from pipeline_tasks.atomic import check_output_files, staged_files
 from pipeline_tasks.progress import Progress
@@ -100,6 +105,21 @@ def _candidates(source: str, target: str, cfg: SubsetConfig, stats: SubsetStats,
     progress.done()
 
 
+def count_candidates(source: str, target: str, cfg: SubsetConfig) -> int:
+    """How many pairs pass the filters (a first pass over the files)."""
+    return sum(1 for _ in _candidates(source, target, cfg, SubsetStats(), TextStats(source), TextStats(target)))
+
+
+def sample_mask(n: int, k: int, seed: int | Sequence[int]) -> np.ndarray:
+    """k of n positions, chosen reproducibly by seed, as a boolean mask (1 byte a pair, whatever n is)."""
+    mask = np.zeros(n, dtype=bool)
+    if k >= n:
+        mask[:] = True
+    elif k > 0:
+        mask[np.random.default_rng(seed).choice(n, size=k, replace=False)] = True
+    return mask
+
+
 def subset(source: str, target: str, out_source: str | os.PathLike[str], out_target: str | os.PathLike[str],
            cfg: SubsetConfig) -> dict:
     """Write the chosen pairs to `out_source`/`out_target` (both or neither); returns the counts.
@@ -114,18 +134,17 @@ def subset(source: str, target: str, out_source: str | os.PathLike[str], out_tar
     check_output_files(outputs, inputs)   # now, not after random mode's counting pass
     stats = SubsetStats()
     src_text, trg_text = TextStats(source), TextStats(target)
-    chosen: set[int] | None = None
+    chosen: np.ndarray | None = None  # a flag per candidate pair: a byte each, not a Python int
     if cfg.mode == "random" and cfg.size is not None:
-        count_stats = SubsetStats()
-        n = sum(1 for _ in _candidates(source, target, cfg, count_stats, TextStats(source), TextStats(target)))
-        k = min(cfg.size, n)
-        chosen = set(random.Random(cfg.seed).sample(range(n), k))
+        n = count_candidates(source, target, cfg)
+        chosen = sample_mask(n, min(cfg.size, n), cfg.seed)
+
     def enough() -> bool:
         return chosen is None and cfg.size is not None and stats.pairs_written >= cfg.size
 
     with staged_files(outputs, inputs, encoding="utf-8") as (fs, ft):
         for idx, (s, t) in enumerate(_candidates(source, target, cfg, stats, src_text, trg_text, enough)):
-            if enough() or (chosen is not None and idx not in chosen):
+            if enough() or (chosen is not None and not chosen[idx]):
                 continue
             # A lone '\r' would end a line for text-mode readers downstream; as whitespace it is the same.
             fs.write((s.replace("\r", " ") if "\r" in s else s) + "\n")
@@ -143,3 +162,109 @@ def subset(source: str, target: str, out_source: str | os.PathLike[str], out_tar
     log.info("subset: %d of %d pairs written (%d blank, %d too long, %d over ratio skipped)",
              stats.pairs_written, stats.lines_read, stats.blank_skipped, stats.too_long_skipped, stats.ratio_skipped)
     return asdict(stats)
+
+
+# --- several corpora ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MixSource:
+    """One corpus of the mix: its name (for the report), its files, and how much of the mix it makes."""
+
+    name: str
+    source: str
+    target: str
+    weight: float = 1.0              # upsampling factor: 2 = each pair twice (0.5: half of them, sampled)
+    share: float | None = None       # or: this fraction of the mix
+
+    def __post_init__(self) -> None:
+        if not self.weight > 0:
+            raise ValueError(f"corpus {self.name}: weight must be > 0, got {self.weight}")
+        if self.share is not None and not 0 < self.share <= 1:
+            raise ValueError(f"corpus {self.name}: share must be in (0, 1], got {self.share}")
+
+
+def _largest_remainder(total: int, parts: Sequence[float]) -> list[int]:
+    """Whole numbers proportional to `parts` that add up to `total`."""
+    raw = [total * p / sum(parts) for p in parts]
+    out = [int(r) for r in raw]
+    for i in sorted(range(len(raw)), key=lambda i: raw[i] - out[i], reverse=True)[:total - sum(out)]:
+        out[i] += 1
+    return out
+
+
+def mix_counts(available: Sequence[int], sources: Sequence[MixSource], size: int | None) -> list[int]:
+    """How many pairs each source puts into the mix.
+
+    Shares (given for every source): the mix has `size` pairs (default: as many as the sources allow
+    without repeating a pair) split by share. Weights: each source's pairs times its weight, scaled down
+    to `size` when that is smaller. A count above what a source has repeats its pairs (upsampling)."""
+    shares = [s.share for s in sources]
+    if any(x is not None for x in shares):
+        if any(x is None for x in shares):
+            raise ValueError("corpus: give a share for every source of the mix, or for none (weights)")
+        total = sum(shares)  # type: ignore[arg-type]
+        if abs(total - 1) > 1e-6:
+            raise ValueError(f"corpus: the shares add up to {total:g}, not 1")
+        n = size if size is not None else int(min(a / x for a, x in zip(available, shares)))  # type: ignore[operator]
+        return _largest_remainder(n, shares)  # type: ignore[arg-type]
+    wanted = [a * s.weight for a, s in zip(available, sources)]
+    if size is not None and size < sum(wanted):
+        return _largest_remainder(size, wanted)
+    return [round(w) for w in wanted]
+
+
+def mix(sources: Sequence[MixSource], out_source: str | os.PathLike[str], out_target: str | os.PathLike[str],
+        cfg: SubsetConfig) -> dict:
+    """The training mix of several corpora in `out_source`/`out_target` (both or neither): each source's
+    count (:func:`mix_counts`) of its pairs — every pair ⌊count / pairs⌋ times, plus the rest chosen by
+    `cfg.mode` (head: the first ones; random: a sample by seed, the same pairs for the same seed), in
+    corpus order, source after source (training shuffles). Returns the counts, per source too."""
+    if not sources:
+        raise ValueError("corpus: no source to mix")
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ValueError(f"corpus: the sources' names must differ, got {names}")
+    inputs = [p for s in sources for p in (s.source, s.target)]
+    for p in inputs:
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"input file not found: {p}")
+    outputs = [out_source, out_target]
+    check_output_files(outputs, inputs)
+    pass_all = SubsetConfig(max_len=cfg.max_len, max_ratio=cfg.max_ratio)
+    available = [count_candidates(s.source, s.target, pass_all) for s in sources]
+    counts = mix_counts(available, sources, cfg.size)
+    report: dict = {"pairs_written": 0, "sources": []}
+    with staged_files(outputs, inputs, encoding="utf-8") as (fs, ft):
+        for i, (src, n, k) in enumerate(zip(sources, available, counts)):
+            if n == 0:
+                raise ValueError(f"corpus {src.name}: no sentence pairs in {src.source} / {src.target}")
+            repeats, rest = divmod(k, n)
+            extra = np.zeros(n, dtype=bool)
+            if rest:
+                extra = np.arange(n) < rest if cfg.mode == "head" else sample_mask(n, rest, [cfg.seed, i])
+            stats = SubsetStats()
+            s_text, t_text = TextStats(src.source), TextStats(src.target)
+            written = 0
+            for idx, (s, t) in enumerate(_candidates(src.source, src.target, pass_all, stats, s_text, t_text)):
+                times = repeats + int(extra[idx])
+                if times:
+                    s, t = s.replace("\r", " "), t.replace("\r", " ")
+                    fs.write((s + "\n") * times)
+                    ft.write((t + "\n") * times)
+                    written += times
+            report["sources"].append({
+                "name": src.name, "source": src.source, "target": src.target, "weight": src.weight,
+                "share": src.share, "pairs_available": n, "pairs_written": written,
+                "share_of_mix": None, "blank_skipped": stats.blank_skipped,
+                "too_long_skipped": stats.too_long_skipped, "ratio_skipped": stats.ratio_skipped,
+                "source_text": s_text.as_dict(), "target_text": t_text.as_dict()})
+            report["pairs_written"] += written
+            log.info("mix: %s: %d of its %d pairs%s", src.name, written, n,
+                     f" (each {repeats}x, then {rest} more)" if repeats > 1 or (repeats and rest) else "")
+        if report["pairs_written"] == 0:
+            raise ValueError("corpus: the mix is empty")
+    for r in report["sources"]:
+        r["share_of_mix"] = round(r["pairs_written"] / report["pairs_written"], 6)
+    log.info("mix: %d pairs from %s", report["pairs_written"],
+             ", ".join(f"{r['name']} {r['pairs_written']} ({r['share_of_mix']:.1%})" for r in report["sources"]))
+    return report

@@ -20,7 +20,7 @@ import pytest
 
 from pipeline_tasks import storage
 from pipeline_tasks.runs import COMPLETE_MARKER
-from tests.conftest import ROOT
+from tests.conftest import NEWSTEST, ROOT
 
 DAGS = ROOT / "dags"
 TINY_HP = {"max_seq_len_source": 30, "max_seq_len_target": 30, "batch_size": 32, "rnn_num_hidden": 32,
@@ -29,8 +29,8 @@ TINY_HP = {"max_seq_len_source": 30, "max_seq_len_target": 30, "batch_size": 32,
 TINY = {"corpus": "wmt-toy-ende-sample", "subset_size": 1000, "hyperparameters": TINY_HP,
         "num_words_source": 2000, "num_words_target": 2000, "beam_size": 1, "eval_max_sentences": 40,
         "gate": {"metric": "test:perplexity"}}
-TASKS = {"plan", "parent_model", "download", "subset", "clean", "tokenize", "recordio", "upload", "training_request",
-         "tuning_request", "tune_local", "tune_sagemaker",
+TASKS = {"plan", "parent_model", "download", "test_sets", "subset", "clean", "tokenize", "recordio", "upload",
+         "training_request", "tuning_request", "tune_local", "tune_sagemaker",
          "training_backend", "train_local", "train_sagemaker", "trained", "evaluate", "gate", "promoted", "approval",
          "promote", "transform_request", "transform_backend", "transform_local", "transform_sagemaker", "publish",
          "finish_tracking"}
@@ -285,9 +285,20 @@ def test_local_backend_end_to_end_with_s3_on_moto(airflow_env: dict[str, str], m
     env = {**airflow_env, **{k: v for k, v in os.environ.items() if k.startswith("AWS_") or k.lower() == "no_proxy"}}
     assert env["AWS_ENDPOINT_URL"] == moto_endpoint
     root = f"s3://{bucket}/pipeline"
-    # ... with approval required, and the approver rejecting the gate's promotion through the REST API.
+    # ... with approval required, and the approver rejecting the gate's promotion through the REST API;
+    # trained on a mix of two corpora (the second upsampled 2x), scored on two test sets, gated on the second.
+    extra = tmp_path / "extra-corpus"
+    extra.mkdir()
+    for lang in ("en", "de"):
+        lines = (ROOT / "pipeline_tasks/sample_data/wmt-toy-ende" / f"train.{lang}").read_text().splitlines()
+        (extra / f"train.{lang}").write_text("\n".join(lines[-400:]) + "\n")
+    corpus = ["wmt-toy-ende-sample", {"source": str(extra), "layout": {"train": "train.{lang}"}, "weight": 2,
+                                      "name": "extra"}]
+    test_sets = ["test", {"name": "newstest2017", "source": str(NEWSTEST / "newstest2017.en-de.en"),
+                          "reference": str(NEWSTEST / "newstest2017.en-de.de")}]
     tracking = {"enabled": True, "uri": mlflow_server, "experiment": "wmt_seq2seq_s3", "registered_model": None}
-    conf = {**TINY, "artifact_root": root, "eval_max_sentences": 20, "tracking": tracking, "require_approval": True}
+    conf = {**TINY, "artifact_root": root, "eval_max_sentences": 20, "tracking": tracking, "require_approval": True,
+            "corpus": corpus, "test_sets": test_sets, "gate": {"metric": "test:perplexity", "test_set": "newstest2017"}}
     result = run_dag(env, conf, tmp_path / "run",
                      answer={"option": "Reject", "reason": "wait for the news domain data", "user": "reviewer"})
     assert result["state"] == "success", result["log"][-3000:]
@@ -302,6 +313,22 @@ def test_local_backend_end_to_end_with_s3_on_moto(airflow_env: dict[str, str], m
     assert len(run_ids) == 1
     base = run_ids.pop()
     _assert_run_tree(base, files, transformed=False)
+
+    def read(key: str) -> dict:
+        return json.loads(s3.get_object(Bucket=bucket, Key=f"pipeline/wmt_seq2seq/{base}/{key}")["Body"].read())
+
+    # The mix: 10,000 sample pairs and 400 extra pairs twice over, scaled to the 1,000 asked for (833 + 167).
+    mixed = read("subset/subset-report.json")
+    assert [(m["name"], m["pairs_available"], m["pairs_written"]) for m in mixed["sources"]] == [
+        ("wmt-toy-ende-sample", 10000, 833), ("extra", 400, 167)]
+    assert mixed["splits_from"] == {"val": "wmt-toy-ende-sample", "test": "wmt-toy-ende-sample"}
+    assert f"{base}/raw/extra/train.en" in files and f"{base}/test_sets/newstest2017/reference.txt" in files
+    # Two test sets, scored apart; the gate decided on newstest2017.
+    evaluated = read("eval/metrics.json")
+    assert list(evaluated["test_sets"]) == ["test", "newstest2017"]
+    assert evaluated["metrics"]["newstest2017:perplexity"] == read("eval/test_sets/newstest2017/metrics.json")[
+        "metrics"]["test:perplexity"]
+    assert "newstest2017:perplexity" in result["log"] and "mean: BLEU" in result["log"]
     assert "promoted.json" not in files  # nothing promoted: the gate said yes, the approver no
     summary = json.loads(s3.get_object(Bucket=bucket, Key=f"pipeline/wmt_seq2seq/{base}/run.json")["Body"].read())
     assert summary["model"].startswith(f"s3://{bucket}/pipeline/wmt_seq2seq/{base}/model/")
