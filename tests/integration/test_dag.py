@@ -287,11 +287,12 @@ def test_local_backend_end_to_end_with_s3_on_moto(airflow_env: dict[str, str], m
     root = f"s3://{bucket}/pipeline"
     # ... with approval required, and the approver rejecting the gate's promotion through the REST API;
     # trained on a mix of two corpora (the second upsampled 2x), scored on two test sets, gated on the second.
-    extra = tmp_path / "extra-corpus"
-    extra.mkdir()
-    for lang in ("en", "de"):
-        lines = (ROOT / "pipeline_tasks/sample_data/wmt-toy-ende" / f"train.{lang}").read_text().splitlines()
-        (extra / f"train.{lang}").write_text("\n".join(lines[-400:]) + "\n")
+    extra = tmp_path / "extra-corpus.tgz"  # a corpus is a catalog name, a URL or a file (here an archive)
+    with tarfile.open(extra, "w:gz") as tar:
+        for lang in ("en", "de"):
+            lines = (ROOT / "pipeline_tasks/sample_data/wmt-toy-ende" / f"train.{lang}").read_text().splitlines()
+            (tmp_path / f"extra.{lang}").write_text("\n".join(lines[-400:]) + "\n")
+            tar.add(tmp_path / f"extra.{lang}", arcname=f"extra/train.{lang}")
     corpus = ["wmt-toy-ende-sample", {"source": str(extra), "layout": {"train": "train.{lang}"}, "weight": 2,
                                       "name": "extra"}]
     test_sets = ["test", {"name": "newstest2017", "source": str(NEWSTEST / "newstest2017.en-de.en"),
@@ -317,12 +318,14 @@ def test_local_backend_end_to_end_with_s3_on_moto(airflow_env: dict[str, str], m
     def read(key: str) -> dict:
         return json.loads(s3.get_object(Bucket=bucket, Key=f"pipeline/wmt_seq2seq/{base}/{key}")["Body"].read())
 
-    # The mix: 10,000 sample pairs and 400 extra pairs twice over, scaled to the 1,000 asked for (833 + 167).
+    # The mix: the sample's pairs and the 400 extra pairs twice over, scaled to the 1,000 asked for.
     mixed = read("subset/subset-report.json")
-    assert [(m["name"], m["pairs_available"], m["pairs_written"]) for m in mixed["sources"]] == [
-        ("wmt-toy-ende-sample", 10000, 833), ("extra", 400, 167)]
+    [(name, n, k), (extra_name, n_extra, k_extra)] = [(m["name"], m["pairs_available"], m["pairs_written"])
+                                                      for m in mixed["sources"]]
+    assert (name, extra_name, n_extra, k + k_extra) == ("wmt-toy-ende-sample", "extra", 400, 1000)
+    assert k_extra == round(1000 * 2 * 400 / (n + 2 * 400)) and n > 9900
     assert mixed["splits_from"] == {"val": "wmt-toy-ende-sample", "test": "wmt-toy-ende-sample"}
-    assert f"{base}/raw/extra/train.en" in files and f"{base}/test_sets/newstest2017/reference.txt" in files
+    assert f"{base}/raw/extra/extra/train.en" in files and f"{base}/test_sets/newstest2017/reference.txt" in files
     # Two test sets, scored apart; the gate decided on newstest2017.
     evaluated = read("eval/metrics.json")
     assert list(evaluated["test_sets"]) == ["test", "newstest2017"]
