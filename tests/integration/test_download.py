@@ -788,7 +788,8 @@ def test_cli_404_is_a_one_line_error(server, tmp_path):
 def test_cli_list_and_sha256_option(server, tmp_path):
     p = _cli("download", "--list")
     assert p.returncode == 0, p.stderr
-    assert set(json.loads(p.stdout)) == {"wmt17-de-en-preprocessed", "wmt-toy-ende-sample"}
+    assert set(json.loads(p.stdout)) == {"wmt17-de-en-preprocessed", "wmt-toy-ende-sample", "europarl-v7-de-en",
+                                         "news-commentary-v12-de-en", "commoncrawl-de-en", "rapid2016-de-en"}
     url = server.url(f"/files/{DE.name}.gz")
     p = _cli("download", url, "--output", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
              "--sha256", "0" * 64, "--retries", "0")
