@@ -1,6 +1,7 @@
 """The clean step's throughput and memory: the batched step against the one it replaced.
 
     .venv/bin/python -m benchmarks.bench_clean [--pairs 300000] [--repeat 3] [--workers N] [--digests 1000000]
+                                               [--rss-pairs 2000000 ...]
 
 Throughput: PAIRS training pairs made by benchmarks.bench_scale.make_corpus (the bundled sample, then
 repeated with a typo a side: real text and the sample's own noise), cleaned with the defaults by each
@@ -10,8 +11,10 @@ pairs/s is end to end: interpreter, imports, model loading and workers' start in
 task pays them. Both runs must write byte-identical files and the same report (the speed must not come
 from doing something else). The baseline is benchmarks/clean_baseline.py, the step as it was.
 
-Memory of duplicate detection: bytes per distinct pair of the old Python sets of 8-byte digests
-(tracemalloc) and of pipeline_tasks.digestset.DigestSet, for --digests random digests each.
+Memory: --rss-pairs N... runs the new step alone at larger sizes (the old one would take ~4 minutes a
+million pairs), to show what grows with the corpus; and the bytes per distinct pair of duplicate
+detection: the old Python sets of 8-byte digests (tracemalloc) against pipeline_tasks.digestset.DigestSet,
+for --digests random digests each.
 """
 
 from __future__ import annotations
@@ -81,12 +84,41 @@ def _set_bytes_per_entry(n: int) -> tuple[float, float]:
     return py, new.nbytes / len(new)
 
 
+def _compare(work: Path, pairs: int, repeat: int, workers: int) -> None:
+    """Old against new on the same corpus, alternating (a busy moment on a shared machine then hurts
+    neither side more), best of `repeat` each; their outputs must be the same."""
+    src, trg = make_corpus(work / f"corpus-{pairs}", pairs)
+    best: dict[str, tuple[float, int, dict]] = {}
+    for _ in range(repeat):
+        for impl in ("old", "new"):
+            run = _run(impl, src, trg, work / impl, workers)
+            if impl not in best or run[0] < best[impl][0]:
+                best[impl] = run
+    for lang in ("en", "de"):
+        assert (work / f"old.{lang}").read_bytes() == (work / f"new.{lang}").read_bytes(), f".{lang} files differ"
+    assert best["old"][2]["report"] == best["new"][2]["report"], "the reports differ"
+
+    report = best["new"][2]["report"]
+    print(f"clean, {pairs:,} pairs (benchmarks.bench_scale.make_corpus), {workers} worker(s), "
+          f"best of {repeat} alternating runs each, end to end")
+    for impl, label in (("old", "old (pair by pair, py3langid per side)"), ("new", "new (batched)")):
+        seconds, peak, child = best[impl]
+        print(f"  {label:<40} {seconds:7.2f} s  {pairs / seconds:8,.0f} pairs/s  peak RSS {peak / 2**20:5.0f} MiB  "
+              f"CPU {child['cpu_s']:6.1f} s  (clean() itself {child['call_s']:.2f} s)")
+    cpu_ratio = best["old"][2]["cpu_s"] / best["new"][2]["cpu_s"]
+    print(f"  speed-up: {best['old'][0] / best['new'][0]:.2f}x wall, {cpu_ratio:.2f}x CPU   (outputs byte-identical, "
+          f"reports equal: {report['pairs_out']:,} kept, {report['pairs_in'] - report['pairs_out']:,} dropped)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=300_000)
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each implementation; the best time counts")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs of each implementation; the best time counts (0: no comparison)")
     ap.add_argument("--workers", type=int, default=default_workers())
     ap.add_argument("--digests", type=int, default=1_000_000, help="entries for the memory-per-digest figures")
+    ap.add_argument("--rss-pairs", type=int, nargs="*", default=[],
+                    help="also run the new step alone at these sizes (peak RSS as the corpus grows)")
     ap.add_argument("--workdir", type=Path)
     ap.add_argument("--one", choices=("old", "new"), help=argparse.SUPPRESS)
     ap.add_argument("--source", help=argparse.SUPPRESS)
@@ -98,30 +130,13 @@ def main() -> None:
         return
 
     work = a.workdir or Path(tempfile.mkdtemp(prefix="bench-clean-"))
-    src, trg = make_corpus(work / f"corpus-{a.pairs}", a.pairs)
-    best: dict[str, tuple[float, int, dict]] = {}
-    # Alternating, so that a busy moment on a shared machine hurts neither side more.
-    for _ in range(a.repeat):
-        for impl in ("old", "new"):
-            run = _run(impl, src, trg, work / impl, a.workers)
-            if impl not in best or run[0] < best[impl][0]:
-                best[impl] = run
-    for lang in ("en", "de"):
-        old_bytes, new_bytes = (work / f"old.{lang}").read_bytes(), (work / f"new.{lang}").read_bytes()
-        assert old_bytes == new_bytes, f"the cleaned .{lang} files differ"
-    assert best["old"][2]["report"] == best["new"][2]["report"], "the reports differ"
-
-    report = best["new"][2]["report"]
-    print(f"clean, {a.pairs:,} pairs (benchmarks.bench_scale.make_corpus), {a.workers} worker(s), "
-          f"best of {a.repeat} alternating runs each, end to end")
-    for impl, label in (("old", "old (pair by pair, py3langid per side)"), ("new", "new (batched)")):
-        seconds, peak, child = best[impl]
-        print(f"  {label:<40} {seconds:7.2f} s  {a.pairs / seconds:8,.0f} pairs/s  peak RSS {peak / 2**20:5.0f} MiB  "
-              f"CPU {child['cpu_s']:6.1f} s  (clean() itself {child['call_s']:.2f} s)")
-    cpu_ratio = best["old"][2]["cpu_s"] / best["new"][2]["cpu_s"]
-    print(f"  speed-up: {best['old'][0] / best['new'][0]:.2f}x wall, {cpu_ratio:.2f}x CPU   (outputs byte-identical, "
-          f"reports equal: "
-          f"{report['pairs_out']:,} kept, {report['pairs_in'] - report['pairs_out']:,} dropped)")
+    if a.repeat:
+        _compare(work, a.pairs, a.repeat, a.workers)
+    for n in a.rss_pairs:
+        s, t = make_corpus(work / f"corpus-{n}", n)
+        seconds, peak, child = _run("new", s, t, work / f"rss-{n}", a.workers)
+        print(f"  new alone at {n:>10,} pairs: {seconds:7.1f} s  {n / seconds:8,.0f} pairs/s  "
+              f"peak RSS {peak / 2**20:5.0f} MiB  CPU {child['cpu_s']:6.1f} s")
     if a.digests:
         py, ours = _set_bytes_per_entry(a.digests)
         print(f"  duplicate memory per distinct pair and digest kind, {a.digests:,} digests: Python set of 8-byte "
