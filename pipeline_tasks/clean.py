@@ -17,15 +17,15 @@ newstest sets (clean text) they drop well under 5 % (README, "Cleaning").
 
 The per-pair rules run on every core in blocks of 20,000 pairs, and each rule takes a block at once
 rather than a pair at a time (pipeline_tasks/clean_filters.py; WMT17's ~6M pairs must be cleaned in
-minutes, not the 40 the pair-by-pair version took): the text rules scan a block's lines joined, as one
-string (regexes) or as an array of code points (numpy, with per-character tables built from
+minutes, not the half hour the pair-by-pair version took): the text rules scan a block's lines joined,
+as one string (regexes) or as an array of code points (numpy, with per-character tables built from
 unicodedata), and language identification is py3langid's model run on the whole block
 (pipeline_tasks/langid.py). Workers send back a code and two digests per pair, no text; this process
 writes the raw lines it read (the few whose decoded text differs from their bytes, such as invalid UTF-8
-or a '\r\n' line end, come back as text). Duplicates are found here from 8-byte blake2b digests of the
-pair, kept in numpy hash sets (pipeline_tasks/digestset.py): 16-32 bytes per distinct pair and digest
-kind, neither the text nor a Python object each. Training data only: validation and test sets pass
-through untouched.
+or a '\\r\\n' line end, come back as text). Duplicates are found here from 8-byte blake2b digests of
+the pair (source '\\n' target), kept in numpy hash sets (pipeline_tasks/digestset.py): 16-32 bytes per
+distinct pair and digest kind, neither the text nor a Python object each. Training data only:
+validation and test sets pass through untouched.
 """
 
 from __future__ import annotations

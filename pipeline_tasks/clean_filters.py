@@ -228,9 +228,10 @@ def block_verdicts(sources: Sequence[str], targets: Sequence[str], source_lang: 
 
 
 def _digests(sources: Sequence[str], targets: Sequence[str]) -> np.ndarray:
-    """8-byte blake2b of each pair "source\\ttarget", as uint64."""
+    """8-byte blake2b of each pair "source\\ntarget", as uint64: '\\n', which no line holds, not the tab the
+    step used before (a line may hold a tab, and ("a\\tb", "c") was then a duplicate of ("a", "b\\tc"))."""
     blake = hashlib.blake2b
-    return np.frombuffer(b"".join([blake(f"{s}\t{t}".encode(), digest_size=8).digest()
+    return np.frombuffer(b"".join([blake(f"{s}\n{t}".encode(), digest_size=8).digest()
                                    for s, t in zip(sources, targets, strict=True)]), dtype=np.uint64)
 
 

@@ -241,6 +241,21 @@ def test_block_verdicts_are_the_old_pair_verdicts(langs, settings):
     assert len(set(want)) >= 4  # the pairs exercise several filters
 
 
+def test_pairs_that_differ_only_in_where_a_tab_is_are_not_duplicates(tmp_path):
+    """A bug of the pair-by-pair step: it digested "source\\ttarget", so ("a\\tb", "c") and ("a", "b\\tc")
+    had one digest and the second was dropped as a duplicate of the first."""
+    from benchmarks import clean_baseline as old
+
+    src, trg = tmp_path / "in.en", tmp_path / "in.de"
+    src.write_text("The first sentence\twith a tab inside it .\nThe first sentence\n")
+    trg.write_text("Der erste Satz .\nwith a tab inside it .\tDer erste Satz .\n")
+    cfg = CleanConfig.from_dict({"language": False})
+    assert old.clean(str(src), str(trg), tmp_path / "o.en", tmp_path / "o.de", "en", "de", cfg,
+                     workers=1)["dropped"]["duplicate"] == 1
+    report = clean(str(src), str(trg), tmp_path / "n.en", tmp_path / "n.de", "en", "de", cfg, workers=1)
+    assert report["pairs_out"] == 2 and (tmp_path / "n.en").read_text() == src.read_text()
+
+
 def _reference_dedup(blocks, dedup: bool, near_dedup: bool, keep_all: bool) -> list[list[int]]:
     """The old step's loop: pair by pair, Python sets, only written pairs remembered."""
     dup, near = FILTERS.index("duplicate") + 1, FILTERS.index("near_duplicate") + 1
