@@ -75,6 +75,7 @@ ui: venv
 bench: venv
 	$(PY) -m benchmarks.bench_recordio
 	$(PY) -m benchmarks.bench_channel_loading
+	$(PY) -m benchmarks.bench_clean
 	$(PY) -m benchmarks.bench_training
 	$(PY) -m benchmarks.bench_transform
 	$(PY) -m benchmarks.bench_int8  # trains its two models into .bench-int8/ once (reused on a rerun)

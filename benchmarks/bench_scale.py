@@ -195,7 +195,9 @@ def run_size(work: Path, pairs: int, bpe_size: int, bpe_sample: int, keep: bool)
     out = {"pairs": pairs, "steps": steps,
            "clean_pairs": steps["clean"]["result"].get("report", steps["clean"]["result"]).get("train", {}),
            "records": steps["recordio bpe"]["result"]["train"]["records"],
-           "vocab_whitespace": steps["recordio whitespace"]["result"]["vocab"],
+           "types_whitespace": (steps["recordio whitespace"]["result"]["vocab"].get("source_types"),
+                                steps["recordio whitespace"]["result"]["vocab"].get("target_types")),
+           "bpe_training_seconds": steps["tokenize bpe"]["result"].get("bpe_training_seconds"),
            "channel_bytes": sum(f.stat().st_size for f in (d / "ch-bpe").rglob("*") if f.is_file())}
     if not keep:
         shutil.rmtree(d, ignore_errors=True)
@@ -232,8 +234,8 @@ def report(runs: list[dict]) -> None:
         top = max(r["steps"].values(), key=lambda s: s["rss"])
         print(f"{r['pairs']:,} pairs: data preparation (subset, clean, tokenize bpe, recordio bpe, both uploads) "
               f"{prep / 60:.1f} min; largest peak RSS {top['rss'] / 2**30:.2f} GiB; {r['records']:,} records, "
-              f"{r['channel_bytes'] / 2**20:,.0f} MiB of channels; whitespace vocabulary counted "
-              f"{r['vocab_whitespace']}")
+              f"{r['channel_bytes'] / 2**20:,.0f} MiB of channels; word types (whitespace) {r['types_whitespace']}; "
+              f"SentencePiece training {r['bpe_training_seconds']} s")
     if len(runs) > 1:
         a, b = runs[0], runs[-1]
         print(f"\npeak RSS, {b['pairs'] / 1e6:g}M vs {a['pairs'] / 1e6:g}M pairs (flat = about 1.0):")

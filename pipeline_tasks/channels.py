@@ -368,7 +368,9 @@ def make_channels(train_source: str, train_target: str, val_source: str, val_tar
         for p in scratch.iterdir():
             p.unlink()
         scratch.rmdir()
-        report = {"vocab": {"source_size": len(src_vocab), "target_size": len(trg_vocab), **asdict(vocab_cfg),
+        report = {"vocab": {"source_size": len(src_vocab), "target_size": len(trg_vocab),
+                            "source_types": int(np.count_nonzero(scans["train.src"].counts)),
+                            "target_types": int(np.count_nonzero(scans["train.trg"].counts)), **asdict(vocab_cfg),
                             **({"reused_from": vocab_origin} if vocab_origin else {})},
                   "tokenizer_files": tokenizer, "train": {**asdict(train), "shards": shards},
                   "validation": asdict(val)}

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -126,7 +127,9 @@ def tokenize_corpus(splits: dict[str, tuple[str, str]], output: str | os.PathLik
                 if saved is not None:
                     shutil.copyfile(Path(saved) / f"{prefix}.model", stage / f"{prefix}.model")
                 else:
+                    started = time.monotonic()
                     _train_bpe([pre / f"train.{lang}" for lang in group], stage / prefix, cfg, workers)
+                    report.setdefault("bpe_training_seconds", {})[prefix] = round(time.monotonic() - started, 1)
             for name in splits:
                 for lang in langs:
                     _apply_bpe(pre / f"{name}.{lang}", stage / f"{name}.{lang}", stage / cfg.bpe_model_file(lang),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 
 from pipeline_tasks.clean import FILTERS, CleanConfig, clean, normalized, pair_verdict, script_share
@@ -133,3 +134,240 @@ def test_the_command_line_cleans_a_pair_of_files_and_names_a_missing_one(tmp_pat
                              timeout=120)
     assert missing.returncode != 0 and f"input file not found: {tmp_path / 'nope.en'}" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+# --- the batched step against the one it replaced (benchmarks/clean_baseline.py) -----------------------------
+
+MIXED = [
+    "", " ", "123 , . !", "Крім того", "Der Ausschuss ( Россия ) tagte .", "Η Ελλάδα , Greece",
+    "日本語 と English", "한국어 텍스트 Hangul", "العربية and English", "עברית text", "हिन्दी पाठ",
+    "e\u0301te\u0301 ǅemal ǈ ǋ", "ｆｕｌｌ ｗｉｄｔｈ",
+    "ʰʲ modifier ˆ letters", "𝐌𝐚𝐭𝐡 𝔉𝔯𝔞𝔨𝔱𝔲𝔯", "emoji 😀 🇩🇪 text", "\ufffd\x07\t\r\x85\u2028", "ß ẞ ﬁ ŉ İ ı", "Ⅻ ½ ² ٣ ४",
+]
+
+
+def _real_lines() -> list[str]:
+    from tests.conftest import NEWSTEST
+
+    return ((SAMPLE / "train.en").read_text(encoding="utf-8").splitlines()[:1500]
+            + (SAMPLE / "train.de").read_text(encoding="utf-8").splitlines()[:1500]
+            + (NEWSTEST / "newstest2017.en-de.de").read_text(encoding="utf-8").splitlines())
+
+
+def _code_point_lines(width: int) -> list[str]:
+    """Every code point but '\\n' (no line holds one), `width` consecutive ones a line."""
+    cps = [cp for cp in range(0x110000) if cp != 0x0A]
+    return ["".join(map(chr, cps[i:i + width])) for i in range(0, len(cps), width)]
+
+
+def test_script_share_is_the_old_functions_on_real_text_and_on_every_code_point():
+    from benchmarks import clean_baseline as old
+    from pipeline_tasks.clean import SCRIPTS
+    from pipeline_tasks.clean_filters import Lines
+
+    lines = _real_lines() + MIXED
+    for script in sorted(set(SCRIPTS.values())):
+        new_shares = Lines(lines).script_shares(script).tolist()
+        assert new_shares == [old.script_share(t, script) for t in lines], script
+        assert [script_share(t, script) for t in MIXED] == [old.script_share(t, script) for t in MIXED]
+    # Each code point alone: 1.0 (not a letter), 1.0 (a letter of the script) or 0.0 (another script's).
+    singles = [chr(cp) for cp in range(0x110000)]
+    latin = Lines(singles).script_shares("LATIN")
+    assert latin.tolist() == [old.script_share(ch, "LATIN") for ch in singles]
+    kinds = [old._script(ch) if ch.isalpha() else None for ch in singles]  # the old function's two questions
+    for script in sorted(set(SCRIPTS.values()) | {"MODIFIER", "MATHEMATICAL", "NOSUCHSCRIPT"}):
+        want = np.array([1.0 if k is None or k == script else 0.0 for k in kinds])
+        assert np.array_equal(Lines(singles).script_shares(script), want), script
+    # Runs of consecutive code points: letters of many scripts and everything else, mixed in one line.
+    runs = _code_point_lines(97)
+    for script in ("LATIN", "CJK", "CYRILLIC"):
+        assert Lines(runs).script_shares(script).tolist() == [old.script_share(t, script) for t in runs], script
+
+
+def test_normalized_lines_is_the_old_normalized_line_by_line():
+    from itertools import combinations
+
+    from benchmarks import clean_baseline as old
+    from pipeline_tasks.clean import NORMALIZATIONS
+    from pipeline_tasks.clean_filters import normalized_lines
+
+    edge = ["", " ", "   ", " a ", "a  b", "\t a\r\x0b\x0cb \x1c\x1d\x1e\x1f\x85\u2028\u2029\u3000\xa0 ", "a ,b",
+            ", . !", " , a , ", "A 1 ٣ ४ ² ½", "Straße STRASSE ﬁ ŉ İ ς Σ", "x\u0301 \u0301", "\ud800 lone surrogate"]
+    lines = _real_lines() + MIXED + edge + _code_point_lines(211)
+    for k in range(len(NORMALIZATIONS) + 1):
+        for how in combinations(NORMALIZATIONS, k):
+            assert normalized_lines(lines, how) == [old.normalized(t, how) for t in lines], how
+    assert normalized_lines([], NORMALIZATIONS) == []
+
+
+def _verdict_pairs() -> list[tuple[str, str]]:
+    en = (SAMPLE / "train.en").read_text(encoding="utf-8").splitlines()[:1200]
+    de = (SAMPLE / "train.de").read_text(encoding="utf-8").splitlines()[:1200]
+    crafted = [
+        ("See WWW.EXAMPLE.COM", "wWw.beispiel.de"), ("HTTPS://EXAMPLE.COM/a", "Text hier ."), ("httpſ://x.y", "z"),
+        ("a.b@c.de , x@y.org", "Schreiben Sie uns ."), ("no url : here", "www"), ("ftp://x.y", "mail @ home"),
+        ("www.a.de www.b.de", "www.c.de ."), ("The <b>bold</b> text", "Der Text"), ("a < b and c > d", "a < b"),
+        ("<p\tclass='x'>Hi", "Hallo"), ("<br/>", "Zeile"), ("x<y-z:1 a='b'/>", "y"), ("< p >", "<3"),
+        ("Tab\tis fine", "Tab\tist gut"), ("Bell \x07", "Glocke"), ("C1 \x85 here", "hier"), ("DEL \x7f", "x"),
+        ("\ufffd", "x"), ("Hotel Adlon", "hotel adlon !"), ("", ""), (" ", " "), ("1 2 3", "4 5 6"),
+        ("В 54 садибах розміщено 124 пам &apos; ятки .", "In den 54 Häusern befinden sich 124 Denkmäler ."),
+        ("Il est exploité depuis 43 ans par la famille Janinet et Fils .", "Der Ausschuss hat den Bericht ."),
+        ("La camera è dotata di aria condizionata , TV satellitare .", "Das Zimmer ist klimatisiert ."),
+        ("THE HOTEL IS CLOSED ON MONDAYS AND TUESDAYS", "DAS HOTEL IST MONTAGS UND DIENSTAGS GESCHLOSSEN"),
+        *MIXED_PAIRS,
+    ]
+    return list(zip(en, de, strict=True)) + crafted
+
+
+MIXED_PAIRS = [(a, b) for a, b in zip(MIXED, reversed(MIXED), strict=True)]
+
+
+@pytest.mark.parametrize("langs,settings", [
+    (("en", "de"), {}),
+    (("en", "de"), {"normalize": ["case"], "min_script_share": 0.8, "language_min_chars": 5}),
+    (("en", "de"), {"language_threshold": 0.5, "copy": False, "markup": False}),
+    (("en", "ru"), {}), (("zh", "ko"), {}), (("de", "el"), {"language_min_chars": 1}), (("xx", "yy"), {}),
+])
+def test_block_verdicts_are_the_old_pair_verdicts(langs, settings):
+    from benchmarks import clean_baseline as old
+    from pipeline_tasks.clean_filters import block_verdicts
+
+    pairs = _verdict_pairs()
+    cfg = CleanConfig.from_dict(settings)
+    codes = block_verdicts([s for s, _ in pairs], [t for _, t in pairs], *langs, cfg)
+    got = [FILTERS[c - 1] if c else None for c in codes.tolist()]
+    want = [old.pair_verdict(s, t, *langs, cfg) for s, t in pairs]
+    assert got == want
+    assert len(set(want)) >= 4  # the pairs exercise several filters
+
+
+def test_pairs_that_differ_only_in_where_a_tab_is_are_not_duplicates(tmp_path):
+    """A bug of the pair-by-pair step: it digested "source\\ttarget", so ("a\\tb", "c") and ("a", "b\\tc")
+    had one digest and the second was dropped as a duplicate of the first."""
+    from benchmarks import clean_baseline as old
+
+    src, trg = tmp_path / "in.en", tmp_path / "in.de"
+    src.write_text("The first sentence\twith a tab inside it .\nThe first sentence\n")
+    trg.write_text("Der erste Satz .\nwith a tab inside it .\tDer erste Satz .\n")
+    cfg = CleanConfig.from_dict({"language": False})
+    assert old.clean(str(src), str(trg), tmp_path / "o.en", tmp_path / "o.de", "en", "de", cfg,
+                     workers=1)["dropped"]["duplicate"] == 1
+    report = clean(str(src), str(trg), tmp_path / "n.en", tmp_path / "n.de", "en", "de", cfg, workers=1)
+    assert report["pairs_out"] == 2 and (tmp_path / "n.en").read_text() == src.read_text()
+
+
+def _reference_dedup(blocks, dedup: bool, near_dedup: bool, keep_all: bool) -> list[list[int]]:
+    """The old step's loop: pair by pair, Python sets, only written pairs remembered."""
+    dup, near = FILTERS.index("duplicate") + 1, FILTERS.index("near_duplicate") + 1
+    seen_e: set[int] = set()
+    seen_n: set[int] = set()
+    out = []
+    for codes, exact, normal in blocks:
+        result = []
+        for c, e, n in zip(codes.tolist(), exact.tolist(), normal.tolist(), strict=True):
+            if c == 0 and dedup and e in seen_e:
+                c = dup
+            elif c == 0 and near_dedup and n in seen_n:
+                c = near
+            result.append(c)
+            if c == 0 or keep_all:
+                seen_e.add(e)
+                seen_n.add(n)
+        out.append(result)
+    return out
+
+
+@pytest.mark.parametrize("keep_all", [False, True])
+@pytest.mark.parametrize("dedup,near_dedup", [(True, True), (True, False), (False, True)])
+def test_duplicates_are_resolved_as_pair_by_pair(keep_all, dedup, near_dedup):
+    """Random blocks with many repeats, inside a block and across blocks; an exact digest does not always
+    come with the same normalised one (collisions are not assumed away)."""
+    from pipeline_tasks.clean_filters import resolve_duplicates
+    from pipeline_tasks.digestset import DigestSet
+
+    rng = np.random.default_rng(3)
+    blocks = []
+    for _ in range(30):
+        n = int(rng.integers(0, 80))
+        codes = np.where(rng.random(n) < 0.2, rng.integers(1, 7, n), 0).astype(np.uint8)
+        exact = rng.integers(0, 40, n).astype(np.uint64)
+        normal = np.where(rng.random(n) < 0.8, exact // np.uint64(3), rng.integers(0, 40, n)).astype(np.uint64)
+        blocks.append((codes, exact, normal))
+    want = _reference_dedup(blocks, dedup, near_dedup, keep_all)
+    seen_e, seen_n = DigestSet(capacity=4), DigestSet(capacity=4)
+    for (codes, exact, normal), expected in zip(blocks, want, strict=True):
+        got = resolve_duplicates(codes, exact if dedup else None, normal if near_dedup else None, seen_e, seen_n,
+                                  keep_all)
+        assert got.tolist() == expected
+
+
+def _noisy_corpus(tmp_path):
+    """Real sample pairs with planted noise of every kind, and the byte-level oddities decode_lines
+    handles: a byte-order mark, invalid UTF-8, '\\r\\n' and a lone '\\r', empty lines, no final '\\n'."""
+    rng = random.Random(11)
+    en = (SAMPLE / "train.en").read_bytes().splitlines()[:2500]
+    de = (SAMPLE / "train.de").read_bytes().splitlines()[:2500]
+    pairs = list(zip(en, de, strict=True))
+    planted = [rng.choice(pairs) for _ in range(150)]                                       # duplicates
+    planted += [(s.upper().replace(b" .", b"!"), t.upper()) for s, t in rng.sample(pairs, 80)]  # near dups
+    planted += [(s, s) for s, _ in rng.sample(pairs, 40)] + [(t, s) for s, t in rng.sample(pairs, 40)]
+    planted += [(b"<p>" + s + b"</p>", t) for s, t in rng.sample(pairs, 30)]
+    planted += [(s, b"http://www.example.com/%d" % i) for i, (s, _) in enumerate(rng.sample(pairs, 30))]
+    planted += [(s.replace(b" ", b" \x07 ", 1), t) for s, t in rng.sample(pairs, 30)]
+    planted += [(s + b" \xff\xfe caf\xc3", t + b" \xe2\x82") for s, t in rng.sample(pairs, 30)]  # invalid UTF-8
+    planted += [(s + b"\r", t + b"\r") for s, t in rng.sample(pairs, 30)]                # '\r\n' line ends
+    planted += [(s.replace(b" ", b"\r", 1), t) for s, t in rng.sample(pairs, 20)]       # a '\r' inside
+    planted += [(b"", b""), (b"   ", b" "), (b"\xef\xbb\xbfmid-file BOM", b"BOM")] * 5
+    lines = pairs + planted
+    rng.shuffle(lines)
+    lines += [pairs[0], (b"The last line , without a line end .", b"Die letzte Zeile , ohne Zeilenende .")]
+    src, trg = tmp_path / "noisy.en", tmp_path / "noisy.de"
+    src.write_bytes(b"\xef\xbb\xbf" + b"\n".join(s for s, _ in lines))
+    trg.write_bytes(b"\xef\xbb\xbf" + b"\n".join(t for _, t in lines))
+    return src, trg
+
+
+@pytest.mark.parametrize("workers,keep_all,settings", [
+    (1, False, {}),
+    (1, True, {}),
+    (2, False, {}),
+    (1, False, {"bad_characters": False, "language": False, "normalize": ["case", "whitespace"], "examples": 0}),
+    (1, False, {"duplicate": False, "language_min_chars": 200}),
+    (1, False, {"near_duplicate": False, "copy": False, "language": False}),
+    (1, False, {"enabled": False}),
+])
+def test_outputs_are_byte_identical_to_the_old_steps(tmp_path, monkeypatch, workers, keep_all, settings):
+    from benchmarks import clean_baseline as old
+    from pipeline_tasks import clean as new
+    from pipeline_tasks import clean_filters
+
+    monkeypatch.setattr(new, "BLOCK_LINES", 997)           # several blocks: duplicates within and across them
+    monkeypatch.setattr(clean_filters, "_PART", 401)       # several parts a block (in this process: workers=1)
+    src, trg = _noisy_corpus(tmp_path)
+    cfg = CleanConfig.from_dict(settings)
+    want = old.clean(str(src), str(trg), tmp_path / "old.en", tmp_path / "old.de", "en", "de", cfg, workers=1,
+                     keep_all=keep_all)
+    got = new.clean(str(src), str(trg), tmp_path / "new.en", tmp_path / "new.de", "en", "de", cfg,
+                    workers=workers, keep_all=keep_all)
+    assert json.dumps(got) == json.dumps(want)  # the report, key order (examples: first dropped first) included
+    assert (tmp_path / "new.en").read_bytes() == (tmp_path / "old.en").read_bytes()
+    assert (tmp_path / "new.de").read_bytes() == (tmp_path / "old.de").read_bytes()
+    if not settings:
+        assert sum(1 for v in got["dropped"].values() if v) >= 6 and got["pairs_in"] == 2997
+
+
+def test_workers_send_back_verdicts_and_digests_not_text():
+    """Only a line whose output differs from its raw bytes travels back: invalid UTF-8, '\\r\\n', no '\\n'."""
+    from pipeline_tasks.clean_filters import Job, judge_block
+
+    src = [b"Hello there , friend .\n", b"caf\xc3 \xff\n", b"Windows line\r\n", b"Good line\n", b"last"]
+    trg = [b"Hallo , Freund .\n", b"Kaffee\n", b"Zeile\n", b"Gute Zeile\r\n", b"letzte\n"]
+    judged = judge_block(Job(1, src, trg, "en", "de", CleanConfig(), True, True))
+    assert judged.changed_sources == {1: "caf\ufffd \ufffd", 2: "Windows line", 4: "last"}
+    assert judged.changed_targets == {3: "Gute Zeile"}
+    assert judged.codes.dtype == np.uint8 and judged.exact.dtype == judged.near.dtype == np.uint64
+    assert judged.codes.tolist()[1] == FILTERS.index("bad_characters") + 1
+    clean_block = judge_block(Job(1, src[:1] + src[3:4], trg[:1] + trg[2:3], "en", "de", CleanConfig(), False,
+                                    False))
+    assert clean_block.changed_sources == clean_block.changed_targets == {}
+    assert clean_block.exact is None and clean_block.near is None
