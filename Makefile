@@ -12,7 +12,7 @@ DEMO_HP := {"max_seq_len_source": 60, "max_seq_len_target": 60, "optimized_metri
 	"num_layers_encoder": 1, "num_layers_decoder": 1, "num_embed_source": 64, "num_embed_target": 64, \
 	"checkpoint_threshold": 3, "max_num_batches": 600, "learning_rate": 0.003, "bleu_sample_size": 100}
 # The whole DAG on the bundled sample: local backend, local storage (docs/ARCHITECTURE.md §6 layout under $(DEMO)/).
-DEMO_CONF := {"corpus": "wmt-toy-ende-sample", "subset_size": 10000, "max_len": 100, "max_ratio": 3, \
+DEMO_CONF := {"corpus": "wmt-toy-ende-sample", "subset_size": 10000, \
 	"tokenizer": "whitespace", "detokenizer": "none", "bpe_vocab_size": 8000, "hyperparameters": $(DEMO_HP), \
 	"backend": "local", "artifact_root": "$(CURDIR)/$(DEMO)", "beam_size": 5, "eval_max_sentences": 300, \
 	"test_sets": ["test", {"name": "newstest2017", "source": "$(CURDIR)/$(NEWSTEST)/newstest2017.en-de.en", \

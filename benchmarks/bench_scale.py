@@ -9,7 +9,7 @@ pair repeats, the clean step's duplicate filters have nothing to eat, and the vo
 corpus as a real one does: a long tail of rare types). Then each step runs as the DAG runs it, as its
 command-line subcommand in a process of its own:
 
-    subset (all pairs, max_len 100, max_ratio 3) → clean → tokenize (whitespace; and SentencePiece
+    subset (all pairs) → clean (the defaults: max_len 100, max_ratio 3, …) → tokenize (whitespace; and SentencePiece
     BPE 32k, joint, learned on a sample of the training text) → recordio (of each) → upload (to a local
     root, and to S3 on a moto server on 127.0.0.1)
 
@@ -166,8 +166,7 @@ def run_size(work: Path, pairs: int, bpe_size: int, bpe_sample: int, keep: bool)
     shutil.rmtree(d, ignore_errors=True)
     d.mkdir(parents=True)
     steps["subset"] = run_step("subset", [p, "subset", "--source", str(src), "--target", str(trg),
-                                          "--output-source", str(d / "sub.en"), "--output-target", str(d / "sub.de"),
-                                          "--max-len", "100", "--max-ratio", "3"])
+                                          "--output-source", str(d / "sub.en"), "--output-target", str(d / "sub.de")])
     steps["clean"] = run_step("clean", [p, "clean", "--source", str(d / "sub.en"), "--target", str(d / "sub.de"),
                                         "--output-source", str(d / "clean.en"), "--output-target",
                                         str(d / "clean.de"), "--source-lang", "en", "--target-lang", "de"])

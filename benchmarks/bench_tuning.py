@@ -73,7 +73,7 @@ def main() -> None:
         run_id = "bench-tuning"
         layout = RunLayout(root, DAG_ID, run_id)
         download_step(layout, CORPUS)
-        subset_step(layout, CORPUS, SubsetConfig(size=10000, max_len=100, max_ratio=3.0))
+        subset_step(layout, CORPUS, SubsetConfig(size=10000))
         clean_step(layout, CORPUS, CleanConfig())
         tokenize_step(layout, CORPUS, TokenizerConfig(mode="whitespace", detokenizer="none", bpe_vocab_size=8000))
         recordio_step(layout, CORPUS, VocabConfig(num_words_source=50000, num_words_target=50000))

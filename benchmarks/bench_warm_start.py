@@ -58,7 +58,7 @@ def run(root: str, run_id: str, pairs: int, init_model: str, updates: int, test_
     layout = RunLayout(root, DAG_ID, run_id)
     hp = demo_hyperparameters(updates)
     download_step(layout, CORPUS)
-    subset_step(layout, CORPUS, SubsetConfig(size=pairs, max_len=100, max_ratio=3.0))
+    subset_step(layout, CORPUS, SubsetConfig(size=pairs))
     clean_step(layout, CORPUS, CleanConfig())
     parent = parent_step(layout, CORPUS, resolve_init_model(init_model, layout.pointer), hp, TOKENIZER)["parent"]
     tokenize_step(layout, CORPUS, TOKENIZER, parent)

@@ -87,19 +87,19 @@ PARAMS = {
                          description="head: the first N pairs (head -n N); random: a seeded sample."),
     "subset_seed": Param(0, type="integer", minimum=0, title="Subset seed",
                          description="Seed of the random subset (same seed, same pairs)."),
-    "max_len": Param(100, type=["integer", "null"], minimum=1, title="Max tokens per side",
-                     description="Drop training pairs with a longer side; null: no filter."),
-    "max_ratio": Param(3.0, type=["number", "null"], minimum=1, title="Max length ratio",
-                       description="Drop training pairs whose token-length ratio exceeds this; null: no filter."),
     "cleaning": Param({}, type="object", title="Cleaning",
                       description="The clean step's filters on the training pairs (validation and test are only "
-                                  "reported): each of bad_characters, markup, url_only, copy, script, language, "
-                                  "duplicate, near_duplicate is on unless set false; enabled false passes the data "
-                                  "through; settings: normalize (case, whitespace, punctuation, digits), "
+                                  "reported): each of too_short, too_long, ratio, bad_characters, markup, url_only, "
+                                  "copy, script, language, duplicate, near_duplicate is on unless set false; enabled "
+                                  "false passes the data through; settings: min_len (1), max_len (100) and max_ratio "
+                                  "(3) in whitespace tokens, normalize (case, whitespace, punctuation, digits), "
                                   "min_script_share (0.5), language_threshold (0.9), language_min_chars (20).",
                       properties={**{name: {"type": "boolean"} for name in CLEAN_FILTERS},
                                   "enabled": {"type": "boolean"},
                                   "normalize": {"type": "array", "items": {"enum": list(CLEAN_NORMALIZATIONS)}},
+                                  "min_len": {"type": "integer", "minimum": 1},
+                                  "max_len": {"type": ["integer", "null"], "minimum": 1},
+                                  "max_ratio": {"type": ["number", "null"], "minimum": 1},
                                   "min_script_share": {"type": "number", "minimum": 0, "maximum": 1},
                                   "language_threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
                                   "language_min_chars": {"type": "integer", "minimum": 1},
@@ -321,8 +321,7 @@ def wmt_seq2seq():
         from pipeline_tasks.pipeline import subset_step
         from pipeline_tasks.subset import SubsetConfig
 
-        cfg = SubsetConfig(size=params["subset_size"], mode=params["subset_mode"], seed=params["subset_seed"],
-                           max_len=params["max_len"], max_ratio=params["max_ratio"])
+        cfg = SubsetConfig(size=params["subset_size"], mode=params["subset_mode"], seed=params["subset_seed"])
         return subset_step(_layout(params, run_id), _corpus(params), cfg)
 
     @task

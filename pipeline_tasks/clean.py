@@ -5,6 +5,9 @@ boilerplate. Each filter below is one rule on a pair; a pair is counted under th
 it, with a few examples in the report. Defaults are conservative: on the bundled sample and on the
 newstest sets (clean text) they drop well under 5 % (README, "Cleaning").
 
+- ``too_short`` / ``too_long``: a side of fewer than ``min_len`` or more than ``max_len`` whitespace tokens;
+- ``ratio``: the longer side has more than ``max_ratio`` times the tokens of the shorter (a misaligned or
+  truncated pair, the cheapest sign of one);
 - ``bad_characters``: a control character (other than tab) or U+FFFD (text that was not valid UTF-8);
 - ``markup``: an HTML/XML tag (Moses' escaped entities such as ``&apos;`` are text, not markup);
 - ``url_only``: a side that is nothing but URLs or e-mail addresses;
@@ -53,7 +56,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FILTERS = ("bad_characters", "markup", "url_only", "copy", "script", "language", "duplicate", "near_duplicate")
+FILTERS = ("too_short", "too_long", "ratio", "bad_characters", "markup", "url_only", "copy", "script", "language",
+           "duplicate", "near_duplicate")
+LENGTH_FILTERS = ("too_short", "too_long", "ratio")
 NORMALIZATIONS = ("case", "whitespace", "punctuation", "digits")
 # The script of each language's letters, as the first word of their Unicode names; others are not checked.
 SCRIPTS = {**dict.fromkeys(("en", "de", "fr", "es", "it", "pt", "nl", "cs", "pl", "ro", "fi", "et", "lv", "lt",
@@ -75,6 +80,9 @@ class CleanConfig:
     enabled: bool = True
     filters: tuple[str, ...] = FILTERS
     normalize: tuple[str, ...] = NORMALIZATIONS
+    min_len: int = 1                  # whitespace tokens a side needs (1: any non-blank line)
+    max_len: int | None = 100         # at most this many a side (the AWS example's 100); None: no limit
+    max_ratio: float | None = 3.0     # longer side / shorter side, in tokens; None: no limit
     min_script_share: float = 0.5
     language_threshold: float = 0.9
     language_min_chars: int = 20
@@ -92,6 +100,11 @@ class CleanConfig:
             raise ValueError("cleaning: min_script_share must be in [0, 1] and language_threshold in (0, 1]")
         if self.language_min_chars < 1 or self.examples < 0:
             raise ValueError("cleaning: language_min_chars must be >= 1 and examples >= 0")
+        if self.min_len < 1 or (self.max_len is not None and self.max_len < self.min_len):
+            raise ValueError(f"cleaning: min_len must be >= 1 and max_len >= min_len, got {self.min_len} and "
+                             f"{self.max_len}")
+        if self.max_ratio is not None and self.max_ratio < 1:
+            raise ValueError(f"cleaning: max_ratio must be >= 1, got {self.max_ratio}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any] | None) -> CleanConfig:

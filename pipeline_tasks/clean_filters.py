@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline_tasks.clean import _TAG, _URL, FILTERS, SCRIPTS, CleanConfig
+from pipeline_tasks.clean import _TAG, _URL, FILTERS, LENGTH_FILTERS, SCRIPTS, CleanConfig
 from pipeline_tasks.digestset import DigestSet
 from pipeline_tasks.langid import batch_identifier
 from pipeline_tasks.textio import TextStats, decode_lines
@@ -123,6 +123,14 @@ class Lines:
         """Per line, how many of its characters `mask` marks (every line's '\\n' makes none empty)."""
         return np.add.reduceat(mask, self.starts, dtype=np.int64)
 
+    def token_counts(self) -> np.ndarray:
+        """Per line, ``len(line.split())``: the characters that start a run of non-space (str.isspace, as
+        str.split uses; the '\n' after each line is one)."""
+        word = (self.bits & _SPACE) == 0
+        starts = word.copy()
+        starts[1:] &= ~word[:-1]
+        return self.count(starts)
+
     def bad_characters(self) -> np.ndarray:
         return self.lines_at(np.flatnonzero(self.bits & _BAD_CHAR))
 
@@ -201,6 +209,14 @@ def block_verdicts(sources: Sequence[str], targets: Sequence[str], source_lang: 
         codes[hit] = _CODES[name]
         alive[hit] = False
 
+    if set(LENGTH_FILTERS) & set(on):
+        ns, nt = src.token_counts(), trg.token_counts()
+        if "too_short" in on:
+            drop("too_short", (ns < cfg.min_len) | (nt < cfg.min_len))
+        if "too_long" in on and cfg.max_len is not None:
+            drop("too_long", (ns > cfg.max_len) | (nt > cfg.max_len))
+        if "ratio" in on and cfg.max_ratio is not None:
+            drop("ratio", np.maximum(ns, nt) > cfg.max_ratio * np.minimum(ns, nt))
     if "bad_characters" in on:
         drop("bad_characters", src.bad_characters() | trg.bad_characters())
     if "markup" in on:

@@ -64,14 +64,16 @@ def cmd_download(a: argparse.Namespace) -> None:
 def cmd_subset(a: argparse.Namespace) -> None:
     from pipeline_tasks.subset import SubsetConfig, subset
 
-    cfg = SubsetConfig(size=a.size, mode=a.mode, seed=a.seed, max_len=a.max_len, max_ratio=a.max_ratio)
+    cfg = SubsetConfig(size=a.size, mode=a.mode, seed=a.seed)
     _print_json(subset(a.source, a.target, a.output_source, a.output_target, cfg))
 
 
 def cmd_clean(a: argparse.Namespace) -> None:
     from pipeline_tasks.clean import CleanConfig, clean
 
-    cfg = CleanConfig.from_dict({**{name: False for name in a.off}, **({"enabled": False} if a.none else {})})
+    cfg = CleanConfig.from_dict({**{name: False for name in a.off}, **({"enabled": False} if a.none else {}),
+                                 **{k: v for k, v in (("min_len", a.min_len), ("max_len", a.max_len),
+                                                      ("max_ratio", a.max_ratio)) if v is not None}})
     _print_json(clean(a.source, a.target, a.output_source, a.output_target, a.source_lang, a.target_lang, cfg,
                       workers=a.workers, keep_all=a.keep_all))
 
@@ -210,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--list", action="store_true", help="list the catalog and exit")
     d.set_defaults(fn=cmd_download)
 
-    s = sub.add_parser("subset", help="first N or a seeded random N pairs, with length filters")
+    s = sub.add_parser("subset", help="first N or a seeded random N pairs (length filters: see clean)")
     s.add_argument("--source", required=True)
     s.add_argument("--target", required=True)
     s.add_argument("--output-source", required=True)
@@ -218,8 +220,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-n", "--size", type=int, help="pairs to keep (default: all that pass the filters)")
     s.add_argument("--mode", choices=("head", "random"), default="head")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--max-len", type=int, help="drop pairs with a side longer than this many tokens")
-    s.add_argument("--max-ratio", type=float, help="drop pairs whose token-length ratio exceeds this")
     s.set_defaults(fn=cmd_subset)
 
     c = sub.add_parser("clean", help="drop noisy pairs: bad characters, markup, URLs, copies, wrong script or "
@@ -231,8 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--source-lang", required=True, help="ISO code of the source side (en)")
     c.add_argument("--target-lang", required=True, help="ISO code of the target side (de)")
     c.add_argument("--off", nargs="*", default=[], metavar="FILTER",
-                   help="filters to switch off: bad_characters markup url_only copy script language duplicate "
-                        "near_duplicate")
+                   help="filters to switch off: too_short too_long ratio bad_characters markup url_only copy script "
+                        "language duplicate near_duplicate")
+    c.add_argument("--min-len", type=int, help="drop pairs with a side of fewer whitespace tokens (default 1)")
+    c.add_argument("--max-len", type=int, help="drop pairs with a side of more tokens (default 100)")
+    c.add_argument("--max-ratio", type=float, help="drop pairs whose longer side has more than this many times the "
+                   "tokens of the shorter (default 3)")
     c.add_argument("--none", action="store_true", help="no filter: pass the pairs through, counted")
     c.add_argument("--keep-all", action="store_true", help="write every pair; only report what would be dropped")
     c.add_argument("--workers", type=int, help="processes (default: every core)")

@@ -68,8 +68,17 @@ def check_hyperparameters(hyperparameters: Mapping[str, Any]) -> None:
         raise PlanError(str(e)) from None
 
 
+# Params that moved: a conf that still names them is told where they are now.
+MOVED = {"max_len": "cleaning.max_len", "max_ratio": "cleaning.max_ratio"}
+
+
 def check_conf(conf: Mapping[str, Any] | None, params: Iterable[str]) -> None:
     """Refuse top-level conf keys that are not params of the DAG."""
+    known = set(params)
+    moved = [f"{k} is now {MOVED[k]}" for k in conf or {} if k in MOVED and k not in known]
+    if moved:
+        raise PlanError(f"conf: {'; '.join(moved)} (the clean step filters by length), e.g. "
+                        '{"cleaning": {"max_len": 100, "max_ratio": 3}}')
     problem = unknown_keys(conf or {}, params, "conf key")
     if problem:
         raise PlanError(f"{problem}: the run would quietly use the default instead")

@@ -1,7 +1,7 @@
 """The `subset` step: the first N sentence pairs (the AWS example's `head -n 10000`) or a seeded
-random sample of N, with optional length and length-ratio filters.
+random sample of N. (Length and length-ratio filters are the clean step's: pipeline_tasks/clean.py.)
 
-Pairs stay aligned; blank pairs and filtered pairs are skipped and counted; files of different
+Pairs stay aligned; blank pairs are skipped and counted; files of different
 line counts fail with an error naming both files and both counts (even in head mode, where the
 rest of both files is still read to check). Random mode makes two streaming passes (count, then
 pick), so memory holds a flag per pair (one byte), not the sentences, and output keeps corpus order.
@@ -33,48 +33,33 @@ MODES = ("head", "random")
 class SubsetConfig:
     """How many pairs, how to pick them, and which pairs are not worth keeping."""
 
-    size: int | None = None          # None: keep every pair that passes the filters
+    size: int | None = None          # None: keep every (non-blank) pair
     mode: str = "head"
     seed: int = 0
-    max_len: int | None = None       # whitespace tokens per side
-    max_ratio: float | None = None   # longer side / shorter side, in tokens
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"subset mode must be one of {MODES}, got {self.mode!r}")
         if self.size is not None and self.size < 1:
             raise ValueError(f"subset size must be >= 1, got {self.size}")
-        if self.max_len is not None and self.max_len < 1:
-            raise ValueError(f"max_len must be >= 1, got {self.max_len}")
-        if self.max_ratio is not None and self.max_ratio < 1:
-            raise ValueError(f"max_ratio must be >= 1, got {self.max_ratio}")
 
 
 @dataclass
 class SubsetStats:
-    """Every examined line accounted for: lines_examined = candidates + blank + too long + over ratio."""
+    """Every examined line accounted for: lines_examined = candidates + blank."""
 
     lines_read: int = 0
     lines_examined: int = 0
     pairs_written: int = 0
     blank_skipped: int = 0
-    too_long_skipped: int = 0
-    ratio_skipped: int = 0
     candidates: int = 0
     source_text: dict = field(default_factory=dict)
     target_text: dict = field(default_factory=dict)
 
 
 def _keep(s: str, t: str, cfg: SubsetConfig, stats: SubsetStats) -> bool:
-    ns, nt = len(s.split()), len(t.split())
-    if ns == 0 or nt == 0:
+    if not s.strip() or not t.strip():
         stats.blank_skipped += 1
-        return False
-    if cfg.max_len is not None and (ns > cfg.max_len or nt > cfg.max_len):
-        stats.too_long_skipped += 1
-        return False
-    if cfg.max_ratio is not None and max(ns, nt) > cfg.max_ratio * min(ns, nt):
-        stats.ratio_skipped += 1
         return False
     return True
 
@@ -152,15 +137,14 @@ def subset(source: str, target: str, out_source: str | os.PathLike[str], out_tar
             stats.pairs_written += 1
         if stats.pairs_written == 0:
             raise ValueError(f"subset: no sentence pairs left from {source} / {target} "
-                             f"({stats.lines_read} lines read, {stats.blank_skipped} blank, "
-                             f"{stats.too_long_skipped} too long, {stats.ratio_skipped} over the length ratio)")
+                             f"({stats.lines_read} lines read, {stats.blank_skipped} blank)")
     src_text.warn_if_replaced()
     trg_text.warn_if_replaced()
     stats.source_text, stats.target_text = src_text.as_dict(), trg_text.as_dict()
     if cfg.size is not None and stats.pairs_written < cfg.size:
         log.warning("subset: asked for %d pairs, only %d available", cfg.size, stats.pairs_written)
-    log.info("subset: %d of %d pairs written (%d blank, %d too long, %d over ratio skipped)",
-             stats.pairs_written, stats.lines_read, stats.blank_skipped, stats.too_long_skipped, stats.ratio_skipped)
+    log.info("subset: %d of %d pairs written (%d blank skipped)", stats.pairs_written, stats.lines_read,
+             stats.blank_skipped)
     return asdict(stats)
 
 
@@ -230,7 +214,7 @@ def mix(sources: Sequence[MixSource], out_source: str | os.PathLike[str], out_ta
             raise FileNotFoundError(f"input file not found: {p}")
     outputs = [out_source, out_target]
     check_output_files(outputs, inputs)
-    pass_all = SubsetConfig(max_len=cfg.max_len, max_ratio=cfg.max_ratio)
+    pass_all = SubsetConfig()
     available = [count_candidates(s.source, s.target, pass_all) for s in sources]
     counts = mix_counts(available, sources, cfg.size)
     report: dict = {"pairs_written": 0, "sources": []}
@@ -256,7 +240,6 @@ def mix(sources: Sequence[MixSource], out_source: str | os.PathLike[str], out_ta
                 "name": src.name, "source": src.source, "target": src.target, "weight": src.weight,
                 "share": src.share, "pairs_available": n, "pairs_written": written,
                 "share_of_mix": None, "blank_skipped": stats.blank_skipped,
-                "too_long_skipped": stats.too_long_skipped, "ratio_skipped": stats.ratio_skipped,
                 "source_text": s_text.as_dict(), "target_text": t_text.as_dict()})
             report["pairs_written"] += written
             log.info("mix: %s: %d of its %d pairs%s", src.name, written, n,

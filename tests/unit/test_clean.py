@@ -22,16 +22,37 @@ GOOD = ("The committee adopted the report on Tuesday .", "Der Ausschuss hat den 
     ("The milit\ufffdry aviation sector", "Der milit\ufffdrische Luftfahrtbereich", "bad_characters"),
     ('<a href="/home">Home</a> page', "Startseite", "markup"),
     ("See www.example.com/page.html", "http://example.com/seite.html", "url_only"),
-    ("info@example.com", "Schreiben Sie uns eine Nachricht .", "url_only"),
+    ("info@example.com", "Schreiben Sie !", "url_only"),  # (one token against 6 would fall to the ratio first)
     ("Hotel Adlon Kempinski Berlin", "Hotel Adlon Kempinski Berlin", "copy"),
     ("Hotel Adlon , Berlin", "hotel adlon berlin", "copy"),
     ("В 54 садибах розміщено 124 пам &apos; ятки .", "In den 54 Häusern befinden sich 124 Denkmäler .", "script"),
     ("Il est exploité depuis 43 ans par la famille Janinet et Fils .", GOOD[1], "language"),
     (GOOD[0], "Il est exploité depuis 43 ans par la famille Janinet et Fils .", "language"),
     ("Thank you .", "Danke schön .", None),  # too short to tell the language: kept
+    (" ".join(["word"] * 101), " ".join(["Wort"] * 100), "too_long"),
+    ("Yes , the Commission will .", " ".join(["Ja"] * 25), "ratio"),  # 6 tokens against 25
 ])
 def test_each_filter_on_a_crafted_pair(source, target, verdict):
     assert pair_verdict(source, target, "en", "de", CleanConfig()) == verdict
+
+
+def test_the_length_filters_count_whitespace_tokens_as_subset_did():
+    """too_short, too_long and ratio (they were the subset step's filters): tokens are str.split()'s, so any
+    Unicode space separates them, and the ratio is longer / shorter side."""
+    cfg = CleanConfig.from_dict({"min_len": 2, "max_len": 5, "max_ratio": 2, "language": False})
+    for source, target, verdict in [
+        ("one", "zwei drei", "too_short"), ("a b c d e", "v w x y z", None), ("a b c d e f", "eins zwei", "too_long"),
+        ("a\u3000b\u00a0c\td", "w x", None), ("a b c d e", "w x", "ratio"), ("a b c d", "x y", None),
+        ("  spaced   out  words  ", "drei Wörter hier", None)]:
+        assert pair_verdict(source, target, "en", "de", cfg) == verdict, (source, target)
+    off = CleanConfig.from_dict({"too_long": False, "ratio": False, "language": False})
+    assert pair_verdict(" ".join(["w"] * 500), "x", "en", "de", off) is None
+    assert pair_verdict(" ".join(["w"] * 500), "x", "en", "de",
+                        CleanConfig.from_dict({"max_len": None, "max_ratio": None, "language": False})) is None
+    with pytest.raises(ValueError, match="max_ratio must be >= 1"):
+        CleanConfig(max_ratio=0.5)
+    with pytest.raises(ValueError, match="min_len must be >= 1 and max_len >= min_len"):
+        CleanConfig(min_len=5, max_len=3)
 
 
 def test_the_settings_switch_filters_off_and_are_checked():
@@ -220,6 +241,8 @@ def _verdict_pairs() -> list[tuple[str, str]]:
 
 
 MIXED_PAIRS = [(a, b) for a, b in zip(MIXED, reversed(MIXED), strict=True)]
+# The baseline had no length filters (the subset step had them): compare with ours switched off.
+NO_LENGTH = {"too_short": False, "too_long": False, "ratio": False}
 
 
 @pytest.mark.parametrize("langs,settings", [
@@ -233,7 +256,7 @@ def test_block_verdicts_are_the_old_pair_verdicts(langs, settings):
     from pipeline_tasks.clean_filters import block_verdicts
 
     pairs = _verdict_pairs()
-    cfg = CleanConfig.from_dict(settings)
+    cfg = CleanConfig.from_dict({**settings, **NO_LENGTH})
     codes = block_verdicts([s for s, _ in pairs], [t for _, t in pairs], *langs, cfg)
     got = [FILTERS[c - 1] if c else None for c in codes.tolist()]
     want = [old.pair_verdict(s, t, *langs, cfg) for s, t in pairs]
@@ -249,7 +272,7 @@ def test_pairs_that_differ_only_in_where_a_tab_is_are_not_duplicates(tmp_path):
     src, trg = tmp_path / "in.en", tmp_path / "in.de"
     src.write_text("The first sentence\twith a tab inside it .\nThe first sentence\n")
     trg.write_text("Der erste Satz .\nwith a tab inside it .\tDer erste Satz .\n")
-    cfg = CleanConfig.from_dict({"language": False})
+    cfg = CleanConfig.from_dict({"language": False, **NO_LENGTH})
     assert old.clean(str(src), str(trg), tmp_path / "o.en", tmp_path / "o.de", "en", "de", cfg,
                      workers=1)["dropped"]["duplicate"] == 1
     report = clean(str(src), str(trg), tmp_path / "n.en", tmp_path / "n.de", "en", "de", cfg, workers=1)
@@ -344,11 +367,12 @@ def test_outputs_are_byte_identical_to_the_old_steps(tmp_path, monkeypatch, work
     monkeypatch.setattr(new, "BLOCK_LINES", 997)           # several blocks: duplicates within and across them
     monkeypatch.setattr(clean_filters, "_PART", 401)       # several parts a block (in this process: workers=1)
     src, trg = _noisy_corpus(tmp_path)
-    cfg = CleanConfig.from_dict(settings)
+    cfg = CleanConfig.from_dict({**settings, **NO_LENGTH})
     want = old.clean(str(src), str(trg), tmp_path / "old.en", tmp_path / "old.de", "en", "de", cfg, workers=1,
                      keep_all=keep_all)
     got = new.clean(str(src), str(trg), tmp_path / "new.en", tmp_path / "new.de", "en", "de", cfg,
                     workers=workers, keep_all=keep_all)
+    assert all(got["dropped"].pop(name) == 0 for name in NO_LENGTH)  # the old step had no length filters
     assert json.dumps(got) == json.dumps(want)  # the report, key order (examples: first dropped first) included
     assert (tmp_path / "new.en").read_bytes() == (tmp_path / "old.en").read_bytes()
     assert (tmp_path / "new.de").read_bytes() == (tmp_path / "old.de").read_bytes()

@@ -96,3 +96,9 @@ def test_training_shards_default_to_one_per_instance_when_sharded():
     assert training_shards("ShardedByS3Key", None, 4) == 4
     assert training_shards("FullyReplicated", None, 4) == 1
     assert training_shards("FullyReplicated", 6, 4) == 6
+
+
+def test_the_length_filters_moved_to_cleaning_and_a_conf_that_names_them_is_told():
+    with pytest.raises(PlanError, match=r"conf: max_len is now cleaning\.max_len; max_ratio is now "
+                                        r"cleaning\.max_ratio \(the clean step filters by length\)"):
+        check_conf({"max_len": 80, "max_ratio": 2.5}, PARAMS)

@@ -40,15 +40,14 @@ def test_random_is_seeded_aligned_and_in_corpus_order(sample_dir, tmp_path):
     assert outs[0] == outs[1] and outs[0] != outs[2]
 
 
-def test_filters_and_counts(tmp_path):
+def test_blank_pairs_are_skipped_and_counted_and_lengths_are_the_clean_steps(tmp_path):
     (tmp_path / "a").write_text("one two\n\nw " * 1 + "\n" + " ".join(["x"] * 9) + "\nk\nshort\n", encoding="utf-8")
     (tmp_path / "b").write_text("eins zwei\nleer\n\nneun\n" + " ".join(["y"] * 5) + "\nkurz\n", encoding="utf-8")
-    r = subset(str(tmp_path / "a"), str(tmp_path / "b"), tmp_path / "o.a", tmp_path / "o.b",
-               SubsetConfig(max_len=8, max_ratio=3))
-    # line 1 kept; 2 blank (source); 3 blank (target); 4 too long; 5 ratio 5:1; 6 kept
-    assert (r["pairs_written"], r["blank_skipped"], r["too_long_skipped"], r["ratio_skipped"]) == (2, 2, 1, 1)
-    assert r["lines_examined"] == r["candidates"] + r["blank_skipped"] + r["too_long_skipped"] + r["ratio_skipped"]
-    assert _lines(tmp_path / "o.a") == ["one two", "short"]
+    r = subset(str(tmp_path / "a"), str(tmp_path / "b"), tmp_path / "o.a", tmp_path / "o.b", SubsetConfig())
+    # line 1 kept; 2 blank (source); 3 blank (target); 4 and 5 kept (length filters are clean's); 6 kept
+    assert (r["pairs_written"], r["blank_skipped"]) == (4, 2)
+    assert r["lines_examined"] == r["candidates"] + r["blank_skipped"]
+    assert _lines(tmp_path / "o.a") == ["one two", " ".join(["x"] * 9), "k", "short"]
 
 
 def test_misaligned_fails_even_in_head_mode(sample_dir, tmp_path):
@@ -85,7 +84,7 @@ def test_gzip_input(sample_dir, tmp_path):
     assert _lines(tmp_path / "o.de") == _lines(sample_dir / "val.de")[:5]
 
 
-@pytest.mark.parametrize("kw", [{"mode": "middle"}, {"size": 0}, {"max_ratio": 0.5}, {"max_len": 0}])
+@pytest.mark.parametrize("kw", [{"mode": "middle"}, {"size": 0}])
 def test_bad_config(kw):
     with pytest.raises(ValueError):
         SubsetConfig(**kw)
