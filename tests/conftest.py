@@ -3,6 +3,7 @@ models (tests/models.py) and a moto server standing in for AWS."""
 
 from __future__ import annotations
 
+import logging
 import os
 import urllib.request
 import uuid
@@ -32,6 +33,17 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class LogLines(logging.Handler):
+    """Collects the messages a logger emits (a job's log, as its Airflow task log shows it)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
 
 
 def head_lines(src: Path, dst: Path, n: int) -> Path:

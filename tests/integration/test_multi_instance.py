@@ -27,7 +27,7 @@ from model.distributed import parameter_checksum
 from pipeline_tasks.channels import VocabConfig, make_channels
 from pipeline_tasks.jobs.local.training import run_training_job
 from pipeline_tasks.jobs.requests import training_job_config
-from tests.conftest import SAMPLE, head_lines
+from tests.conftest import SAMPLE, LogLines, head_lines
 
 HP = {"batch_size": "16", "checkpoint_frequency_num_batches": "10", "rnn_num_hidden": "32", "num_embed_source": "16",
       "num_embed_target": "16", "num_layers_encoder": "1", "num_layers_decoder": "1", "max_seq_len_source": "30",
@@ -53,15 +53,6 @@ def channels(tmp_path_factory) -> Path:
     return tmp / "channels"
 
 
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 def run_job(channels: Path, tmp: Path, name: str, *, instances: int = 2, distribution: str = "FullyReplicated",
             checkpoint: Path | None = None, hyperparameters: dict | None = None) -> tuple[dict, list[str]]:
     cfg = training_job_config(job_name=name, image_uri="wmt-seq2seq:test", role_arn="arn:aws:iam::1:role/r",
@@ -69,7 +60,7 @@ def run_job(channels: Path, tmp: Path, name: str, *, instances: int = 2, distrib
                               output_uri=str(tmp / "model"), hyperparameters=hyperparameters or HP,
                               instance_count=instances, train_distribution=distribution,
                               checkpoint_uri=str(checkpoint) if checkpoint else None)
-    handler, logger = Lines(), logging.getLogger(f"test.multi_instance.{name}")
+    handler, logger = LogLines(), logging.getLogger(f"test.multi_instance.{name}")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:

@@ -26,6 +26,7 @@ from pipeline_tasks import storage
 from pipeline_tasks.jobs.local.docker import docker_train_command
 from pipeline_tasks.jobs.local.training import RESOURCE_CONFIG, TRAIN_COMMAND_ENV, run_training_job
 from pipeline_tasks.jobs.requests import training_job_config
+from tests.conftest import LogLines
 from tests.models import TINY_RNN
 from tests.system.copy_task import make_sagemaker_tree
 
@@ -77,15 +78,6 @@ def fake_train(monkeypatch, tmp_path: Path, body: str) -> None:
 
 # --- the real container/train, local paths ------------------------------------------------------------------
 
-class Lines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 @pytest.fixture(scope="module")
 def local_job(tmp_path_factory, channels_dir):
     """One completed job on local channels: plain paths and a file:// URI, as the embedded default uses."""
@@ -93,7 +85,7 @@ def local_job(tmp_path_factory, channels_dir):
     channels = {"train": str(channels_dir / "train"), "validation": (channels_dir / "validation").as_uri(),
                 "vocab": str(channels_dir / "vocab")}
     cfg = job_config("wmt-local-20261121-t1", channels, str(tmp / "model"), str(tmp / "checkpoints"))
-    handler = Lines()
+    handler = LogLines()
     logger = logging.getLogger("test.training_job.local")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
@@ -362,7 +354,10 @@ def test_failure_reasons(local_channels, tmp_path, monkeypatch, body, reason):
     assert storage.list_files(str(tmp_path / "model")) == {}
 
 
-def test_docker_backend_runs_the_image_on_the_job_root(local_channels, tmp_path, monkeypatch):
+def fake_docker(tmp_path: Path, monkeypatch, run_body: str) -> Path:
+    """A stand-in `docker` (and an `nvidia-smi` listing one GPU) first on PATH: it records every call in the
+    returned JSON Lines file, answers `info` with a version, and runs `run_body` (indented under an
+    ``elif``, with json, sys and Path imported) for `docker run`."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     calls = tmp_path / "docker-calls.jsonl"
@@ -373,17 +368,22 @@ with open({str(calls)!r}, "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\\n")
 if sys.argv[1] == "info":
     print("27.3.1")
-elif sys.argv[1] == "run":
+elif sys.argv[1] == "run":{run_body}""")
+    (bin_dir / "docker").chmod(0o755)
+    (bin_dir / "nvidia-smi").write_text(f"#!{sys.executable}\nprint('GPU 0: NVIDIA H100 (UUID: GPU-1)')\n")
+    (bin_dir / "nvidia-smi").chmod(0o755)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    return calls
+
+
+def test_docker_backend_runs_the_image_on_the_job_root(local_channels, tmp_path, monkeypatch):
+    calls = fake_docker(tmp_path, monkeypatch, """
     mount = sys.argv[sys.argv.index("-v") + 1]
     root = Path(mount.rsplit(":", 1)[0])
     assert mount.endswith(":/opt/ml") and (root / "input/config/hyperparameters.json").is_file()
     (root / "model/params.pt").write_text("from the container")
     print("validation:perplexity=4.25")
 """)
-    (bin_dir / "docker").chmod(0o755)
-    (bin_dir / "nvidia-smi").write_text(f"#!{sys.executable}\nprint('GPU 0: NVIDIA H100 (UUID: GPU-1)')\n")
-    (bin_dir / "nvidia-smi").chmod(0o755)
-    monkeypatch.setenv("PATH", str(bin_dir))
     cfg = job_config("wmt-docker", local_channels, str(tmp_path / "model"))
     result = run_training_job(cfg, backend="docker", workdir=tmp_path / "jobs")
     assert result["TrainingJobStatus"] == "Completed", result.get("FailureReason")
@@ -402,17 +402,7 @@ def test_docker_backend_runs_one_container_per_instance_on_the_jobs_network(loca
     """InstanceCount = 2 on the docker backend: a network of the job's own, one container per host named after
     the job and the host, reachable there by its host name, each on its own root with its own
     resourceconfig.json; the network is removed afterwards. No GPUs: the instances share this machine."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    calls = tmp_path / "docker-calls.jsonl"
-    (bin_dir / "docker").write_text(f"""#!{sys.executable}
-import json, sys
-from pathlib import Path
-with open({str(calls)!r}, "a") as f:
-    f.write(json.dumps(sys.argv[1:]) + "\\n")
-if sys.argv[1] == "info":
-    print("27.3.1")
-elif sys.argv[1] == "run":
+    calls = fake_docker(tmp_path, monkeypatch, """
     root = Path(sys.argv[sys.argv.index("-v") + 1].rsplit(":", 1)[0])
     config = json.loads((root / "input/config/resourceconfig.json").read_text())
     assert config["current_host"] == sys.argv[sys.argv.index("--hostname") + 1]
@@ -420,10 +410,6 @@ elif sys.argv[1] == "run":
         (root / "model/params.pt").write_text("from the leader")
         print("validation:perplexity=4.25")
 """)
-    (bin_dir / "docker").chmod(0o755)
-    (bin_dir / "nvidia-smi").write_text(f"#!{sys.executable}\nprint('GPU 0: NVIDIA H100 (UUID: GPU-1)')\n")
-    (bin_dir / "nvidia-smi").chmod(0o755)
-    monkeypatch.setenv("PATH", str(bin_dir))
     cfg = job_config("wmt-docker2", local_channels, str(tmp_path / "model"), instance_count=2)
     result = run_training_job(cfg, backend="docker", workdir=tmp_path / "jobs", keep_root=True)
     assert result["TrainingJobStatus"] == "Completed", result.get("FailureReason")
