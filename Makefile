@@ -53,7 +53,7 @@ demo: venv $(AIRFLOW_DIR)/.migrated
 		f\"dropped ({', '.join(f'{k} {v}' for k, v in c['dropped'].items() if v)}); \" \
 		f\"{r['eval'].rsplit('/', 1)[0]}/clean/clean-report.json\"); \
 		[print(f\"{n:>17}: BLEU {m[n + ':bleu']:.2f}, chrF {m[n + ':chrf']:.2f}, TER {m[n + ':ter']:.2f}, \" \
-		f\"perplexity {m[n + ':perplexity']:.2f}\") for n in [*r['test_sets'], 'mean']]; \
+		f\"perplexity {m[n + ':perplexity']:.2f}\") for n in [*(t['name'] for t in r['test_sets']), 'mean']]; \
 		[print(f'{k:>17}: {r[k]}') for k in ('model', 'eval', 'report', 'transform_output')]; \
 		print(f'{\"run summary\":>17}: {sorted(glob.glob(\"$(DEMO)/wmt_seq2seq/*/run.json\"))[-1]}'); \
 		print(f'{\"run history\":>17}: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/$(DEMO)/mlflow/mlflow.db')"

@@ -493,7 +493,7 @@ def wmt_seq2seq():
             "model_package_arn": (promotion or {}).get("model_package_arn")
             or (approval or {}).get("model_package_arn"),
             "metrics": scores["metrics"], "bleu_signature": scores["bleu_signature"], "report": scores["report"],
-            "eval": scores["eval"], "test_sets": scores.get("test_sets") or {},
+            "eval": scores["eval"], "test_sets": scores.get("test_sets") or [],
             "transform_output": job.get("TransformOutput", {}).get("S3OutputPath"),
             "tuning": model.get("tuning"), "cleaning": (ti.xcom_pull(task_ids="clean") or {}).get("report"),
             "transform_job": job.get("TransformJobName"),
@@ -509,7 +509,7 @@ def wmt_seq2seq():
             outcome = f"not promoted: {decision['reason']}"
         print(f"BLEU {scores['metrics']['test:bleu']:.2f} ({scores['bleu_signature']}), "
               f"perplexity {scores['metrics']['test:perplexity']:.2f}; {outcome}")
-        for line in describe_test_sets(scores["metrics"], scores.get("test_sets") or {}):
+        for line in describe_test_sets(scores["metrics"], scores.get("test_sets") or []):
             print(line)
         if summary["parent"] and summary["parent"]["metrics"]:
             was = summary["parent"]["metrics"]

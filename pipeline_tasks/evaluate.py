@@ -335,8 +335,9 @@ def mean_metrics(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def describe_test_sets(metrics: Mapping[str, Any], sets: Mapping[str, Any]) -> list[str]:
-    """One line per test set and one for the mean, for logs and the demo (none with a single set)."""
+def describe_test_sets(metrics: Mapping[str, Any], sets: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per test set (evaluate_step's list) and one for the mean, for logs and the demo (none with a
+    single set)."""
     if len(sets) < 2:
         return []
 
@@ -346,7 +347,7 @@ def describe_test_sets(metrics: Mapping[str, Any], sets: Mapping[str, Any]) -> l
                   ("perplexity", "perplexity")) if isinstance(metrics.get(f"{name}:{key}"), int | float)]
         return f"{name:>17}: " + ", ".join(parts)
 
-    return [row(name) for name in sets] + [row(MEAN)]
+    return [row(s["name"]) for s in sets] + [row(MEAN)]
 
 
 def set_summary(result: Mapping[str, Any], folder: str) -> dict[str, Any]:

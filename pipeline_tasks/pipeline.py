@@ -414,8 +414,10 @@ def evaluate_step(layout: RunLayout, corpus: CorpusConfig, model_uri: str, cfg: 
     metrics = _read_json(storage.join(out, "metrics.json"))
     return {"eval": out, "report": storage.join(out, "report", "index.html"), "metrics": metrics["metrics"],
             "bleu_signature": metrics["bleu"]["signature"], "parent": metrics.get("parent"),
-            "test_sets": {name: {k: v for k, v in s.items() if k in ("folder", "sentences", "bleu_signature")}
-                          for name, s in (metrics.get("test_sets") or {}).items()}}
+            # a list, in the param's order (the first set's scores are test:*): run.json sorts its keys
+            "test_sets": [{"name": name, **{k: v for k, v in s.items() if k in ("folder", "sentences",
+                                                                                  "bleu_signature")}}
+                          for name, s in (metrics.get("test_sets") or {}).items()]}
 
 
 def transform_input_step(layout: RunLayout, corpus: CorpusConfig, source: str | None = None,

@@ -335,6 +335,7 @@ def test_local_backend_end_to_end_with_s3_on_moto(airflow_env: dict[str, str], m
     assert "promoted.json" not in files  # nothing promoted: the gate said yes, the approver no
     summary = json.loads(s3.get_object(Bucket=bucket, Key=f"pipeline/wmt_seq2seq/{base}/run.json")["Body"].read())
     assert summary["model"].startswith(f"s3://{bucket}/pipeline/wmt_seq2seq/{base}/model/")
+    assert [t["name"] for t in summary["test_sets"]] == ["test", "newstest2017"]  # in the param's order
     assert summary["promoted"] is False and summary["transform_output"] is None
     assert summary["approval"] == {"required": True, "approved": False, "by": "reviewer",
                                    "at": summary["approval"]["at"], "reason": "wait for the news domain data",
