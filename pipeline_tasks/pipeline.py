@@ -61,6 +61,8 @@ def _source_name(source: str) -> str:
 def corpus_sources(value: str | Sequence[Any], layout: Mapping[str, str] | None = None) -> list[CorpusSource]:
     """The ``corpus`` param: one source (a string, with `layout`), or a list of sources, each a string or
     ``{source, layout, weight | share, name}``. Names default to the catalog name or the file's name."""
+    from pipeline_tasks.subset import MixSource, uses_shares
+
     if isinstance(value, str):
         return [CorpusSource(value, dict(layout or {}), name=_source_name(value))]
     if not isinstance(value, Sequence) or not value:
@@ -76,20 +78,18 @@ def corpus_sources(value: str | Sequence[Any], layout: Mapping[str, str] | None 
         if unknown:
             raise ValueError(f"corpus[{i}]: unknown key(s) {', '.join(unknown)}; known: source, layout, weight, "
                              "share, name")
-        weight = item.get("weight", 1.0)
-        share = item.get("share")
-        if isinstance(weight, bool) or not isinstance(weight, int | float) or not weight > 0:
-            raise ValueError(f"corpus[{i}]: weight must be a number > 0, got {weight!r}")
-        if share is not None and (isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1):
-            raise ValueError(f"corpus[{i}]: share must be a number in (0, 1], got {share!r}")
+        weight, share = item.get("weight", 1.0), item.get("share")
+        for what, value in (("weight", weight), ("share", share)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise ValueError(f"corpus[{i}]: {what} must be a number, got {value!r}")
         out.append(CorpusSource(item["source"], dict(item.get("layout") or {}), float(weight),
                                 None if share is None else float(share),
                                 item.get("name") or _source_name(item["source"])))
     names = [s.name for s in out]
     if len(set(names)) != len(names):
         raise ValueError(f"corpus: two sources have the same name ({', '.join(names)}); give each a name")
-    if len(out) > 1 and any(s.share is not None for s in out) and any(s.share is None for s in out):
-        raise ValueError("corpus: give a share for every source of the mix, or for none (weights)")
+    # the mix's own rules (weight > 0, share in (0, 1], shares for all or none), checked now, before any download
+    uses_shares([MixSource(s.name, s.source, s.source, s.weight, s.share) for s in out])
     return out
 
 

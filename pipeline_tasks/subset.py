@@ -57,14 +57,14 @@ class SubsetStats:
     target_text: dict = field(default_factory=dict)
 
 
-def _keep(s: str, t: str, cfg: SubsetConfig, stats: SubsetStats) -> bool:
+def _keep(s: str, t: str, stats: SubsetStats) -> bool:
     if not s.strip() or not t.strip():
         stats.blank_skipped += 1
         return False
     return True
 
 
-def _candidates(source: str, target: str, cfg: SubsetConfig, stats: SubsetStats,
+def _candidates(source: str, target: str, stats: SubsetStats,
                 src_text: TextStats, trg_text: TextStats,
                 enough: Callable[[], bool] = lambda: False) -> Iterator[tuple[str, str]]:
     """Pairs that pass the filters, in corpus order.
@@ -83,16 +83,16 @@ def _candidates(source: str, target: str, cfg: SubsetConfig, stats: SubsetStats,
         stats.lines_read += len(bs)
         stats.lines_examined += len(bs)
         for s, t in zip(src_lines, trg_lines):
-            if _keep(s, t, cfg, stats):
+            if _keep(s, t, stats):
                 stats.candidates += 1
                 yield s, t
         progress.update(len(bs))
     progress.done()
 
 
-def count_candidates(source: str, target: str, cfg: SubsetConfig) -> int:
+def count_candidates(source: str, target: str) -> int:
     """How many pairs pass the filters (a first pass over the files)."""
-    return sum(1 for _ in _candidates(source, target, cfg, SubsetStats(), TextStats(source), TextStats(target)))
+    return sum(1 for _ in _candidates(source, target, SubsetStats(), TextStats(source), TextStats(target)))
 
 
 def sample_mask(n: int, k: int, seed: int | Sequence[int]) -> np.ndarray:
@@ -121,14 +121,14 @@ def subset(source: str, target: str, out_source: str | os.PathLike[str], out_tar
     src_text, trg_text = TextStats(source), TextStats(target)
     chosen: np.ndarray | None = None  # a flag per candidate pair: a byte each, not a Python int
     if cfg.mode == "random" and cfg.size is not None:
-        n = count_candidates(source, target, cfg)
+        n = count_candidates(source, target)
         chosen = sample_mask(n, min(cfg.size, n), cfg.seed)
 
     def enough() -> bool:
         return chosen is None and cfg.size is not None and stats.pairs_written >= cfg.size
 
     with staged_files(outputs, inputs, encoding="utf-8") as (fs, ft):
-        for idx, (s, t) in enumerate(_candidates(source, target, cfg, stats, src_text, trg_text, enough)):
+        for idx, (s, t) in enumerate(_candidates(source, target, stats, src_text, trg_text, enough)):
             if enough() or (chosen is not None and not chosen[idx]):
                 continue
             # A lone '\r' would end a line for text-mode readers downstream; as whitespace it is the same.
@@ -167,6 +167,14 @@ class MixSource:
             raise ValueError(f"corpus {self.name}: share must be in (0, 1], got {self.share}")
 
 
+def uses_shares(sources: Sequence[MixSource]) -> bool:
+    """Whether the mix is split by shares (every source gives one) or by weights (none does)."""
+    given = [s.share is not None for s in sources]
+    if any(given) and not all(given):
+        raise ValueError("corpus: give a share for every source of the mix, or for none (weights)")
+    return all(given) and bool(given)
+
+
 def _largest_remainder(total: int, parts: Sequence[float]) -> list[int]:
     """Whole numbers proportional to `parts` that add up to `total`."""
     raw = [total * p / sum(parts) for p in parts]
@@ -183,9 +191,7 @@ def mix_counts(available: Sequence[int], sources: Sequence[MixSource], size: int
     without repeating a pair) split by share. Weights: each source's pairs times its weight, scaled down
     to `size` when that is smaller. A count above what a source has repeats its pairs (upsampling)."""
     shares = [s.share for s in sources]
-    if any(x is not None for x in shares):
-        if any(x is None for x in shares):
-            raise ValueError("corpus: give a share for every source of the mix, or for none (weights)")
+    if uses_shares(sources):
         total = sum(shares)  # type: ignore[arg-type]
         if abs(total - 1) > 1e-6:
             raise ValueError(f"corpus: the shares add up to {total:g}, not 1")
@@ -214,8 +220,7 @@ def mix(sources: Sequence[MixSource], out_source: str | os.PathLike[str], out_ta
             raise FileNotFoundError(f"input file not found: {p}")
     outputs = [out_source, out_target]
     check_output_files(outputs, inputs)
-    pass_all = SubsetConfig()
-    available = [count_candidates(s.source, s.target, pass_all) for s in sources]
+    available = [count_candidates(s.source, s.target) for s in sources]
     counts = mix_counts(available, sources, cfg.size)
     report: dict = {"pairs_written": 0, "sources": []}
     with staged_files(outputs, inputs, encoding="utf-8") as (fs, ft):
@@ -229,7 +234,7 @@ def mix(sources: Sequence[MixSource], out_source: str | os.PathLike[str], out_ta
             stats = SubsetStats()
             s_text, t_text = TextStats(src.source), TextStats(src.target)
             written = 0
-            for idx, (s, t) in enumerate(_candidates(src.source, src.target, pass_all, stats, s_text, t_text)):
+            for idx, (s, t) in enumerate(_candidates(src.source, src.target, stats, s_text, t_text)):
                 times = repeats + int(extra[idx])
                 if times:
                     s, t = s.replace("\r", " "), t.replace("\r", " ")

@@ -53,7 +53,7 @@ def test_a_mix_of_a_given_size_keeps_the_weights_proportions(corpora, tmp_path):
     # big 3000 x 1 : mid 1000 x 3 = 1:1, so 600 + 600
     assert [s["pairs_written"] for s in report["sources"]] == [600, 600]
     again = mix(sources, tmp_path / "b.en", tmp_path / "b.de", SubsetConfig(size=1200, mode="random", seed=5))
-    assert again == {**report, "sources": [{**s, "source": s["source"]} for s in report["sources"]]}
+    assert again == report
     assert (tmp_path / "a.en").read_bytes() == (tmp_path / "b.en").read_bytes()  # same seed, same pairs
     other = mix(sources, tmp_path / "c.en", tmp_path / "c.de", SubsetConfig(size=1200, mode="random", seed=6))
     assert [s["pairs_written"] for s in other["sources"]] == [600, 600]
@@ -96,7 +96,8 @@ def test_the_corpus_param_names_one_source_or_a_list():
             "train": "cc.{lang}", "val": "val.{lang}", "test": "test.{lang}"})]
     assert CorpusConfig(["a", "b"]).is_mix and not CorpusConfig("a").is_mix
     for bad, needle in (([], "non-empty list"), ([{"source": "a", "wieght": 2}], "unknown key(s) wieght"),
-                        ([{"source": "a", "weight": -1}], "weight must be a number > 0"),
+                        ([{"source": "a", "weight": -1}], "corpus a: weight must be > 0"),
+                        ([{"source": "a", "weight": "2"}], "corpus[0]: weight must be a number"),
                         (["/x/train", "/y/train"], "two sources have the same name"),
                         ([{"source": "a", "share": 0.5}, "b"], "give a share for every source")):
         with pytest.raises(ValueError, match=re.escape(needle)):
