@@ -216,21 +216,27 @@ class DistInfo:
                    host=resources.current_host, num_hosts=len(resources.hosts))
 
 
+def set_parent_death_signal(sig: int) -> None:
+    """Ask the kernel to send `sig` to this process when the thread that started it ends (Linux's
+    ``PR_SET_PDEATHSIG``; elsewhere, or with a libc without prctl, nothing happens). Here because the
+    container ships model/ alone; the pipeline's job processes and worker pools use it too."""
+    import contextlib
+    import ctypes
+    import sys
+
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(1, sig, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+
+
 def die_with_launcher() -> None:
     """Make this rank die when its torchrun agent does. torchrun starts each rank in a session of its own,
     so signalling the container's process group (the local backend's stop, a killed task) reaches the
-    agent but not the ranks: an agent killed outright would leave its ranks training on, orphaned. The
-    kernel sends SIGKILL when the parent goes (Linux ``PR_SET_PDEATHSIG``; elsewhere nothing happens)."""
-    import contextlib
-    import ctypes
+    agent but not the ranks: an agent killed outright would leave its ranks training on, orphaned."""
     import signal
-    import sys
 
-    if not sys.platform.startswith("linux"):
-        return
     parent = os.getppid()
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    set_parent_death_signal(signal.SIGKILL)
     if parent == 1 or os.getppid() != parent:  # the agent was gone before the request took effect
         os.kill(os.getpid(), signal.SIGKILL)
 

@@ -164,12 +164,13 @@ def run(paths: SageMakerPaths, resources: ResourceConfig | None = None) -> int:
     dist, device = setup_distributed(resources)
     export = wants_ctranslate2_export(os.environ, hp)
     # ShardedByS3Key: each host holds only its share of the training files, so its ranks split that share.
-    sharded = dist.num_hosts > 1 and channel_distribution(input_config, TRAIN_CHANNEL) == SHARDED_BY_S3_KEY
+    distribution = channel_distribution(input_config, TRAIN_CHANNEL)
+    sharded = dist.num_hosts > 1 and distribution == SHARDED_BY_S3_KEY
     if dist.is_main:
         log.info("device %s, %d process(es)%s, precision %s", device, dist.world_size,
                  f" on {dist.num_hosts} hosts" if dist.num_hosts > 1 else "", hp.precision)
         if dist.num_hosts > 1:
-            log.info("training channel %s: %s", channel_distribution(input_config, TRAIN_CHANNEL),
+            log.info("training channel %s: %s", distribution,
                      "each host trains on its own files" if sharded else "the ranks take turns through every batch")
     torch.manual_seed(hp.seed)
 
@@ -253,7 +254,7 @@ def main() -> int:
         reason = failure_message(dist, e)
         # A rank under our launcher reports to it; the launcher writes the host's failure file.
         if not report_rank(os.environ, dist, e) and dist.rank == 0:
-            write_failure(paths, reason if "RANK" in os.environ else f"{type(e).__name__}: {e}")
+            write_failure(paths, reason)
         log.error("training failed: %s\n%s", reason, traceback.format_exc())
         return 1
 

@@ -181,23 +181,28 @@ def fetch_test_sets_step(layout: RunLayout, corpus: CorpusConfig, test_sets: Any
     return {"test_sets": [s.name for s in specs], "fetched": out if fetched else None}
 
 
-def eval_sets(layout: RunLayout, corpus: CorpusConfig, names: list[str], work: Path) -> list[Any]:
-    """The test sets as local files, in the param's order: the corpus split from subset/, others from
-    test_sets/ (raw, as fetched)."""
-    from pipeline_tasks.evaluate import PRIMARY, EvalSet
+def test_set_uris(layout: RunLayout, corpus: CorpusConfig, name: str) -> tuple[str, str]:
+    """(source, reference) of a run's test set: the corpus split's in subset/, a named set's in test_sets/."""
+    from pipeline_tasks.evaluate import PRIMARY
     from pipeline_tasks.test_sets import REFERENCE_FILE, SOURCE_FILE
+
+    if name == PRIMARY:
+        sub = layout.uri("subset")
+        return storage.join(sub, f"test.{corpus.source_lang}"), storage.join(sub, f"test.{corpus.target_lang}")
+    return layout.uri("test_sets", name, SOURCE_FILE), layout.uri("test_sets", name, REFERENCE_FILE)
+
+
+def eval_sets(layout: RunLayout, corpus: CorpusConfig, names: list[str], work: Path) -> list[Any]:
+    """The test sets as local files, in the param's order (raw, as they came)."""
+    from pipeline_tasks.evaluate import EvalSet
 
     sets = []
     for name in names:
         folder = work / "sets" / name
         folder.mkdir(parents=True)
-        if name == PRIMARY:
-            sub = layout.uri("subset")
-            src = storage.get_file(storage.join(sub, f"test.{corpus.source_lang}"), folder / "test.src")
-            ref = storage.get_file(storage.join(sub, f"test.{corpus.target_lang}"), folder / "test.ref")
-        else:
-            src = storage.get_file(layout.uri("test_sets", name, SOURCE_FILE), folder / SOURCE_FILE)
-            ref = storage.get_file(layout.uri("test_sets", name, REFERENCE_FILE), folder / REFERENCE_FILE)
+        src_uri, ref_uri = test_set_uris(layout, corpus, name)
+        src = storage.get_file(src_uri, folder / "source.txt")
+        ref = storage.get_file(ref_uri, folder / "reference.txt")
         sets.append(EvalSet(name, str(src), str(ref)))
     return sets
 
@@ -423,17 +428,12 @@ def evaluate_step(layout: RunLayout, corpus: CorpusConfig, model_uri: str, cfg: 
 def transform_input_step(layout: RunLayout, corpus: CorpusConfig, source: str | None = None,
                          test_set: str = "test") -> str:
     """The batch transform's input prefix: the given URI, or the first test set's sources as JSON Lines."""
-    from pipeline_tasks.evaluate import PRIMARY
-    from pipeline_tasks.test_sets import SOURCE_FILE
-
     if source:
         return source
     prefix = layout.uri("transform", "input")
     target = storage.join(prefix, "test.jsonl")
     with _tmp("transform-input") as tmp:
-        uri = (storage.join(layout.uri("subset"), f"test.{corpus.source_lang}") if test_set == PRIMARY
-               else layout.uri("test_sets", test_set, SOURCE_FILE))
-        src = storage.get_file(uri, Path(tmp) / "src")
+        src = storage.get_file(test_set_uris(layout, corpus, test_set)[0], Path(tmp) / "src")
         jsonl = Path(tmp) / "test.jsonl"
         with open(src, encoding="utf-8", errors="replace") as fin, open(jsonl, "w", encoding="utf-8") as fout:
             for line in fin:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import logging
 import os
 import shlex
@@ -38,12 +37,12 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from model.distributed import set_parent_death_signal
 from pipeline_tasks.jobs.local.docker import docker_kill, docker_stop
 
 log = logging.getLogger(__name__)
 Logger = logging.Logger | logging.LoggerAdapter
 
-PR_SET_PDEATHSIG = 1
 REPO_ROOT = Path(__file__).resolve().parents[3]
 KILLED_TASK_WAIT_S = 3.0  # how long a stopped task waits for its child itself (Airflow SIGKILLs it at 5 s)
 
@@ -66,14 +65,6 @@ def entrypoint_command(entrypoint: str, override_env: str) -> list[str]:
 class TaskStopped(BaseException):
     """The task running this code was told to stop (SIGTERM). A BaseException, like KeyboardInterrupt,
     so that no ``except Exception`` in job code mistakes it for a failure to handle and carry on."""
-
-
-def set_parent_death_signal(sig: int) -> None:
-    """Ask the kernel to send `sig` to this process when the thread that started it ends (Linux's
-    ``PR_SET_PDEATHSIG``; elsewhere, or with a libc without prctl, nothing happens)."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 def start(cmd: Sequence[str], **popen: Any) -> subprocess.Popen:

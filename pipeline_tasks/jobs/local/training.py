@@ -409,13 +409,6 @@ def _fresh_root(root: Path) -> Path:
     return root
 
 
-def instance_count(config: Mapping[str, Any]) -> int:
-    count = (config.get("ResourceConfig") or {}).get("InstanceCount", 1)
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ValueError(f"ResourceConfig.InstanceCount must be a whole number >= 1, got {count!r}")
-    return count
-
-
 def run_training_job(config: dict[str, Any], backend: str = "local", workdir: str | os.PathLike[str] | None = None,
                      image: str | None = None, log: Logger | None = None, *, gpus: bool | None = None,
                      stop_grace_s: float = STOP_GRACE_S, keep_root: bool = False,
@@ -458,7 +451,7 @@ def run_training_job(config: dict[str, Any], backend: str = "local", workdir: st
             raise ValueError("the docker backend needs an image: AlgorithmSpecification.TrainingImage or image=")
         use_gpus = nvidia_gpus_available() if gpus is None else gpus
         jlog.info("docker engine %s, image %s, GPUs: %s", version, image, "all" if use_gpus else "none")
-    count = instance_count(config)
+    count = int((config.get("ResourceConfig") or {}).get("InstanceCount", 1))  # checked by check_training_request
     job_root = _job_root(workdir, name).resolve()
     shutil.rmtree(job_root, ignore_errors=True)
     hosts = _hosts(backend, name, job_root, count, image, use_gpus, config.get("Environment"))
