@@ -43,6 +43,20 @@ log = logging.getLogger(__name__)
 
 PROGRESS_SECONDS = 30.0  # at most this long between two progress lines in the log
 STOPPED_BY_SIGTERM = "stopped by SIGTERM"
+BUDGETS = ("max_num_batches", "max_num_epochs", "max_training_seconds")  # the limits a later job may raise
+
+
+def budget_reason(name: str, value: object) -> str:
+    """The stop reason of a job that spent one of its ``BUDGETS``; ``resume`` reads the name back."""
+    return f"{name}={value} reached"
+
+
+def budgets_reached(hp: Hyperparameters, state: TrainingState) -> list[str]:
+    """The budget hyperparameters that ``state`` has spent (none, one or several)."""
+    spent = {"max_num_batches": 0 < hp.max_num_batches <= state.num_updates,
+             "max_num_epochs": hp.max_num_epochs is not None and state.epoch >= hp.max_num_epochs,
+             "max_training_seconds": hp.max_training_seconds is not None and state.seconds >= hp.max_training_seconds}
+    return [name for name in BUDGETS if spent[name]]
 
 
 @dataclass
@@ -186,6 +200,13 @@ class Trainer:
         self.schedule.load_state_dict(saved["schedule"])
         self.state = TrainingState(**saved["state"])
         if self.state.stop_reason == STOPPED_BY_SIGTERM:  # written by an older version: the job is not done
+            self.state.stop_reason = ""
+        finished_on = self.state.stop_reason.split("=", 1)[0]
+        if finished_on in BUDGETS and not budgets_reached(self.hp, self.state):
+            # A finished job restarted with a larger budget (more updates, epochs or seconds) trains on from
+            # its last update, as Sockeye does when its limits are raised; the same limits keep it finished.
+            log.info("the checkpoint's job stopped at %s; this job's budget is larger, so training goes on",
+                     self.state.stop_reason)
             self.state.stop_reason = ""
         self._window.update(saved.get("window") or {})
         torch.set_rng_state(saved["torch_rng"])
@@ -376,8 +397,9 @@ class Trainer:
 
         with StopSignal() as stop_signal, progress or contextlib.nullcontext():
             while not self.state.stop_reason:
-                if hp.max_num_epochs is not None and self.state.epoch >= hp.max_num_epochs:
-                    self.state.stop_reason = f"max_num_epochs={hp.max_num_epochs} reached"
+                spent = budgets_reached(hp, self.state)  # at an epoch's end, or a restart at a spent budget
+                if spent:
+                    self.state.stop_reason = budget_reason(spent[0], getattr(hp, spent[0]))
                     break
                 batches = self.epoch_batches()
                 if not batches:
@@ -404,10 +426,10 @@ class Trainer:
                             and self._timed_checkpoint(progress)):
                         break
                     if 0 < hp.max_num_batches <= self.state.num_updates:
-                        self.state.stop_reason = f"max_num_batches={hp.max_num_batches} reached"
+                        self.state.stop_reason = budget_reason("max_num_batches", hp.max_num_batches)
                         break
                     if out_of_time:
-                        self.state.stop_reason = f"max_training_seconds={hp.max_training_seconds} reached"
+                        self.state.stop_reason = budget_reason("max_training_seconds", hp.max_training_seconds)
                         break
                 else:
                     self.state.epoch += 1

@@ -60,6 +60,52 @@ def test_max_training_seconds_stops_on_time_with_a_final_checkpoint_and_the_best
     assert saved["state"]["seconds"] >= 2.0  # one budget over restarts: a restarted job counts on from here
 
 
+def test_a_finished_job_restarted_with_a_larger_budget_trains_on_as_one_job_would(tmp_path, caplog):
+    common = {"checkpoint_frequency_num_batches": "4", "max_num_epochs": "100"}
+    straight = train(tmp_path / "straight", **common, max_num_batches="12")
+    root = make_sagemaker_tree(tmp_path / "staged", {**TINY, **common, "max_num_batches": "6"}, n_train=160, n_val=20)
+    assert run(SageMakerPaths(root)) == 0
+    first = json.loads((root / "model" / "metrics.json").read_text())
+    assert first["stop_reason"] == "max_num_batches=6 reached" and first["num_updates"] == 6
+
+    hp_file = root / "input" / "config" / "hyperparameters.json"
+    hp_file.write_text(json.dumps({**json.loads(hp_file.read_text()), "max_num_batches": "12"}))
+    with caplog.at_level("INFO"):
+        assert run(SageMakerPaths(root)) == 0
+    staged = json.loads((root / "model" / "metrics.json").read_text())
+    assert any("stopped at max_num_batches=6 reached; this job's budget is larger" in r.message
+               for r in caplog.records)
+    assert staged["stop_reason"] == "max_num_batches=12 reached" and staged["num_updates"] == 12
+    # The same updates as one job of 12; the first job's last checkpoint (update 6) is one more in the history.
+    assert [h["updates"] for h in staged["history"]] == [4, 6, 8, 12]
+    assert [h["updates"] for h in straight["history"]] == [4, 8, 12]
+    def validation(history: list[dict]) -> list[dict]:
+        return [{k: v for k, v in h["metrics"].items() if k.startswith("validation:")} for h in history]
+
+    assert validation([h for h in staged["history"] if h["updates"] != 6]) == validation(straight["history"])
+    weights = [torch.load(r / "checkpoints" / "checkpoint.pt", weights_only=True)["model"]
+               for r in (root, tmp_path / "straight")]
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[1])
+
+    # The same budget again: the job stays finished, trains nothing and writes the same model.
+    assert run(SageMakerPaths(root)) == 0
+    again = json.loads((root / "model" / "metrics.json").read_text())
+    assert again["num_updates"] == 12 and again["history"] == staged["history"]
+
+
+def test_a_job_whose_budget_ran_out_at_a_checkpoint_stays_finished_when_restarted(tmp_path):
+    # The budget's last update is also a checkpoint, which is saved before the stop: the restart must not
+    # train one update more.
+    root = make_sagemaker_tree(tmp_path, {**TINY, "checkpoint_frequency_num_batches": "3", "max_num_batches": "6",
+                                          "max_num_epochs": "100"}, n_train=160, n_val=20)
+    assert run(SageMakerPaths(root)) == 0
+    first = json.loads((root / "model" / "metrics.json").read_text())
+    assert run(SageMakerPaths(root)) == 0
+    again = json.loads((root / "model" / "metrics.json").read_text())
+    assert first["num_updates"] == again["num_updates"] == 6
+    assert again["stop_reason"] == "max_num_batches=6 reached" and again["history"] == first["history"]
+
+
 def test_a_training_step_that_fails_to_compile_trains_on_uncompiled(tmp_path, monkeypatch, caplog):
     compiled = []
 
