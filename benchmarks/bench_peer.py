@@ -91,6 +91,10 @@ remaining difference is visible.
 - output length / reference length, on the subword level (model tokens) and on the word level (the
   subwords joined back into words), over the same sentences; the Pearson correlation of output length
   with source length (subwords), next to the reference's own; the share of outputs that hit 60 tokens.
+  The ratios again over the sentences whose source is 60 subwords or fewer: a source cut to 60 keeps
+  its whole reference, which no output of the cut source can match (51 of the first 500 test sentences
+  are cut, and hold a fifth of the reference tokens), so the all-sentence ratio sits a few percent
+  below what the model does where it sees its whole input.
 - peak RSS (the process tree, sampled by ``benchmarks.common.PeakRSS`` every 0.5 s in training and
   0.1 s in translation: sampling costs CPU the measured process would miss on 2 cores) of training and
   of beam-5 translation, next to what ``import torch`` alone takes in each interpreter (torch 2.x vs
@@ -119,6 +123,15 @@ those runs' scoring steps left (``score.json``, ``scores.txt`` + ``data/score.de
 translation measurements run; the printed table holds the translation rows (and the perplexities of
 the two models used). DIR is only read: everything, the int8 export included, is written under
 ``--work-dir``, which must lie outside DIR. Training options (``--train-seconds`` …) are ignored.
+
+**Training on** (``--train-on DIR --ours-only --train-seconds T``): each of our kept runs in DIR (an
+earlier ``--ours-only`` run's work folder) is restarted on its checkpoint with ``max_training_seconds``
+raised to T, which counts over restarts: the job trains on from its last update (a finished job with a
+raised budget goes on; see the README's "Stops and restarts") and stops when T seconds of training are
+spent in all, as one run of T would. It is then scored again and translated (translations under
+``--work-dir``); the runs in DIR now hold the longer-trained models. So output length and perplexity can
+be followed along one training run: ``--train-seconds 2700 --keep-work --work-dir W``, then
+``--train-on W --train-seconds 5400 --work-dir W2``, and so on.
 
 Runs alternate (ours, Sockeye, ours, …): ``--repeats`` (2) for training, ``--translate-repeats`` (3)
 per decoding mode; the best run counts (highest speed, lowest perplexity, lowest memory); the
@@ -517,8 +530,9 @@ def parse_our_log(text: str) -> dict[str, Any]:
     out["steady_tok_s"] = sum(w * r for w, r in windows) / total_w if total_w else None
     summaries = _SUMMARY.findall(text)
     if summaries:
-        reason, updates, _, rate, train_d, ckpt_d = summaries[-1]
-        out.update(stop_reason=reason, updates=int(updates), overall_tok_s=float(rate),
+        reason, updates, in_process, rate, train_d, ckpt_d = summaries[-1]
+        out.update(stop_reason=reason, updates=int(updates), updates_in_process=int(in_process),
+                   overall_tok_s=float(rate),
                    training_s=parse_duration(train_d), checkpoint_s=parse_duration(ckpt_d))
         out["target_tokens"] = out["overall_tok_s"] * out["training_s"]
     return out
@@ -533,9 +547,34 @@ def train_ours(prep: Prepared, run_dir: Path, a: argparse.Namespace, limit_name:
     config.mkdir(parents=True)
     hp = our_hyperparameters(a, limit_name)
     (config / "hyperparameters.json").write_text(json.dumps(hp, indent=1))
+    return run_our_training(root, run_dir / "train.log", hp, a, limit_name)
+
+
+def train_ours_on(run_dir: Path, a: argparse.Namespace) -> dict[str, Any]:
+    """--train-on: a kept run of ours trained on to --train-seconds in all. The budget counts across
+    restarts, so the job resumes from its checkpoint (same weights, optimizer, schedule and place in the
+    epoch) and stops when the total is spent: the model of one longer run, with the shorter run's
+    translations measured on the way."""
+    root = run_dir / "ml"
+    config = root / "input" / "config" / "hyperparameters.json"
+    before = json.loads((root / "model" / "metrics.json").read_text())
+    if before.get("training_seconds", 0) >= a.train_seconds:
+        raise StepFailed(f"--train-on: {run_dir} has already trained {before['training_seconds']:.0f} s; "
+                         f"--train-seconds {a.train_seconds} is the new total budget and must be larger")
+    hp = {**json.loads(config.read_text()), "max_training_seconds": str(a.train_seconds)}
+    config.write_text(json.dumps(hp, indent=1))
+    result = run_our_training(root, run_dir / f"train-to-{a.train_seconds}s.log", hp, a, "max_training_seconds")
+    result["resumed_at"] = {"updates": before["num_updates"], "training_seconds": before.get("training_seconds")}
+    return result
+
+
+def run_our_training(root: Path, log: Path, hp: dict[str, str], a: argparse.Namespace,
+                     limit_name: str | None) -> dict[str, Any]:
+    """Our container entrypoint on the SageMaker-style `root`, timed and parsed."""
+    run_dir = log.parent
+    config = root / "input" / "config"
     env = {**thread_env(a.threads), "SAGEMAKER_BASE_DIR": str(root)}
     cmd = [sys.executable, ROOT / "container" / "train"]
-    log = run_dir / "train.log"
     timeout = a.train_seconds + 1800
     sigterm: dict[str, float] = {}
 
@@ -577,8 +616,8 @@ def train_ours(prep: Prepared, run_dir: Path, a: argparse.Namespace, limit_name:
                   checkpoints=len(metrics["history"]), best_checkpoint=metrics["best_checkpoint"],
                   logged_val_ppl=metrics["best_metric"], wall_s=wall, peak_rss=peak, model=str(root / "model"),
                   log=str(log), started_after_s=sigterm.get("start"), elapsed_s=time.monotonic() - t0)
-    if "target_tokens_per_update" not in result and result.get("target_tokens") and result["updates"]:
-        result["target_tokens_per_update"] = result["target_tokens"] / result["updates"]
+    if "target_tokens_per_update" not in result and result.get("target_tokens") and result.get("updates_in_process"):
+        result["target_tokens_per_update"] = result["target_tokens"] / result["updates_in_process"]
     return result
 
 
@@ -814,6 +853,9 @@ def length_stats(hyp: Path, prep: Prepared) -> dict[str, Any]:
     h = [len(x.split()) for x in hyps]
     r = [len(x.split()) for x in refs]
     s = [len(x.split()) for x in srcs]
+    # The sources longer than MAX_LEN were cut, their references not: a model that saw only part of a
+    # source cannot write all of its reference, so those sentences pull the ratio down whatever the model.
+    whole = [i for i, x in enumerate(_read(prep.tok / "test.en")[:len(hyps)]) if len(x.split()) <= MAX_LEN]
 
     def corr(x: list[int], y: list[int]) -> float | None:
         try:
@@ -822,6 +864,9 @@ def length_stats(hyp: Path, prep: Prepared) -> dict[str, Any]:
             return None
 
     return {"len_ratio_subword": sum(h) / sum(r), "len_ratio_word": sum(map(words, hyps)) / sum(map(words, refs)),
+            "whole_sources": len(whole),
+            "len_ratio_subword_whole": sum(h[i] for i in whole) / sum(r[i] for i in whole),
+            "len_ratio_word_whole": sum(words(hyps[i]) for i in whole) / sum(words(refs[i]) for i in whole),
             "corr_src": corr(h, s), "ref_corr_src": corr(r, s),
             "at_max_share": sum(n >= MAX_LEN for n in h) / len(h), "empty": sum(n == 0 for n in h)}
 
@@ -896,6 +941,10 @@ def table(results: dict[str, Any], peer: bool, training: bool = True) -> list[st
         ol, pl = o.get(f"{mode}_lengths", {}), p.get(f"{mode}_lengths", {})
         add(f"  {mode} output/ref length, subwords", ol.get("len_ratio_subword"), pl.get("len_ratio_subword"), "f3")
         add(f"  {mode} output/ref length, words", ol.get("len_ratio_word"), pl.get("len_ratio_word"), "f3")
+        add(f"  {mode} same, sources within {MAX_LEN}: subwords", ol.get("len_ratio_subword_whole"),
+            pl.get("len_ratio_subword_whole"), "f3")
+        add(f"  {mode} same, sources within {MAX_LEN}: words", ol.get("len_ratio_word_whole"),
+            pl.get("len_ratio_word_whole"), "f3")
         add(f"  {mode} corr(output len, source len)", ol.get("corr_src"), pl.get("corr_src"), "f3")
         add(f"  {mode} outputs at {MAX_LEN} tokens", ol.get("at_max_share"), pl.get("at_max_share"), "pct")
     add("peak RSS beam-5 translation MiB", _best(o.get("beam5", []), "peak_rss", True),
@@ -951,6 +1000,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--reuse-work", type=Path, metavar="DIR",
                     help="translate only, with the best trained model of each side in DIR (the work folder of an "
                          "earlier run, kept; read, never written): no data preparation, no training")
+    ap.add_argument("--train-on", type=Path, metavar="DIR",
+                    help="train our kept runs in DIR (the work folder of an earlier --ours-only run) on to "
+                         "--train-seconds in all, then score and translate them; DIR's runs are written, the "
+                         "translations go under --work-dir")
     ap.add_argument("--int8", action="store_true",
                     help="int8 decoding on both sides: ours CTranslate2 compute type int8 (exported once, untimed), "
                          "Sockeye --dtype int8")
@@ -960,15 +1013,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a = ap.parse_args(argv)
     if a.train_seconds < 10 or a.repeats < 1 or a.translate_repeats < 1 or a.translate_sentences < 1:
         ap.error("--train-seconds >= 10, --repeats, --translate-repeats and --translate-sentences >= 1")
-    if a.reuse_work:
-        a.reuse_work = a.reuse_work.expanduser().resolve()
-        if not (a.reuse_work / "runs").is_dir() or not (a.reuse_work / "data").is_dir():
-            ap.error(f"--reuse-work {a.reuse_work}: no runs/ and data/ folders (the --work-dir of an earlier run)")
-        if a.no_translate:
+    if a.reuse_work and a.train_on:
+        ap.error("--reuse-work translates only, --train-on trains on: choose one")
+    if a.train_on and not a.ours_only:
+        ap.error("--train-on trains our runs only: add --ours-only")
+    for flag in ("reuse_work", "train_on"):
+        folder = getattr(a, flag)
+        if not folder:
+            continue
+        name = "--" + flag.replace("_", "-")
+        folder = folder.expanduser().resolve()
+        setattr(a, flag, folder)
+        if not (folder / "runs").is_dir() or not (folder / "data").is_dir():
+            ap.error(f"{name} {folder}: no runs/ and data/ folders (the --work-dir of an earlier run)")
+        if a.no_translate and flag == "reuse_work":
             ap.error("--reuse-work only translates: it cannot go with --no-translate")
         work = a.work_dir.expanduser().resolve() if a.work_dir else None
-        if work and (work == a.reuse_work or a.reuse_work in work.parents):
-            ap.error("--work-dir must be outside --reuse-work (which is only read)")
+        if work and (work == folder or folder in work.parents):
+            ap.error(f"--work-dir must be outside {name}")
     return a
 
 
@@ -1007,6 +1069,8 @@ def run(a: argparse.Namespace, work: Path, peer: Path | None) -> dict[str, Any]:
               + (f", {len(runs['peer'])} of Sockeye" if peer else "")
               + f"; translating {prep.stats['test_sentences']} test sentences ({prep.stats['test_sources_cut']} cut "
               f"to {MAX_LEN})", flush=True)
+    elif a.train_on:
+        prep, results = train_on_all(a, work)
     else:
         prep, results = train_all(a, work, peer)
     if not a.no_translate:
@@ -1066,6 +1130,24 @@ def train_all(a: argparse.Namespace, work: Path, peer: Path | None) -> tuple[Pre
         ot, pt = results["ours"]["train"][0]["val_tokens"], results["peer"]["train"][0]["val_tokens"]
         if ot != pt:
             print(f"WARNING: the two perplexities count different tokens: ours {ot:,}, Sockeye {pt:,}")
+    return prep, results
+
+
+def train_on_all(a: argparse.Namespace, work: Path) -> tuple[Prepared, dict[str, Any]]:
+    """--train-on: every kept run of ours in the folder trained on to the larger budget, then scored."""
+    prep, _ = reuse_work(a.train_on, work / "data", a, None)
+    prep.stats["score_pairs"] = len(_read(prep.score[1]))
+    results: dict[str, Any] = {"config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items()},
+                               "data": prep.stats, "cpu": cpu_name(), "our_time_limit": "max_training_seconds",
+                               "ours": {"train": []}}
+    for run_dir in sorted((a.train_on / "runs").glob("ours-train-*"), key=_run_index):
+        print(f"[{time.strftime('%H:%M:%S')}] training {run_dir.name} on to {a.train_seconds} s ...", flush=True)
+        r = train_ours_on(run_dir, a)
+        r.update(score_ours(r["model"], prep, run_dir, a))
+        results["ours"]["train"].append(r)
+        save_partial(results, a)
+        print(f"    from update {r['resumed_at']['updates']} to {r['updates']}, steady "
+              f"{_fmt(r.get('steady_tok_s'), 'int')} target tok/s, val ppl {r['val_ppl']:.2f}", flush=True)
     return prep, results
 
 
