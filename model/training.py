@@ -269,6 +269,16 @@ class Trainer:
         self.state.checkpoints_without_improvement = 0 if improved else self.state.checkpoints_without_improvement + 1
         self.schedule.on_checkpoint(improved)
 
+    def _validate(self, model: nn.Module, bleu: bool) -> dict[str, float]:
+        """The validation channel's scores of `model`, as checkpoints and checkpoint averaging both judge it:
+        likelihood always, BLEU of the sample when asked."""
+        val = evaluate_likelihood(model, self.val_data, self.eval_batch_size, self.device, self.hp.precision)
+        values = {"validation:perplexity": val["perplexity"], "validation:accuracy": val["accuracy"]}
+        if bleu:
+            values["validation:bleu"] = evaluate_bleu(model, self.val_data, self.bleu_indices, self.hp,
+                                                      self.target_tokens, self.device, length_ratio=self.length_ratio)
+        return values
+
     def _evaluate_and_save(self) -> list[bool]:
         model = ckpt.unwrap(self.model)
         started = time.monotonic()
@@ -280,13 +290,7 @@ class Trainer:
             if self.hp.training_metric == "accuracy":
                 values["train:accuracy"] = w["correct"] / w["tokens"]
         self._window = {"loss": 0.0, "nll": 0.0, "correct": 0, "tokens": 0}
-        val = evaluate_likelihood(model, self.val_data, self.eval_batch_size, self.device, self.hp.precision)
-        values["validation:perplexity"] = val["perplexity"]
-        values["validation:accuracy"] = val["accuracy"]
-        if self.bleu_indices is not None:
-            values["validation:bleu"] = evaluate_bleu(model, self.val_data, self.bleu_indices, self.hp,
-                                                      self.target_tokens, self.device,
-                                                      length_ratio=self.length_ratio)
+        values.update(self._validate(model, bleu=self.bleu_indices is not None))
         metrics.emit(values)
         current = values[f"validation:{self.hp.optimized_metric}"]
         improved = metrics.is_better(self.hp.optimized_metric, current, self.state.best_metric)
@@ -468,12 +472,7 @@ class Trainer:
         model = ckpt.unwrap(self.model)
         trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
         model.load_state_dict(avg)
-        if metric == "bleu":
-            value = evaluate_bleu(model, self.val_data, self.bleu_indices, self.hp, self.target_tokens, self.device,
-                                  length_ratio=self.length_ratio)
-        else:
-            value = evaluate_likelihood(model, self.val_data, self.eval_batch_size, self.device,
-                                        self.hp.precision)[metric]
+        value = self._validate(model, bleu=metric == "bleu")[f"validation:{metric}"]
         best = self.state.best_metric if self.state.best_metric is not None else math.nan
         kept = better_or_equal(metric, value, best)
         metrics.emit({f"average:{metric}": value, f"best_checkpoint:{metric}": best})
