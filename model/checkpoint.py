@@ -31,7 +31,7 @@ from model.constants import (
     VOCAB_SOURCE_FILE,
     VOCAB_TARGET_FILE,
 )
-from model.hyperparameters import Hyperparameters, parse_hyperparameters, to_strings
+from model.hyperparameters import Hyperparameters, read_model_hyperparameters, to_strings
 from model.model import Seq2Seq, build_model
 
 FORMAT_VERSION = 1
@@ -144,7 +144,7 @@ def load_model(model_dir: str | os.PathLike[str], device: str | torch.device = "
     if config.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{root / MODEL_CONFIG_FILE}: format_version {config.get('format_version')!r} is not "
                          f"{FORMAT_VERSION}")
-    hp = parse_hyperparameters(json.loads((root / HYPERPARAMETERS_FILE).read_text(encoding="utf-8")))
+    hp = read_model_hyperparameters(root)
     source_vocab = vocab_io.load(root / VOCAB_SOURCE_FILE)
     target_vocab = vocab_io.load(root / VOCAB_TARGET_FILE)
     model = build_model(hp, len(source_vocab), len(target_vocab))

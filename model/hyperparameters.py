@@ -23,7 +23,10 @@ import typing
 from collections.abc import Mapping
 from dataclasses import Field, dataclass, field, fields
 from numbers import Integral, Real
+from pathlib import Path
 from typing import Any
+
+from model.constants import HYPERPARAMETERS_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -433,6 +436,18 @@ def _suggest(name: str) -> str | None:
 
 # --------------------------------------------------------------------------------------------------
 # Public API
+
+
+def read_model_hyperparameters(model_dir: Path) -> Hyperparameters:
+    """A model folder's ``hyperparameters.json``, parsed: what the container (loading a model or a warm
+    start's parent) and the pipeline (checking a parent before any data is made) each read from a model.
+
+    A missing, unreadable or invalid file raises ValueError naming it."""
+    path = model_dir / HYPERPARAMETERS_FILE
+    try:
+        return parse_hyperparameters(json.loads(path.read_text(encoding="utf-8")))
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path}: the model's hyperparameters cannot be read: {e}") from None
 
 
 def parse_hyperparameters(raw: Mapping[str, str]) -> Hyperparameters:

@@ -12,7 +12,6 @@ a SageMaker job runs: the pipeline's own checks cannot vouch for a request submi
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,14 +23,13 @@ from model import vocab as vocab_io
 from model.archive import MODEL_ARCHIVE_SUFFIXES, extract_model_archive, sha256_file
 from model.checkpoint import torch_load, unwrap
 from model.constants import (
-    HYPERPARAMETERS_FILE,
     MODEL_CHANNEL,
     MODEL_FILES,
     PARAMS_FILE,
     VOCAB_SOURCE_FILE,
     VOCAB_TARGET_FILE,
 )
-from model.hyperparameters import Hyperparameters, architecture_differences, parse_hyperparameters
+from model.hyperparameters import Hyperparameters, architecture_differences, read_model_hyperparameters
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +85,10 @@ def check_compatible(parent: Path, hp: Hyperparameters, source_vocab: Mapping[st
 
     Raises :class:`WarmStartError` naming each architecture hyperparameter that differs (both values)
     and each vocabulary that is not the parent's (sizes, or the first id that differs)."""
-    path = parent / HYPERPARAMETERS_FILE
     try:
-        parent_hp = parse_hyperparameters(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, OSError) as e:
-        raise WarmStartError(f"{path}: the parent's hyperparameters cannot be read: {e}") from None
+        parent_hp = read_model_hyperparameters(parent)
+    except ValueError as e:
+        raise WarmStartError(f"the parent model in channel 'model': {e}") from None
     problems = architecture_differences(parent_hp, hp)
     for file, mine in ((VOCAB_SOURCE_FILE, source_vocab), (VOCAB_TARGET_FILE, target_vocab)):
         try:

@@ -32,7 +32,12 @@ from model.constants import (
     VOCAB_SOURCE_FILE,
     VOCAB_TARGET_FILE,
 )
-from model.hyperparameters import HyperparameterError, architecture_differences, parse_hyperparameters
+from model.hyperparameters import (
+    HyperparameterError,
+    architecture_differences,
+    parse_hyperparameters,
+    read_model_hyperparameters,
+)
 from model.tokenizer import Tokenizer, TokenizerConfig, tokenizer_files
 from pipeline_tasks import storage
 
@@ -114,11 +119,10 @@ def check_parent(model_dir: Path, hyperparameters: Mapping[str, Any], source_lan
     if missing:
         raise ParentModelError(f"the parent model has no {', '.join(missing)}: not a model written by this "
                                "project's container")
-    path = model_dir / HYPERPARAMETERS_FILE
     try:
-        parent_hp = parse_hyperparameters(json.loads(path.read_text(encoding="utf-8")))
-    except (ValueError, OSError) as e:
-        raise ParentModelError(f"{path}: the parent's hyperparameters cannot be read: {e}") from None
+        parent_hp = read_model_hyperparameters(model_dir)
+    except ValueError as e:
+        raise ParentModelError(f"the parent model: {e}") from None
     try:
         child_hp = parse_hyperparameters(hyperparameter_strings(hyperparameters))
     except HyperparameterError as e:

@@ -433,3 +433,18 @@ def test_the_aws_example_and_transformer_big_sizes_stay_allowed():
                            "batch_size": "32768", "transformer_model_size": "1024",
                            "transformer_feed_forward_num_hidden": "4096", "transformer_attention_heads": "16",
                            "learning_rate": "1.0", "optimizer_type": "sgd"})
+
+
+def test_a_model_folders_hyperparameters_are_read_or_the_file_is_named(tmp_path):
+    (tmp_path / "hyperparameters.json").write_text('{"num_layers_encoder": "2", "rnn_num_hidden": "64"}')
+    hp = hpmod.read_model_hyperparameters(tmp_path)
+    assert (hp.num_layers_encoder, hp.rnn_num_hidden) == (2, 64)
+    for text, reason in (('{"num_layers_encoder": "two"}', "num_layers_encoder"), ("{not json", "Expecting"),
+                         ('{"no_such_name": "1"}', "no_such_name")):
+        (tmp_path / "hyperparameters.json").write_text(text)
+        with pytest.raises(ValueError, match=f"hyperparameters.json: the model's hyperparameters cannot be read: "
+                                             f".*{reason}"):
+            hpmod.read_model_hyperparameters(tmp_path)
+    (tmp_path / "hyperparameters.json").unlink()
+    with pytest.raises(ValueError, match=r"hyperparameters\.json: the model.s hyperparameters cannot be read: .*No s"):
+        hpmod.read_model_hyperparameters(tmp_path)
