@@ -124,6 +124,12 @@ translation measurements run; the printed table holds the translation rows (and 
 the two models used). DIR is only read: everything, the int8 export included, is written under
 ``--work-dir``, which must lie outside DIR. Training options (``--train-seconds`` …) are ignored.
 
+**Words** (``--word-vocab-size N``): instead of subwords, the Moses-tokenized words themselves, with one
+joint vocabulary of the N most frequent (the others ``<unk>``), as the built-in algorithm's vocabularies
+are made: the setting of the issue's first measurements ("a shared 8k vocabulary"), where perplexities
+are far lower than over subwords (an ``<unk>`` is easy to predict), so they compare only with runs of
+the same setting.
+
 **Training on** (``--train-on DIR --ours-only --train-seconds T``): each of our kept runs in DIR (an
 earlier ``--ours-only`` run's work folder) is restarted on its checkpoint with ``max_training_seconds``
 raised to T, which counts over restarts: the job trains on from its last update (a finished job with a
@@ -371,7 +377,8 @@ def prepare_data(out: Path, a: argparse.Namespace, peer: Path | None) -> Prepare
     out.mkdir(parents=True, exist_ok=True)
     tok = out / "tok"
     splits = {s: (str(SAMPLE / f"{s}.en"), str(SAMPLE / f"{s}.de")) for s in ("train", "val", "test")}
-    tokenize_corpus(splits, tok, TokenizerConfig(mode="whitespace", bpe_vocab_size=a.bpe_vocab_size, bpe_joint=True,
+    bpe = None if a.word_vocab_size else a.bpe_vocab_size
+    tokenize_corpus(splits, tok, TokenizerConfig(mode="whitespace", bpe_vocab_size=bpe, bpe_joint=bool(bpe),
                                                  detokenizer="none"), workers=1)
     val_en, val_de = _read(tok / "val.en"), _read(tok / "val.de")
     n_tv = min(a.train_val_pairs, len(val_en))
@@ -383,8 +390,9 @@ def prepare_data(out: Path, a: argparse.Namespace, peer: Path | None) -> Prepare
              _write(out / "score.de", [_cut(t) for _, t in pairs]))
     test_src, test_ref, test_stats = write_test(tok, out, a.translate_sentences)
     channels = out / "channels"
+    words = a.word_vocab_size or VocabConfig.num_words_source  # subwords: every type of the training text
     report = make_channels(str(tok / "train.en"), str(tok / "train.de"), str(trainval[0]), str(trainval[1]), channels,
-                           VocabConfig(joint=True), workers=1)
+                           VocabConfig(joint=True, num_words_source=words, num_words_target=words), workers=1)
     vocab_file = channels / "vocab" / "vocab.src.json"
     train_en, train_de = _read(tok / "train.en"), _read(tok / "train.de")
     long_pairs = sum(len(s.split()) > MAX_LEN or len(t.split()) > MAX_LEN for s, t in zip(train_en, train_de))
@@ -392,7 +400,7 @@ def prepare_data(out: Path, a: argparse.Namespace, peer: Path | None) -> Prepare
         "train_pairs": len(train_en), "train_pairs_longer_than_max": long_pairs,
         "train_target_tokens_per_epoch_ours": sum(min(len(t.split()), MAX_LEN) + 1 for t in train_de),
         "vocab_size": report["vocab"]["source_size"], "trainval_pairs": n_tv, "score_pairs": len(pairs),
-        **test_stats,
+        "units": token_units(tok), **test_stats,
     }
     peer_data = None
     if peer is not None:
@@ -845,6 +853,11 @@ def words(pieces: str) -> int:
     return len(pieces.replace(" ", "").replace("▁", " ").split())
 
 
+def token_units(tok: Path) -> str:
+    """"subwords" where the prepared text was split by SentencePiece, else "words" (--word-vocab-size)."""
+    return "subwords" if any(tok.glob("spm.*.model")) else "words"
+
+
 def length_stats(hyp: Path, prep: Prepared) -> dict[str, Any]:
     """Output length against reference length, and against source length (per sentence)."""
     hyps, refs, srcs = _read(hyp), _read(prep.test_ref), _read(prep.test_src)
@@ -853,6 +866,7 @@ def length_stats(hyp: Path, prep: Prepared) -> dict[str, Any]:
     h = [len(x.split()) for x in hyps]
     r = [len(x.split()) for x in refs]
     s = [len(x.split()) for x in srcs]
+    count_words = words if token_units(prep.tok) == "subwords" else (lambda line: len(line.split()))
     # The sources longer than MAX_LEN were cut, their references not: a model that saw only part of a
     # source cannot write all of its reference, so those sentences pull the ratio down whatever the model.
     whole = [i for i, x in enumerate(_read(prep.tok / "test.en")[:len(hyps)]) if len(x.split()) <= MAX_LEN]
@@ -863,10 +877,12 @@ def length_stats(hyp: Path, prep: Prepared) -> dict[str, Any]:
         except statistics.StatisticsError:
             return None
 
-    return {"len_ratio_subword": sum(h) / sum(r), "len_ratio_word": sum(map(words, hyps)) / sum(map(words, refs)),
+    return {"len_ratio_subword": sum(h) / sum(r),
+            "len_ratio_word": sum(map(count_words, hyps)) / sum(map(count_words, refs)),
             "whole_sources": len(whole),
             "len_ratio_subword_whole": sum(h[i] for i in whole) / sum(r[i] for i in whole),
-            "len_ratio_word_whole": sum(words(hyps[i]) for i in whole) / sum(words(refs[i]) for i in whole),
+            "len_ratio_word_whole": (sum(count_words(hyps[i]) for i in whole)
+                                     / sum(count_words(refs[i]) for i in whole)),
             "corr_src": corr(h, s), "ref_corr_src": corr(r, s),
             "at_max_share": sum(n >= MAX_LEN for n in h) / len(h), "empty": sum(n == 0 for n in h)}
 
@@ -982,6 +998,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--checkpoint-interval", type=int, default=100, help="updates between checkpoints, both sides")
     ap.add_argument("--learning-rate", type=float, default=0.0003, help="Adam learning rate, both sides")
     ap.add_argument("--bpe-vocab-size", type=int, default=8000, help="joint SentencePiece BPE size")
+    ap.add_argument("--word-vocab-size", type=int, default=0, metavar="N",
+                    help="words instead of subwords: one joint vocabulary of the N most frequent words of the "
+                         "Moses-tokenized text, the others <unk> (the issue's first measurements: a shared 8k "
+                         "vocabulary); 0: --bpe-vocab-size subwords")
     ap.add_argument("--train-val-pairs", type=int, default=500,
                     help="validation pairs evaluated at each checkpoint during training (final scoring uses all)")
     ap.add_argument("--score-pairs", type=int, default=0,
@@ -1095,7 +1115,7 @@ def train_all(a: argparse.Namespace, work: Path, peer: Path | None) -> tuple[Pre
     limit = our_time_limit_name()
     st = prep.stats
     print(f"data: {st['train_pairs']:,} training pairs ({st['train_pairs_longer_than_max']:,} longer than {MAX_LEN} "
-          f"subwords on a side: ours truncates them"
+          f"{st['units']} on a side: ours truncates them"
           + (f", Sockeye discarded {st['peer_train_pairs_discarded']}" if peer else "")
           + f"), joint vocabulary {prep.vocab_size:,}, in-training validation {st['trainval_pairs']} pairs, "
           f"scoring {st['score_pairs']:,} validation pairs, translating {st['test_sentences']} test sentences "
@@ -1221,6 +1241,8 @@ def report(results: dict[str, Any], a: argparse.Namespace) -> None:
 def translation_notes(results: dict[str, Any], a: argparse.Namespace) -> None:
     """Each side's output length rule and decoding engine / compute type."""
     peer = "peer" in results
+    if results["data"].get("units") == "words":
+        print("tokens are words here (--word-vocab-size): the \"subwords\" rows count words, <unk> included")
     for side in ("ours", "peer") if peer else ("ours",):
         runs = results[side].get("beam5") or results[side].get("greedy") or []
         if runs:
