@@ -134,7 +134,8 @@ the same setting.
 earlier ``--ours-only`` run's work folder) is restarted on its checkpoint with ``max_training_seconds``
 raised to T, which counts over restarts: the job trains on from its last update (a finished job with a
 raised budget goes on; see the README's "Stops and restarts") and stops when T seconds of training are
-spent in all, as one run of T would. It is then scored again and translated (translations under
+spent in all (one run carried on, weights, optimizer and place in the data kept; the earlier run's
+final checkpoint is one more in its history). It is then scored again and translated (translations under
 ``--work-dir``); the runs in DIR now hold the longer-trained models. So output length and perplexity can
 be followed along one training run: ``--train-seconds 2700 --keep-work --work-dir W``, then
 ``--train-on W --train-seconds 5400 --work-dir W2``, and so on.

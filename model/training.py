@@ -204,7 +204,7 @@ class Trainer:
         finished_on = self.state.stop_reason.split("=", 1)[0]
         if finished_on in BUDGETS and not budgets_reached(self.hp, self.state):
             # A finished job restarted with a larger budget (more updates, epochs or seconds) trains on from
-            # its last update, as Sockeye does when its limits are raised; the same limits keep it finished.
+            # its last update: one longer run, not a new one; the same limits keep it finished.
             log.info("the checkpoint's job stopped at %s; this job's budget is larger, so training goes on",
                      self.state.stop_reason)
             self.state.stop_reason = ""
