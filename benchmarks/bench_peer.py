@@ -3,7 +3,7 @@ perplexity at equal wall time, translation speed, output length and peak memory,
 
     .venv/bin/python -m benchmarks.bench_peer [--install-peer] [--train-seconds 450] [--repeats 2]
         [--translate-repeats 3] [--translate-sentences 500] [--json OUT.json] [--work-dir DIR] [--ours-only]
-        [--int8] [--reuse-work KEPT_DIR]
+        [--int8] [--reuse-work KEPT_DIR] [--word-vocab-size 8000] [--train-on KEPT_DIR --ours-only]
     # a quick run (~15 min on 2 cores; the full defaults take 45-90 min):
     .venv/bin/python -m benchmarks.bench_peer --train-seconds 60 --repeats 1 --translate-sentences 50
     # translation only (fp32, or --int8 on both sides) with the models a kept work folder holds:
@@ -435,6 +435,7 @@ def reuse_work(src: Path, out: Path, a: argparse.Namespace, peer: Path | None) -
     out.mkdir(parents=True, exist_ok=True)
     test_src, test_ref, stats = write_test(tok, out, a.translate_sentences)
     stats["reused_from"] = str(src)
+    stats["units"] = token_units(tok)
     channels = data / "channels"
     prep = Prepared(tok, channels, channels / "vocab" / "vocab.src.json", 0,
                     (data / "trainval.en", data / "trainval.de"), (data / "score.en", data / "score.de"), test_src,
