@@ -46,16 +46,19 @@ STOPPED_BY_SIGTERM = "stopped by SIGTERM"
 BUDGETS = ("max_num_batches", "max_num_epochs", "max_training_seconds")  # the limits a later job may raise
 
 
-def budget_reason(name: str, value: object) -> str:
+def budget_reason(hp: Hyperparameters, name: str) -> str:
     """The stop reason of a job that spent one of its ``BUDGETS``; ``resume`` reads the name back."""
-    return f"{name}={value} reached"
+    return f"{name}={getattr(hp, name)} reached"
 
 
-def budgets_reached(hp: Hyperparameters, state: TrainingState) -> list[str]:
-    """The budget hyperparameters that ``state`` has spent (none, one or several)."""
+def budgets_reached(hp: Hyperparameters, state: TrainingState, out_of_time: bool | None = None) -> list[str]:
+    """The budget hyperparameters that ``state`` has spent (none, one or several). `out_of_time` replaces
+    the clock's own verdict where the ranks must agree on it (each rank's clock reads a little apart)."""
+    if out_of_time is None:
+        out_of_time = hp.max_training_seconds is not None and state.seconds >= hp.max_training_seconds
     spent = {"max_num_batches": 0 < hp.max_num_batches <= state.num_updates,
              "max_num_epochs": hp.max_num_epochs is not None and state.epoch >= hp.max_num_epochs,
-             "max_training_seconds": hp.max_training_seconds is not None and state.seconds >= hp.max_training_seconds}
+             "max_training_seconds": out_of_time}
     return [name for name in BUDGETS if spent[name]]
 
 
@@ -384,6 +387,13 @@ class Trainer:
         torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
         return bool(flags[0] > 0), bool(flags[1] > 0)
 
+    def _budgets_agreed(self, stop_signal: StopSignal) -> list[str]:
+        """The spent budgets as every rank sees them: updates and epochs are the same on all ranks, the
+        clock is not, so its verdict is agreed on (any rank's spent time stops them all)."""
+        self.tick()
+        _, out_of_time = self._stops_agreed(stop_signal, "max_training_seconds" in budgets_reached(self.hp, self.state))
+        return budgets_reached(self.hp, self.state, out_of_time)
+
     def _updates_since_checkpoint(self) -> int:
         return self.state.num_updates - self.state.last_checkpoint_update
 
@@ -401,9 +411,9 @@ class Trainer:
 
         with StopSignal() as stop_signal, progress or contextlib.nullcontext():
             while not self.state.stop_reason:
-                spent = budgets_reached(hp, self.state)  # at an epoch's end, or a restart at a spent budget
+                spent = self._budgets_agreed(stop_signal)  # at an epoch's end, or a restart at a spent budget
                 if spent:
-                    self.state.stop_reason = budget_reason(spent[0], getattr(hp, spent[0]))
+                    self.state.stop_reason = budget_reason(hp, spent[0])
                     break
                 batches = self.epoch_batches()
                 if not batches:
@@ -416,9 +426,9 @@ class Trainer:
                 for i in range(self.state.batch_in_epoch, len(batches)):
                     self.train_step(data_io.collate(self.train_data, batches[i]).to(self.device))
                     self.state.batch_in_epoch = i + 1
-                    seconds = self.tick()
-                    out_of_time = hp.max_training_seconds is not None and seconds >= hp.max_training_seconds
-                    sigterm, out_of_time = self._stops_agreed(stop_signal, out_of_time)
+                    self.tick()
+                    sigterm, out_of_time = self._stops_agreed(
+                        stop_signal, "max_training_seconds" in budgets_reached(hp, self.state))
                     if sigterm:
                         self.save_checkpoint()  # state.stop_reason is still "": a restart carries on
                         self.state.stop_reason = STOPPED_BY_SIGTERM
@@ -429,11 +439,9 @@ class Trainer:
                     if (self.state.num_updates % hp.checkpoint_frequency_num_batches == 0
                             and self._timed_checkpoint(progress)):
                         break
-                    if 0 < hp.max_num_batches <= self.state.num_updates:
-                        self.state.stop_reason = budget_reason("max_num_batches", hp.max_num_batches)
-                        break
-                    if out_of_time:
-                        self.state.stop_reason = budget_reason("max_training_seconds", hp.max_training_seconds)
+                    spent = budgets_reached(hp, self.state, out_of_time)
+                    if spent:
+                        self.state.stop_reason = budget_reason(hp, spent[0])
                         break
                 else:
                     self.state.epoch += 1
