@@ -4,6 +4,7 @@ perplexity at equal wall time, translation speed, output length and peak memory,
     .venv/bin/python -m benchmarks.bench_peer [--install-peer] [--train-seconds 450] [--repeats 2]
         [--translate-repeats 3] [--translate-sentences 500] [--json OUT.json] [--work-dir DIR] [--ours-only]
         [--int8] [--reuse-work KEPT_DIR] [--word-vocab-size 8000] [--train-on KEPT_DIR --ours-only]
+        [--our-hyperparameter NAME=VALUE ...]
     # a quick run (~15 min on 2 cores; the full defaults take 45-90 min):
     .venv/bin/python -m benchmarks.bench_peer --train-seconds 60 --repeats 1 --translate-sentences 50
     # translation only (fp32, or --int8 on both sides) with the models a kept work folder holds:
@@ -177,6 +178,7 @@ PEER_REQUIREMENTS = ("sockeye==3.1.34", "torch==1.13.1", "numpy<2")
 DEFAULT_PEER_VENV = Path.home() / ".cache" / "wmt-seq2seq-bench" / "sockeye-3.1.34"
 PEER_RUNNER = Path(__file__).resolve().parent / "peer_sockeye_train.py"
 MAX_LEN = 60
+UNK = "<unk>"  # model.vocab.UNK_SYMBOL, what both engines write for an out-of-vocabulary token
 WARMUP_S = 30.0  # the first progress window of our trainer; the same span is skipped on Sockeye's side
 SEED = 13
 TAIL_LINES = 40
@@ -423,23 +425,30 @@ def _run_index(path: Path) -> int:
     return int(m.group(1)) if m else 0
 
 
+def reuse_data(data: Path, out: Path, a: argparse.Namespace, peer: Path | None, flag: str) -> Prepared:
+    """The prepared data of a kept work folder (its ``data/``), read, never written: the translation input
+    for --translate-sentences is written under `out`."""
+    tok = data / "tok"
+    if not (tok / "test.en").is_file() or not (data / "score.de").is_file():
+        raise StepFailed(f"{flag} {data.parent}: no data/tok/test.en or data/score.de (not a bench_peer work folder)")
+    if peer and not (data / "sockeye-data").is_dir():
+        raise StepFailed(f"{flag} {data.parent}: no data/sockeye-data (it was made with --ours-only)")
+    out.mkdir(parents=True, exist_ok=True)
+    test_src, test_ref, stats = write_test(tok, out, a.translate_sentences)
+    stats["reused_from"] = str(data.parent)
+    stats["units"] = token_units(tok)
+    channels = data / "channels"
+    return Prepared(tok, channels, channels / "vocab" / "vocab.src.json", 0,
+                    (data / "trainval.en", data / "trainval.de"), (data / "score.en", data / "score.de"), test_src,
+                    test_ref, data / "sockeye-data" if peer else None, stats)
+
+
 def reuse_work(src: Path, out: Path, a: argparse.Namespace, peer: Path | None) -> tuple[Prepared, dict[str, list]]:
     """What a kept work folder (``--keep-work`` / ``--work-dir`` of an earlier run) holds for translating
     again: its prepared data (read, never written: the translation input for --translate-sentences is
     written under `out`) and each training run's model with the validation perplexity its scoring step
     left (``score.json`` / ``scores.txt``), as the runs' results list a normal run builds."""
-    data = src / "data"
-    tok = data / "tok"
-    if not (tok / "test.en").is_file() or not (data / "score.de").is_file():
-        raise StepFailed(f"--reuse-work {src}: no data/tok/test.en or data/score.de (not a bench_peer work folder)")
-    out.mkdir(parents=True, exist_ok=True)
-    test_src, test_ref, stats = write_test(tok, out, a.translate_sentences)
-    stats["reused_from"] = str(src)
-    stats["units"] = token_units(tok)
-    channels = data / "channels"
-    prep = Prepared(tok, channels, channels / "vocab" / "vocab.src.json", 0,
-                    (data / "trainval.en", data / "trainval.de"), (data / "score.en", data / "score.de"), test_src,
-                    test_ref, data / "sockeye-data" if peer else None, stats)
+    prep = reuse_data(src / "data", out, a, peer, "--reuse-work")
     runs: dict[str, list] = {"ours": [], "peer": []}
     for d in sorted((src / "runs").glob("ours-train-*"), key=_run_index):
         model, score = d / "ml" / "model", d / "score.json"
@@ -488,7 +497,25 @@ def our_hyperparameters(a: argparse.Namespace, limit_name: str | None) -> dict[s
     }
     if limit_name:
         hp[limit_name] = a.train_seconds
+    hp.update(our_overrides(a))
     return {k: format_value(v) for k, v in hp.items()}
+
+
+def our_overrides(a: argparse.Namespace) -> dict[str, str]:
+    """--our-hyperparameter NAME=VALUE pairs (e.g. another initialisation), checked against our
+    hyperparameter table before anything runs: a misspelt name would otherwise fail minutes later in the
+    container."""
+    from model.hyperparameters import Hyperparameters
+
+    names = {f.name for f in dataclasses.fields(Hyperparameters)}
+    out = {}
+    for item in getattr(a, "our_hyperparameter", None) or ():
+        name, sep, value = item.partition("=")
+        if not sep or name not in names:
+            raise StepFailed(f"--our-hyperparameter {item!r}: expected NAME=VALUE with NAME one of our "
+                             f"hyperparameters (model/hyperparameters.py)")
+        out[name] = value
+    return out
 
 
 _DURATION = r"(?:\d+h)?\d+m\d+s"
@@ -691,16 +718,18 @@ def summarize_peer_stats(stats: dict[str, Any]) -> dict[str, Any]:
 _SOCKEYE_TOK = re.compile(r"E=\d+ B=\d+\s+s/sec=([\d.]+) tok/sec=([\d.]+) u/sec=([\d.]+)")
 
 
-def train_peer(prep: Prepared, peer: Path, run_dir: Path, a: argparse.Namespace) -> dict[str, Any]:
-    """One Sockeye training run through the timing runner."""
+def train_peer(prep: Prepared, peer: Path, run_dir: Path, a: argparse.Namespace,
+               extra_args: Sequence[str] = ()) -> dict[str, Any]:
+    """One Sockeye training run through the timing runner (`extra_args` go after the shared flags, so
+    they win: e.g. ``--max-updates``)."""
     out = run_dir / "model"
     stats_file = run_dir / "peer-stats.json"
     env = {**peer_env(a.threads), "BENCH_PEER_STATS": str(stats_file)}
     if not a.peer_native_max_seconds:
         env["BENCH_PEER_DEADLINE_S"] = str(a.train_seconds)
     log = run_dir / "train.log"
-    done = run_step("sockeye-train", [peer_python(peer), PEER_RUNNER, *peer_train_args(prep, out, a)], log, env,
-                    a.train_seconds + 1800, rss_interval=0.5)
+    cmd = [peer_python(peer), PEER_RUNNER, *peer_train_args(prep, out, a), *extra_args]
+    done = run_step("sockeye-train", cmd, log, env, a.train_seconds + 1800, rss_interval=0.5)
     stats = json.loads(stats_file.read_text())
     result: dict[str, Any] = {"time_limit": "--max-seconds" if a.peer_native_max_seconds else
                               "deadline -> max_updates (runner)"}
@@ -872,6 +901,11 @@ def length_stats(hyp: Path, prep: Prepared) -> dict[str, Any]:
     # The sources longer than MAX_LEN were cut, their references not: a model that saw only part of a
     # source cannot write all of its reference, so those sentences pull the ratio down whatever the model.
     whole = [i for i, x in enumerate(_read(prep.tok / "test.en")[:len(hyps)]) if len(x.split()) <= MAX_LEN]
+    # Outputs cut by the length limit are runaway loops (in the word setting, runs of <unk>): the ratio
+    # over the others and the median sentence ratio show the length modelling apart from the loops.
+    below = [i for i, n in enumerate(h) if n < MAX_LEN]
+    vocab = json.loads(prep.vocab_file.read_text(encoding="utf-8"))
+    ref_oov = sum(w not in vocab for x in refs for w in x.split())  # what a perfect model would write as <unk>
 
     def corr(x: list[int], y: list[int]) -> float | None:
         try:
@@ -885,6 +919,10 @@ def length_stats(hyp: Path, prep: Prepared) -> dict[str, Any]:
             "len_ratio_subword_whole": sum(h[i] for i in whole) / sum(r[i] for i in whole),
             "len_ratio_word_whole": (sum(count_words(hyps[i]) for i in whole)
                                      / sum(count_words(refs[i]) for i in whole)),
+            "len_ratio_below_max": (sum(h[i] for i in below) / sum(r[i] for i in below)) if below else None,
+            "median_sentence_ratio": statistics.median(n / max(m, 1) for n, m in zip(h, r)),
+            "unk_share": sum(x.split().count(UNK) for x in hyps) / max(sum(h), 1),
+            "ref_unk_share": ref_oov / max(sum(r), 1),
             "corr_src": corr(h, s), "ref_corr_src": corr(r, s),
             "at_max_share": sum(n >= MAX_LEN for n in h) / len(h), "empty": sum(n == 0 for n in h)}
 
@@ -1031,6 +1069,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "Sockeye --dtype int8")
     ap.add_argument("--work-dir", type=Path, help="where everything is written (default: a temporary folder)")
     ap.add_argument("--keep-work", action="store_true", help="keep the temporary work folder")
+    ap.add_argument("--our-hyperparameter", action="append", default=[], metavar="NAME=VALUE",
+                    help="one of our hyperparameters set otherwise than the shared configuration, for our side only "
+                         "(repeatable; e.g. xavier_factor_type=avg and weight_init_scale=3.0: Sockeye's "
+                         "initialisation)")
     ap.add_argument("--json", type=Path, help="write all results as JSON here (also after every run, marked partial)")
     a = ap.parse_args(argv)
     if a.train_seconds < 10 or a.repeats < 1 or a.translate_repeats < 1 or a.translate_sentences < 1:
@@ -1286,6 +1328,7 @@ def report_translation(results: dict[str, Any], a: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     try:
+        our_overrides(a)  # a bad NAME=VALUE fails here, before the data is made
         peer = None if a.ours_only else ensure_peer(a)
     except StepFailed as e:
         print(f"\nerror: {e}", file=sys.stderr)
