@@ -502,18 +502,20 @@ def our_hyperparameters(a: argparse.Namespace, limit_name: str | None) -> dict[s
 
 
 def our_overrides(a: argparse.Namespace) -> dict[str, str]:
-    """--our-hyperparameter NAME=VALUE pairs (e.g. another initialisation), checked against our
-    hyperparameter table before anything runs: a misspelt name would otherwise fail minutes later in the
-    container."""
-    from model.hyperparameters import Hyperparameters
+    """--our-hyperparameter NAME=VALUE pairs (e.g. another initialisation), each checked by our own
+    hyperparameter parser before anything runs: a misspelt name or a bad value would otherwise fail
+    minutes later, in the container."""
+    from model.hyperparameters import parse_value
 
-    names = {f.name for f in dataclasses.fields(Hyperparameters)}
     out = {}
     for item in getattr(a, "our_hyperparameter", None) or ():
         name, sep, value = item.partition("=")
-        if not sep or name not in names:
-            raise StepFailed(f"--our-hyperparameter {item!r}: expected NAME=VALUE with NAME one of our "
-                             f"hyperparameters (model/hyperparameters.py)")
+        if not sep:
+            raise StepFailed(f"--our-hyperparameter {item!r}: expected NAME=VALUE")
+        try:
+            parse_value(name, value)
+        except ValueError as e:
+            raise StepFailed(f"--our-hyperparameter {item!r}: {e}") from e
         out[name] = value
     return out
 
