@@ -92,9 +92,13 @@ class LaunchPlan:
     def world_size(self) -> int:
         return self.nnodes * self.nproc_per_node
 
-    def command(self, python: str, module: str = "model.train") -> list[str]:
-        """The torchrun command line; a single host keeps torchrun's standalone rendezvous."""
+    def command(self, python: str, module: str = "model.train", log_dir: str | None = None) -> list[str]:
+        """The torchrun command line; a single host keeps torchrun's standalone rendezvous. `log_dir`: where
+        torchrun keeps its per-attempt folders; without it, torchrun makes a ``/tmp/torchelastic_*`` folder
+        that nothing removes, one per launch."""
         run = [python, "-m", "torch.distributed.run", f"--nproc_per_node={self.nproc_per_node}", "--max_restarts=0"]
+        if log_dir is not None:
+            run.append(f"--log-dir={log_dir}")
         if self.nnodes == 1:
             return [*run, "--standalone", "-m", module]
         return [*run, f"--nnodes={self.nnodes}", f"--node_rank={self.node_rank}",

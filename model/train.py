@@ -111,9 +111,10 @@ def launch(plan: LaunchPlan, paths: SageMakerPaths, resources: ResourceConfig) -
                  "%s; %d processes in all)", plan.nproc_per_node, resources.current_host, plan.node_rank + 1,
                  plan.nnodes, plan.master_addr, plan.master_port, resources.leader, plan.world_size)
     signalled = []
-    with tempfile.TemporaryDirectory(prefix="rank-reports-") as reports:
+    with (tempfile.TemporaryDirectory(prefix="rank-reports-") as reports,
+          tempfile.TemporaryDirectory(prefix="torchrun-") as torchrun_logs):
         env = {**os.environ, **plan.env, RANK_REPORTS_ENV: reports}
-        proc = subprocess.Popen(plan.command(sys.executable), env=env)
+        proc = subprocess.Popen(plan.command(sys.executable, log_dir=torchrun_logs), env=env)
 
         def forward(signum: int, frame: object) -> None:
             log.warning("%s received: passing it on to the training processes", signal.Signals(signum).name)

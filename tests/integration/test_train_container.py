@@ -326,9 +326,13 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, monkeypatch, prep
 
 def test_distributed_data_parallel_on_cpu_with_two_processes(tmp_path, prepared_channels):
     root = sagemaker_root(tmp_path, prepared_channels, {**AWS_EXAMPLE_SCALED, "optimized_metric": "perplexity"})
-    proc = run_train(root, extra_env={"SEQ2SEQ_NUM_PROCESSES": "2"})
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc = run_train(root, extra_env={"SEQ2SEQ_NUM_PROCESSES": "2", "TMPDIR": str(scratch)})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "launching 2 training processes with torchrun" in proc.stderr
+    # torchrun's per-launch folder is gone (torch's compile cache, torchinductor_<user>, is meant to stay)
+    assert [p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor_")] == []
     assert "2 process(es)" in proc.stderr
     assert len(metric_values(proc.stdout)["validation:perplexity"]) == 2  # rank 0 alone prints metrics
     summary = json.loads((root / "model" / "metrics.json").read_text())

@@ -69,6 +69,7 @@ def test_one_host_one_process_needs_no_launcher_and_one_host_several_is_standalo
     plan = plan_launch(ResourceConfig(), 2, {})
     assert plan.command("py") == ["py", "-m", "torch.distributed.run", "--nproc_per_node=2", "--max_restarts=0",
                                   "--standalone", "-m", "model.train"]
+    assert plan.command("py", log_dir="/tmp/x")[4:7] == ["--max_restarts=0", "--log-dir=/tmp/x", "--standalone"]
     assert processes_per_host({}, gpus=0) == 1 and processes_per_host({}, gpus=8) == 8
     assert processes_per_host({"SEQ2SEQ_NUM_PROCESSES": "3"}, gpus=8) == 3
     with pytest.raises(ValueError, match="SEQ2SEQ_NUM_PROCESSES='two': expected a whole number"):
