@@ -285,14 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted (work folder kept: {work})", file=sys.stderr)
         return 130
     report(results)
-    if a.json:
-        a.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        print(f"results written to {a.json}")
-    if remove:
-        shutil.rmtree(work, ignore_errors=True)
-    else:
-        print(f"work folder: {work}")
-    return 0
+    return bp.finish(results, a.json, work, remove)
 
 
 if __name__ == "__main__":

@@ -1345,9 +1345,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ninterrupted (work folder kept: {work})", file=sys.stderr)
         return 130
     report(results, a)
-    if a.json:
-        a.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        print(f"results written to {a.json}")
+    return finish(results, a.json, work, remove)
+
+
+def finish(results: dict[str, Any], json_path: Path | None, work: Path, remove: bool) -> int:
+    """The results into --json, and the work folder removed (a temporary one) or named (a kept one)."""
+    if json_path:
+        json_path.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"results written to {json_path}")
     if remove:
         shutil.rmtree(work, ignore_errors=True)
     else:
