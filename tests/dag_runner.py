@@ -24,22 +24,39 @@ from pathlib import Path
 PASSWORD = "approver-password"
 
 
-def answer_approval(dag_id: str, answer: dict) -> None:
-    """Waits for a task of the run to be awaiting input, then answers it (see the module's docstring)."""
-    try:
-        from airflow.models.taskinstance import TaskInstance
-        from airflow.utils.session import create_session
-        from airflow.utils.state import TaskInstanceState
-        from sqlalchemy import select
+def _awaiting_input(dag_id: str) -> tuple | None:
+    """(run_id, task_id, map_index, deadline) of the run's task awaiting input, if one is."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+    from sqlalchemy import select
 
-        while True:
-            with create_session() as session:
-                ti = session.scalars(select(TaskInstance).where(
-                    TaskInstance.dag_id == dag_id, TaskInstance.state == TaskInstanceState.AWAITING_INPUT)).first()
-                waiting = (ti.run_id, ti.task_id, ti.map_index, ti.trigger_timeout) if ti else None
-            if waiting:
-                break
-            time.sleep(0.5)
+    with create_session() as session:
+        ti = session.scalars(select(TaskInstance).where(
+            TaskInstance.dag_id == dag_id, TaskInstance.state == TaskInstanceState.AWAITING_INPUT)).first()
+        return (ti.run_id, ti.task_id, ti.map_index, ti.trigger_timeout) if ti else None
+
+
+def answer_approval(dag_id: str, answer: dict, run_over: threading.Event) -> None:
+    """Waits for a task of the run to be awaiting input, then answers it (see the module's docstring).
+
+    Polling stops when the run is over (a run that never asks, e.g. with approval off). A poll can fail
+    while ``dag.test()`` tears its session down at the run's end; such an error is printed and polling
+    goes on until the run is over, so only a failed answer fails the test."""
+    waiting, last_error = None, None
+    while not run_over.is_set():
+        try:
+            waiting = _awaiting_input(dag_id)
+        except Exception as e:
+            if str(e) != last_error:
+                print(f"note: polling for the approval request: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+            last_error = str(e)
+        if waiting:
+            break
+        time.sleep(0.5)
+    if not waiting:
+        return
+    try:
         run_id, task_id, map_index, deadline = waiting
         if answer["option"] == "timeout":
             from airflow.jobs.job import Job
@@ -84,6 +101,7 @@ def main() -> int:
     dag = bag.dags[dag_id]
     started = time.monotonic()
     result: dict = {}
+    run_over = threading.Event()
     if answer:
         # What the answering thread uses, imported (and the ORM configured) here first: two threads
         # importing Airflow's models at once can deadlock.
@@ -94,12 +112,14 @@ def main() -> int:
 
         import_all_models()
         configure_mappers()
-        threading.Thread(target=answer_approval, args=(dag_id, answer), daemon=True).start()
+        threading.Thread(target=answer_approval, args=(dag_id, answer, run_over), daemon=True).start()
     try:
         run = dag.test(run_conf=conf)
+        run_over.set()
         result = {"state": getattr(run.state, "value", run.state), "run_id": run.run_id,
                   "tasks": {ti.task_id: getattr(ti.state, "value", ti.state) for ti in run.get_task_instances()}}
     except Exception as e:  # a param that fails validation never creates a run
+        run_over.set()
         result = {"state": None, "error": f"{type(e).__name__}: {e}"}
     result["seconds"] = round(time.monotonic() - started, 2)
     with open(result_file, "w", encoding="utf-8") as f:
