@@ -81,7 +81,7 @@ bench: venv
 	$(PY) -m benchmarks.bench_int8  # trains its two models into .bench-int8/ once (reused on a rerun)
 	$(PY) -m benchmarks.bench_serve --baseline-ref 1a66279  # the previous (gthread) server
 	$(PY) -m benchmarks.bench_peer --install-peer --train-seconds 300 --repeats 1 --translate-sentences 200 --translate-repeats 2  # vs Sockeye 3.1.34, venv in ~/.cache (20-60 min)
-	$(PY) -m benchmarks.bench_length_curve --install-peer  # output length along training, both engines (about 60 min)
+	$(PY) -m benchmarks.bench_length_curve --install-peer  # output length along training, both engines (about 50 min)
 
 # Regenerate model/record_pb2.py (gencode 5.26.1, so that any protobuf runtime >= 5.26.1 loads it).
 proto:

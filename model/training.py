@@ -378,21 +378,18 @@ class Trainer:
             self._step_sums = []
         return self._window
 
-    def _stops_agreed(self, stop_signal: StopSignal, out_of_time: bool) -> tuple[bool, bool]:
-        """(SIGTERM, time budget spent) as the ranks agree on them: any rank's say stops them all at the
-        same update, so that none waits forever in the next all-reduce."""
-        if not self.dist.enabled:
-            return stop_signal.requested, out_of_time
-        flags = torch.tensor([float(stop_signal.requested), float(out_of_time)], device=self.device)
-        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
-        return bool(flags[0] > 0), bool(flags[1] > 0)
-
-    def _budgets_agreed(self, stop_signal: StopSignal) -> list[str]:
-        """The spent budgets as every rank sees them: updates and epochs are the same on all ranks, the
-        clock is not, so its verdict is agreed on (any rank's spent time stops them all)."""
+    def _stops_agreed(self, stop_signal: StopSignal) -> tuple[bool, list[str]]:
+        """(SIGTERM, spent budgets) as the ranks agree on them, with the clock read now: any rank's SIGTERM
+        or spent time stops them all at the same update, so that none waits forever in the next
+        all-reduce. Updates and epochs are the same on every rank; only the clocks read apart."""
         self.tick()
-        _, out_of_time = self._stops_agreed(stop_signal, "max_training_seconds" in budgets_reached(self.hp, self.state))
-        return budgets_reached(self.hp, self.state, out_of_time)
+        sigterm = stop_signal.requested
+        out_of_time = "max_training_seconds" in budgets_reached(self.hp, self.state)
+        if self.dist.enabled:
+            flags = torch.tensor([float(sigterm), float(out_of_time)], device=self.device)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            sigterm, out_of_time = bool(flags[0] > 0), bool(flags[1] > 0)
+        return sigterm, budgets_reached(self.hp, self.state, out_of_time)
 
     def _updates_since_checkpoint(self) -> int:
         return self.state.num_updates - self.state.last_checkpoint_update
@@ -411,7 +408,7 @@ class Trainer:
 
         with StopSignal() as stop_signal, progress or contextlib.nullcontext():
             while not self.state.stop_reason:
-                spent = self._budgets_agreed(stop_signal)  # at an epoch's end, or a restart at a spent budget
+                _, spent = self._stops_agreed(stop_signal)  # at an epoch's end, or a restart at a spent budget
                 if spent:
                     self.state.stop_reason = budget_reason(hp, spent[0])
                     break
@@ -426,9 +423,7 @@ class Trainer:
                 for i in range(self.state.batch_in_epoch, len(batches)):
                     self.train_step(data_io.collate(self.train_data, batches[i]).to(self.device))
                     self.state.batch_in_epoch = i + 1
-                    self.tick()
-                    sigterm, out_of_time = self._stops_agreed(
-                        stop_signal, "max_training_seconds" in budgets_reached(hp, self.state))
+                    sigterm, spent = self._stops_agreed(stop_signal)
                     if sigterm:
                         self.save_checkpoint()  # state.stop_reason is still "": a restart carries on
                         self.state.stop_reason = STOPPED_BY_SIGTERM
@@ -439,8 +434,7 @@ class Trainer:
                     if (self.state.num_updates % hp.checkpoint_frequency_num_batches == 0
                             and self._timed_checkpoint(progress)):
                         break
-                    spent = budgets_reached(hp, self.state, out_of_time)
-                    if spent:
+                    if spent:  # a checkpoint changes neither the updates, the epoch nor the agreed time verdict
                         self.state.stop_reason = budget_reason(hp, spent[0])
                         break
                 else:
